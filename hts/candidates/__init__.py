@@ -1,0 +1,135 @@
+"""Where candidates come from, and how they are cut into chunks.
+
+:func:`open_source` turns a campaign's ``candidates`` section into a lazy
+iterator of :class:`Candidate`; :func:`chunks` checks each one, drops
+duplicates (same id seen earlier in the stream) and cuts the stream into
+fixed-size, numbered chunks.  The numbering depends only on the campaign, so a
+resumed run rebuilds exactly the same chunks and skips the finished ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from hts.candidates.record import Candidate, candidate_id, chemsys_of, formula_of
+
+__all__ = [
+    "Candidate",
+    "Chunk",
+    "EmptySourceError",
+    "candidate_id",
+    "check_candidate",
+    "chemsys_of",
+    "chunks",
+    "formula_of",
+    "open_source",
+]
+
+
+class EmptySourceError(ValueError):
+    """The campaign's candidate source yields nothing; raised before any work starts."""
+
+
+@dataclass(slots=True)
+class Chunk:
+    index: int
+    candidates: list[Candidate]
+
+    @property
+    def elements(self) -> set[str]:
+        from ase.data import chemical_symbols
+
+        return {chemical_symbols[int(z)] for c in self.candidates if not c.error for z in c.numbers}
+
+
+def open_source(campaign):
+    """The lazy candidate iterator for a campaign (has ``upper_bound()`` for progress)."""
+    spec = campaign.candidates
+    if spec.kind == "substitution":
+        from hts.candidates.substitution import SubstitutionGenerator
+
+        return SubstitutionGenerator(spec)
+    from hts.candidates.files import FileReader
+
+    return FileReader(campaign.resolve_input(spec.path), spec.formats, display_root=campaign.resolve_input("."))
+
+
+def ensure_not_empty(campaign) -> None:
+    """Fail before any work when the source yields nothing, naming the field to fix."""
+    spec = campaign.candidates
+    source = open_source(campaign)
+    if spec.kind == "files":
+        if not source.paths():
+            raise EmptySourceError(
+                f"candidates.path: {spec.path!r} (resolved to {campaign.resolve_input(spec.path)}) "
+                f"matches no {'/'.join(spec.formats)} files"
+            )
+    elif next(iter(source.assignments()), None) is None:
+        raise EmptySourceError(
+            "candidates: the substitution yields no candidate (every element combination was "
+            "filtered out; check elements, distinct_elements and charge_balance)"
+        )
+
+
+def check_candidate(c: Candidate, max_atoms: int, min_distance: float) -> Candidate:
+    """Mark inputs no model should see as failed, with a reason a person can act on."""
+    if c.error:
+        return c
+    if c.n_atoms == 0:
+        c.error = "structure has no atoms"
+    elif c.n_atoms > max_atoms:
+        c.error = f"{c.n_atoms} atoms exceeds limits.max_atoms = {max_atoms}"
+    else:
+        from ase.data import chemical_symbols
+        from ase.neighborlist import primitive_neighbor_list
+
+        i, j, d = primitive_neighbor_list(
+            "ijd", (True, True, True), c.cell, c.positions, cutoff=min_distance, self_interaction=False
+        )
+        if len(d):
+            k = int(np.argmin(d))
+            a, b = int(i[k]), int(j[k])
+            c.error = (
+                f"overlapping atoms: site {a} ({chemical_symbols[c.numbers[a]]}) and site {b} "
+                f"({chemical_symbols[c.numbers[b]]}) are {d[k]:.3f} Å apart "
+                f"(limits.min_distance = {min_distance} Å)"
+            )
+    return c
+
+
+def chunks(
+    stream: Iterable[Candidate],
+    chunk_size: int,
+    *,
+    max_candidates: int | None = None,
+    max_atoms: int = 64,
+    min_distance: float = 0.5,
+    skip_ids: set[int] | None = None,
+) -> Iterator[Chunk]:
+    """Checked, de-duplicated, numbered chunks of the stream.
+
+    Ids are kept as 64-bit integers (8 bytes of entropy each) so a million of
+    them cost tens of MB, not the hundreds a set of strings would.
+    """
+    seen: set[int] = set() if skip_ids is None else skip_ids
+    batch: list[Candidate] = []
+    index = 0
+    taken = 0
+    for cand in stream:
+        key = int(cand.id, 16)
+        if key in seen:
+            continue
+        seen.add(key)
+        batch.append(check_candidate(cand, max_atoms, min_distance))
+        taken += 1
+        if len(batch) == chunk_size:
+            yield Chunk(index, batch)
+            index += 1
+            batch = []
+        if max_candidates is not None and taken >= max_candidates:
+            break
+    if batch:
+        yield Chunk(index, batch)

@@ -1,0 +1,122 @@
+"""The candidate record and its stable identity.
+
+A :class:`Candidate` is plain arrays (cheap to pickle into a task) plus the
+metadata the store keeps.  Its id is a hash of a canonical, isometry-invariant
+description of the structure, so the same crystal reached twice (a symmetric
+role swap, a translated or rotated copy of a file) is screened once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Candidate", "candidate_id", "chemsys_of", "formula_of"]
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One crystal structure to screen.
+
+    ``error`` is set when the input could not be turned into a usable structure
+    (unreadable file, overlapping atoms, ...): such a candidate still travels
+    through the funnel so it is recorded as failed with its reason.
+    """
+
+    id: str
+    source: str
+    prototype: str
+    numbers: np.ndarray  # (n,) atomic numbers
+    positions: np.ndarray  # (n, 3) Cartesian, Å
+    cell: np.ndarray  # (3, 3) rows are lattice vectors, Å
+    formula: str = ""
+    chemsys: str = ""
+    error: str = ""
+    info: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    def to_atoms(self):
+        from ase import Atoms
+
+        return Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=True)
+
+    @classmethod
+    def failed(cls, id: str, source: str, reason: str, prototype: str = "") -> Candidate:
+        return cls(
+            id=id,
+            source=source,
+            prototype=prototype,
+            numbers=np.zeros(0, dtype=np.int64),
+            positions=np.zeros((0, 3)),
+            cell=np.zeros((3, 3)),
+            error=reason,
+        )
+
+
+def _symbols(numbers) -> list[str]:
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[int(z)] for z in numbers]
+
+
+def formula_of(numbers) -> str:
+    """Reduced formula, elements in alphabetical order (stable, unlike electronegativity order)."""
+    counts = Counter(_symbols(numbers))
+    if not counts:
+        return ""
+    g = math.gcd(*counts.values())
+    return "".join(f"{el}{n // g if n // g > 1 else ''}" for el, n in sorted(counts.items()))
+
+
+def chemsys_of(numbers) -> str:
+    """Chemical system in pymatgen's convention: sorted elements joined by '-'."""
+    return "-".join(sorted(set(_symbols(numbers))))
+
+
+def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> str:
+    """A 16-hex-digit id from an isometry-invariant fingerprint of the structure.
+
+    The fingerprint is the reduced formula, the volume per atom, the space group
+    (spglib) and, for every site, its species with the sorted species-resolved
+    distances to all neighbours within twice the shortest bond of the structure.
+    It does not depend on the cell choice, the origin, a rotation, or the order of
+    the sites.  Values are rounded (0.01 Å, 0.01 Å^3), so two inputs that differ
+    by less may share an id; a structure that differs more never does.
+    """
+    import spglib
+    from ase.neighborlist import primitive_neighbor_list
+
+    numbers = np.asarray(numbers)
+    n = len(numbers)
+    volume = abs(float(np.linalg.det(cell)))
+    parts = [formula_of(numbers), f"{volume / max(n, 1):.2f}"]
+    try:
+        ds = spglib.get_symmetry_dataset((cell, positions @ np.linalg.inv(cell), numbers), symprec=1e-3)
+        parts.append(str(ds.number) if ds is not None else "?")
+    except Exception:  # spglib refuses degenerate cells; the rest still identifies them
+        parts.append("?")
+    if n:
+        i, j, d = primitive_neighbor_list("ijd", (True, True, True), cell, positions, cutoff=_cutoff(cell, n))
+        dmin = d.min() if len(d) else 0.0
+        keep = d <= 2.0 * dmin + 1e-6
+        i, j, d = i[keep], j[keep], d[keep]
+        envs = []
+        for site in range(n):
+            m = i == site
+            env = sorted(zip(numbers[j[m]].tolist(), np.round(d[m], 2).tolist(), strict=True))
+            envs.append((int(numbers[site]), tuple(env)))
+        parts.append(repr(sorted(envs)))
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _cutoff(cell: np.ndarray, n: int) -> float:
+    """Large enough to find each site's nearest neighbour twice over in any sane cell."""
+    volume = abs(float(np.linalg.det(cell)))
+    return max(3.0, 2.5 * (volume / max(n, 1)) ** (1 / 3))

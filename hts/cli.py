@@ -1,0 +1,263 @@
+"""``hts``: run, validate, inspect and export screening campaigns."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    help="High-throughput screening of crystalline materials: MLIP prefilter → Zarr store.",
+)
+console = Console(stderr=True)
+out = Console()
+
+DEMO = Path(__file__).resolve().parent / "data" / "demo.yaml"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(path: Path):
+    from hts.spec import CampaignError, load_campaign
+
+    try:
+        return load_campaign(path)
+    except CampaignError as err:
+        console.print(f"[bold red]invalid campaign[/]\n{err}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(campaign: Annotated[Path, typer.Argument(help="Campaign YAML file.")]) -> None:
+    """Check a campaign file (fields, candidate source, site) without running it."""
+    from hts.candidates import EmptySourceError, ensure_not_empty
+    from hts.campaign import _load_user_entries
+    from hts.execution.sites import SiteError, load_site
+    from hts.spec import CampaignError
+
+    c = _load(campaign)
+    try:
+        ensure_not_empty(c)
+        _load_user_entries(c)
+        load_site(c.site)
+    except (EmptySourceError, CampaignError, SiteError) as err:
+        _fail(f"{campaign}: {err}")
+    out.print(f"[green]ok[/] {campaign}: campaign {c.name!r}, hash {c.content_hash()}", highlight=False)
+
+
+class _Display:
+    """Live counts on a terminal; a plain line every few seconds otherwise (CI, log files)."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name = name
+        self.quiet = quiet
+        self.tty = console.is_terminal
+        self.live = None
+        self._last = 0.0
+
+    def __enter__(self):
+        if self.tty and not self.quiet:
+            from rich.live import Live
+
+            self.live = Live(console=console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def render(self, s):
+        from rich.progress_bar import ProgressBar
+
+        total = s.total_estimate
+        done = s.done + s.resumed
+        eta = s.eta_s
+        t = Table.grid(padding=(0, 2))
+        t.add_row(
+            f"[bold]{self.name}[/] — {s.phase}",
+            ProgressBar(total=float(total or max(done, 1)), completed=float(done), width=30),
+        )
+        t.add_row(
+            f"done {done}{'/' + str(total) + ' (upper bound)' if total else ''}  "
+            f"ok {s.ok}  failed {s.failed}  kept {s.kept}  in flight {s.in_flight} chunks",
+            f"{s.rate:.2f} cand/s  ETA {_hms(eta) if eta is not None else '?'}",
+        )
+        return t
+
+    def __call__(self, s) -> None:
+        if self.quiet:
+            return
+        if self.live is not None:
+            self.live.update(self.render(s))
+            return
+        now = time.time()
+        if now - self._last >= 5 or s.phase in ("done",):
+            self._last = now
+            eta = s.eta_s
+            console.print(
+                f"[{self.name}] {s.phase}: done {s.done + s.resumed}"
+                f"{'/' + str(s.total_estimate) if s.total_estimate else ''} ok {s.ok} failed {s.failed} "
+                f"kept {s.kept} | {s.rate:.2f} cand/s | ETA {_hms(eta) if eta is not None else '?'}",
+                highlight=False,
+            )
+
+
+def _quiet_logging() -> None:
+    """Warnings and errors on the console; Parsl's chatter goes to its run_dir log only."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    logging.getLogger("parsl").propagate = False
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@app.command()
+def run(
+    campaign: Annotated[
+        Path | None, typer.Argument(help="Campaign YAML file (default: the shipped demo campaign).")
+    ] = None,
+    site: Annotated[str | None, typer.Option(help="Site name or file; overrides the campaign's.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Store path; overrides the campaign's.")] = None,
+    engine: Annotated[str, typer.Option(help="parsl (default) or serial (in-process, for debugging).")] = "parsl",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+    top: Annotated[int, typer.Option(help="Most stable candidates to list at the end.")] = 10,
+) -> None:
+    """Run a campaign, or resume it: finished chunks in the store are skipped."""
+    from hts.campaign import run_campaign
+    from hts.candidates import EmptySourceError
+    from hts.execution import make_engine
+    from hts.execution.sites import SiteError
+    from hts.spec import CampaignError
+    from hts.store import StoreMismatchError
+
+    path = campaign or DEMO
+    c = _load(path)
+    if site:
+        c = c.model_copy(update={"site": site})
+    store_path = store or Path(c.store)
+    # threads must be fixed before torch is first imported in this process
+    os.environ.setdefault("OMP_NUM_THREADS", str(c.stages.prefilter.model.threads))
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    _quiet_logging()
+    console.print(f"campaign [bold]{c.name}[/] ({path}) → store {store_path}", highlight=False)
+    try:
+        eng = make_engine(engine, c.site, Path(f"{store_path}.parsl"), retries=c.limits.task_retries)
+    except (SiteError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"engine: {eng.describe()}", highlight=False)
+    t0 = time.time()
+    try:
+        with _Display(c.name, quiet) as display:
+            stats = run_campaign(c, eng, store_path=store_path, progress=display)
+    except (EmptySourceError, CampaignError, StoreMismatchError, SiteError) as err:
+        _fail(str(err))
+    finally:
+        eng.close()
+    console.print(
+        f"finished in {_hms(time.time() - t0)}: {stats.done} screened this run, {stats.resumed} resumed from the store",
+        highlight=False,
+    )
+    if stats.worker_s > 0:
+        console.print(
+            f"worker time {stats.worker_s:.1f} s, of which model calls {stats.model_s:.1f} s "
+            f"({100 * stats.model_s / stats.worker_s:.1f} %)",
+            highlight=False,
+        )
+    _print_status(store_path, top=top)
+
+
+def _print_status(store_path: Path, top: int = 10) -> None:
+    from hts.report import summarize
+
+    s = summarize(store_path, top=top)
+    funnel = Table(title=f"funnel — {s['campaign']} ({store_path})")
+    for col in ("stage", "in", "ok", "failed", "kept"):
+        funnel.add_column(col, justify="right" if col != "stage" else "left")
+    funnel.add_row("candidates", str(s["rows"]), "", "", "")
+    for st in s["stages"]:
+        funnel.add_row(st["stage"], str(st["in"]), str(st["ok"]), str(st["failed"]), str(st["kept"]))
+    out.print(funnel)
+    if s["wall_s"]:
+        out.print(
+            f"rate: {s['rows'] / s['wall_s']:.2f} candidates/s over {s['wall_s']:.0f} s of run time"
+            f"{'' if s['finalized'] else '  (run in progress or interrupted: e_above_hull values are running values)'}",
+            highlight=False,
+        )
+    if s["failures"]:
+        t = Table(title="failures by reason")
+        t.add_column("count", justify="right")
+        t.add_column("reason")
+        t.add_column("example ids")
+        for f in s["failures"]:
+            t.add_row(str(f["count"]), f["reason"], ", ".join(f["ids"]))
+        out.print(t)
+    if s["best"]:
+        t = Table(title=f"most stable candidates (prefilter, model {s['model']})")
+        t.add_column("id", no_wrap=True, min_width=16)
+        for col in ("formula", "prototype", "E (eV/atom)", "E_hull (eV/atom)", "kept"):
+            t.add_column(col, no_wrap=True)
+        for b in s["best"]:
+            t.add_row(
+                b["id"], b["formula"], b["prototype"] or b["source"], f"{b['energy_per_atom']:.4f}",
+                f"{b['e_above_hull']:.4f}", "yes" if b["kept"] else "",
+            )
+        out.print(t)
+
+
+@app.command()
+def status(
+    store: Annotated[Path, typer.Argument(help="A campaign's Zarr store.")],
+    top: Annotated[int, typer.Option(help="Most stable candidates to list.")] = 10,
+) -> None:
+    """Funnel counts, rates, failures by reason and the best candidates of a store (safe while it runs)."""
+    try:
+        _print_status(store, top=top)
+    except FileNotFoundError as err:
+        _fail(str(err))
+
+
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="A campaign's Zarr store.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("export"),
+    all_ok: Annotated[bool, typer.Option("--all", help="Structures of every ok candidate, not only survivors.")] = False,
+) -> None:
+    """Survivors' structures as CIF and extxyz, and a CSV summary of every candidate."""
+    from hts.report import export_store
+
+    try:
+        n, csv = export_store(store, out_dir, survivors_only=not all_ok)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    out.print(f"wrote {n} structures to {out_dir}/structures and {out_dir}/structures.extxyz; summary {csv}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Execution engines and sites: the only package that imports Parsl (or mpi4py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["make_engine"]
+
+
+def make_engine(kind: str, site_name: str, run_dir: Path, retries: int = 0):
+    """An engine by kind: ``parsl`` (from the site file) or ``serial``."""
+    from hts.execution.engine import ParslEngine, SerialEngine
+    from hts.execution.sites import load_site
+
+    if kind == "serial":
+        return SerialEngine()
+    if kind == "parsl":
+        return ParslEngine(load_site(site_name), run_dir, retries=retries)
+    raise ValueError(f"unknown engine {kind!r} (known: parsl, serial)")

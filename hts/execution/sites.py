@@ -1,0 +1,119 @@
+"""Sites: what differs between machines, as data, and one factory to a Parsl config.
+
+A site file (``sites/<name>.yaml``) names, per resource label (``cpu``,
+``gpu``), how tasks run there.  Stages ask for a label; the site supplies an
+executor for it.  Nothing is built when this module is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["ExecutorSpec", "Site", "SiteError", "build_parsl_config", "load_site"]
+
+
+class SiteError(ValueError):
+    """A site that cannot be loaded; the message names the file and field."""
+
+
+class ExecutorSpec(BaseModel):
+    """How one resource label's tasks run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["threads", "htex"] = Field(
+        description="threads: Parsl ThreadPoolExecutor in the driver; htex: local HighThroughputExecutor."
+    )
+    workers: int | Literal["auto"] = Field(
+        default="auto", description="Concurrent tasks; auto = cores // threads_per_worker."
+    )
+    threads_per_worker: int = Field(default=1, ge=1, le=256)
+    worker_init: str = Field(default="", description="Shell lines run before HTEX workers start.")
+
+    def n_workers(self) -> int:
+        if self.workers == "auto":
+            return max(1, (os.cpu_count() or 1) // self.threads_per_worker)
+        return max(1, int(self.workers))
+
+
+class Site(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    executors: dict[Literal["cpu", "gpu"], ExecutorSpec] = Field(min_length=1)
+
+    def executor(self, label: str) -> ExecutorSpec:
+        if label not in self.executors:
+            raise SiteError(
+                f"site {self.name!r} has no executor for resource {label!r} "
+                f"(it has: {', '.join(self.executors)}); add executors.{label} to the site file"
+            )
+        return self.executors[label]
+
+
+def _site_dirs() -> list[Path]:
+    here = Path(__file__).resolve()
+    return [Path.cwd() / "sites", here.parents[2] / "sites", here.parents[1] / "data" / "sites"]
+
+
+def load_site(name_or_path: str) -> Site:
+    """A site by name (``sites/<name>.yaml`` in the working directory or the project) or by path."""
+    p = Path(name_or_path)
+    candidates = [p] if p.suffix in (".yaml", ".yml") else [d / f"{name_or_path}.yaml" for d in _site_dirs()]
+    for c in candidates:
+        if c.is_file():
+            try:
+                data = yaml.safe_load(c.read_text())
+                return Site.model_validate(data)
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors()
+                )
+                raise SiteError(f"{c}: {problems}") from None
+            except yaml.YAMLError as err:
+                raise SiteError(f"{c}: not valid YAML: {err}") from None
+    raise SiteError(f"site {name_or_path!r} not found (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def build_parsl_config(site: Site, run_dir: Path, retries: int = 0):
+    """One Parsl executor per resource label of the site."""
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+    from parsl.providers import LocalProvider
+
+    executors = []
+    for label, spec in site.executors.items():
+        if spec.kind == "threads":
+            executors.append(ThreadPoolExecutor(label=label, max_threads=spec.n_workers()))
+        else:
+            t = spec.threads_per_worker
+            init = "\n".join(
+                [
+                    f"export OMP_NUM_THREADS={t} MKL_NUM_THREADS={t}",
+                    "export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1",
+                    spec.worker_init,
+                ]
+            )
+            executors.append(
+                HighThroughputExecutor(
+                    label=label,
+                    address="127.0.0.1",
+                    max_workers_per_node=spec.n_workers(),
+                    cores_per_worker=t,
+                    provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=init),
+                )
+            )
+    return Config(
+        executors=executors,
+        run_dir=str(run_dir),
+        retries=retries,
+        usage_tracking=0,
+        initialize_logging=True,
+        strategy="none",
+    )

@@ -1,0 +1,74 @@
+"""MLIP loaders behind one interface (see :mod:`hts.models.base`).
+
+``load_model(spec)`` builds a model from a campaign's ``model`` section;
+``get_model(spec)`` returns one that stays loaded for the life of the worker
+thread, so tasks after the first pay nothing for loading.  Every loader imports
+its ML package only when called.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from hts.models.base import CalculatorModel, Model, Prediction, configure_threads, resolve_device
+
+__all__ = ["Model", "Prediction", "get_model", "load_model"]
+
+_local = threading.local()
+
+
+def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
+    # With torch ≥ 2.6, e3nn 0.4.4's constants.pt only loads with weights_only off;
+    # it must be set before sevenn/e3nn are first imported.
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    import sevenn
+    from ase.data import chemical_symbols
+    from sevenn.sevennet_calculator import SevenNetCalculator
+
+    calc = SevenNetCalculator(checkpoint, device=device)
+    elements = {chemical_symbols[int(z)] for z in calc.type_map}
+    name = {"7net-0": "sevennet-0", "7net-l3i5": "sevennet-l3i5"}[checkpoint]
+    return CalculatorModel(name, f"{checkpoint} (sevenn {sevenn.__version__})", lambda: calc, elements, device)
+
+
+def load_model(spec) -> Model:
+    """A fresh model for a :class:`hts.spec.ModelSpec`; threads are configured first."""
+    configure_threads(spec.threads)
+    if spec.name == "lennard-jones":
+        from hts.models.analytic import LennardJonesModel
+
+        return LennardJonesModel()
+    if spec.name == "emt":
+        import ase
+        from ase.calculators.emt import EMT, parameters
+
+        return CalculatorModel("emt", f"ase {ase.__version__}", EMT, set(parameters))
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    device = resolve_device(spec.device)
+    if spec.name == "sevennet-0":
+        return _sevennet("7net-0", device)
+    if spec.name == "sevennet-l3i5":
+        return _sevennet("7net-l3i5", device)
+    if spec.name == "chgnet":
+        from hts.models.batched import ChgnetModel
+
+        return ChgnetModel(device, spec.batch_size)
+    if spec.name == "mace":
+        from hts.models.batched import MaceModel
+
+        return MaceModel(spec.path, device, spec.batch_size, spec.dtype)
+    raise ValueError(f"unknown model {spec.name!r}")
+
+
+def get_model(spec) -> Model:
+    """The worker thread's loaded model for ``spec`` (loaded on first use, then kept)."""
+    key = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    cache = getattr(_local, "models", None)
+    if cache is None:
+        cache = _local.models = {}
+    if key not in cache:
+        cache[key] = load_model(spec)
+    configure_threads(spec.threads)
+    return cache[key]

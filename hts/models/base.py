@@ -1,0 +1,156 @@
+"""The one interface every MLIP (and every analytic stand-in) implements.
+
+A model takes a *batch* of structures and returns energy, forces and stress
+for each.  Models that can evaluate several structures in one call (CHGNet,
+MACE, the analytic potential) do so in slices of ``batch_size``; the others
+loop over their own ASE calculator.  Stress is always ASE's convention: Voigt
+order (xx, yy, zz, yz, xz, xy), eV/Å³, negative under compression.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator
+
+__all__ = ["CalculatorModel", "Model", "ModelCalculator", "Prediction", "configure_threads", "resolve_device"]
+
+
+@dataclass(slots=True)
+class Prediction:
+    """One structure's energy (eV), forces (eV/Å, shape (n, 3)) and stress (eV/Å³, Voigt 6)."""
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What a stage needs from an MLIP: a name for the store and batched predictions."""
+
+    name: str
+    version: str
+    device: str
+
+    def unsupported(self, numbers: Sequence[int]) -> str | None:
+        """Why this model cannot treat a structure with these elements, or None."""
+
+    def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        """Energy, forces and stress of every structure in the batch."""
+
+    def calculator(self) -> Calculator:
+        """The model's own ASE calculator (for one-off work and cross-checks)."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when torch sees a GPU; asking for CUDA without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but torch sees no CUDA device on this worker")
+    return device
+
+
+def configure_threads(threads: int) -> None:
+    """Pin torch and OpenMP to ``threads`` threads in this process.
+
+    Measured on 2 busy cores: torch at 2 threads per process ran 10–100× slower
+    than at 1, so the thread count is always set, never left to torch.
+    """
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # can only be set once per process, before any parallel work
+        pass
+
+
+def _symbols(numbers: Sequence[int]) -> set[str]:
+    from ase.data import chemical_symbols
+
+    return {chemical_symbols[int(z)] for z in numbers}
+
+
+class CalculatorModel:
+    """Any ASE calculator behind the model interface, one structure per call.
+
+    Used for models without a batched entry point (SevenNet in sevenn 0.10,
+    ASE's EMT).  ``elements`` is the set the model was trained on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        factory: Callable[[], Calculator],
+        elements: set[str] | None,
+        device: str = "cpu",
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.device = device
+        self.elements = elements
+        self._factory = factory
+        self._calc: Calculator | None = None
+
+    def calculator(self) -> Calculator:
+        if self._calc is None:
+            self._calc = self._factory()
+        return self._calc
+
+    def unsupported(self, numbers: Sequence[int]) -> str | None:
+        if self.elements is None:
+            return None
+        missing = sorted(_symbols(numbers) - self.elements)
+        if missing:
+            return f"element(s) {', '.join(missing)} not covered by model {self.name}"
+        return None
+
+    def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        calc = self.calculator()
+        out = []
+        for atoms in batch:
+            a = atoms.copy()
+            a.calc = calc
+            out.append(
+                Prediction(
+                    energy=float(a.get_potential_energy()),
+                    forces=np.array(a.get_forces(), dtype=float),
+                    stress=np.array(a.get_stress(voigt=True), dtype=float),
+                )
+            )
+        return out
+
+
+def ModelCalculator(model: Model) -> Calculator:  # noqa: N802 - behaves as a class
+    """An ASE calculator over any :class:`Model`, for code that wants ASE's interface."""
+    from ase.calculators.calculator import Calculator, all_changes
+
+    class _ModelCalculator(Calculator):
+        implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+        def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            p = model.predict([self.atoms])[0]
+            self.results = {
+                "energy": p.energy,
+                "free_energy": p.energy,
+                "forces": p.forces,
+                "stress": p.stress,
+            }
+
+    return _ModelCalculator()

@@ -1,0 +1,140 @@
+"""Models that evaluate many structures in one forward pass (CHGNet, MACE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hts.models.base import Prediction, _symbols
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+__all__ = ["ChgnetModel", "MaceModel"]
+
+_GPA_TO_EV_PER_A3 = 1.0 / 160.21766208
+
+
+class ChgnetModel:
+    """CHGNet 0.3.0 (weights ship in the ``chgnet`` wheel), batched through ``predict_structure``."""
+
+    name = "chgnet"
+
+    def __init__(self, device: str, batch_size: int) -> None:
+        import chgnet
+        from chgnet.model import CHGNet
+
+        self.version = f"0.3.0 (chgnet {chgnet.__version__})"
+        self.device = device
+        self.batch_size = batch_size
+        self.model = CHGNet.load(model_name="0.3.0", use_device=device, verbose=False)
+        self.model.eval()
+
+    def unsupported(self, numbers: Sequence[int]) -> str | None:
+        bad = sorted(_symbols(z for z in numbers if not 1 <= int(z) <= 94))
+        return f"element(s) {', '.join(bad)} not covered by model chgnet" if bad else None
+
+    def calculator(self):
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(model=self.model, use_device=self.device)
+
+    def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        structures = [AseAtomsAdaptor.get_structure(a) for a in batch]
+        preds = self.model.predict_structure(structures, task="efs", batch_size=self.batch_size)
+        if isinstance(preds, dict):
+            preds = [preds]
+        out = []
+        for a, p in zip(batch, preds, strict=True):
+            n = len(a) if self.model.is_intensive else 1
+            out.append(
+                Prediction(
+                    energy=float(p["e"]) * n,
+                    forces=np.asarray(p["f"], dtype=float),
+                    stress=np.asarray(p["s"], dtype=float) * _GPA_TO_EV_PER_A3,
+                )
+            )
+        return out
+
+
+class MaceModel:
+    """A MACE model file (a foundation model or a distilled student), batched forward passes."""
+
+    name = "mace"
+
+    def __init__(self, path: str, device: str, batch_size: int, dtype: str) -> None:
+        import torch
+
+        self.path = path
+        self.device = device
+        self.batch_size = batch_size
+        self.dtype = dtype
+        model = torch.load(path, map_location=device, weights_only=False)
+        if hasattr(model, "to"):
+            model = model.to(device)
+        model = model.double() if dtype == "float64" else model.float()
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.atomic_numbers = [int(z) for z in model.atomic_numbers]
+        self.r_max = float(model.r_max)
+        self.heads = list(getattr(model, "heads", None) or ["Default"])
+        import mace
+
+        self.version = f"{path} (mace-torch {getattr(mace, '__version__', '?')})"
+
+    def unsupported(self, numbers: Sequence[int]) -> str | None:
+        bad = sorted(_symbols(z for z in numbers if int(z) not in self.atomic_numbers))
+        return f"element(s) {', '.join(bad)} not covered by model mace ({self.path})" if bad else None
+
+    def calculator(self):
+        from mace.calculators import MACECalculator
+
+        return MACECalculator(model_paths=self.path, device=self.device, default_dtype=self.dtype)
+
+    def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(batch), self.batch_size):
+            out.extend(self._forward(batch[start : start + self.batch_size]))
+        return out
+
+    def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        import torch
+        from mace import data
+        from mace.tools import torch_geometric, utils
+
+        z_table = utils.AtomicNumberTable(self.atomic_numbers)
+        graphs = [
+            data.AtomicData.from_config(
+                data.config_from_atoms(a), z_table=z_table, cutoff=self.r_max, heads=self.heads
+            )
+            for a in batch
+        ]
+        loader = torch_geometric.dataloader.DataLoader(graphs, batch_size=len(graphs), shuffle=False)
+        g = next(iter(loader)).to(self.device)
+        torch_dtype = torch.float64 if self.dtype == "float64" else torch.float32
+        d = g.to_dict()
+        for key in ("positions", "shifts", "cell", "unit_shifts"):
+            if key in d and torch.is_floating_point(d[key]):
+                d[key] = d[key].to(torch_dtype)
+        res = self.model(d, compute_stress=True, training=False)
+        energy = res["energy"].detach().cpu().numpy()
+        forces = res["forces"].detach().cpu().numpy()
+        stress = res["stress"].detach().cpu().numpy()
+        ptr = g.ptr.cpu().numpy()
+        out = []
+        for k in range(len(batch)):
+            s = stress[k]
+            out.append(
+                Prediction(
+                    energy=float(energy[k]),
+                    forces=forces[ptr[k] : ptr[k + 1]].astype(float),
+                    stress=np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], dtype=float),
+                )
+            )
+        return out

@@ -1,0 +1,122 @@
+"""Summaries and exports of a store, for ``hts status`` and ``hts export``.
+
+Everything here reads the store through :func:`hts.store.open_dataset`, which
+cuts off uncommitted rows, so it is safe while a run is writing.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from hts.store import open_dataset, structure_of
+
+__all__ = ["export_store", "summarize"]
+
+
+def _reason_key(reason: str) -> str:
+    """Group reasons that differ only in numbers, sites or quoted details."""
+    key = re.sub(r"site \d+ \(\w+\) and site \d+ \(\w+\)", "site i and site j", reason)
+    key = re.sub(r"[-+]?\d+\.?\d*(e[-+]?\d+)?", "#", key)
+    return key[:160]
+
+
+def summarize(path: str | Path, top: int = 10) -> dict:
+    ds = open_dataset(path)
+    ledger = ds.attrs.get("ledger", {})
+    status = ds.status.values.astype(object)
+    reasons = ds.reason.values.astype(object)
+    ids = ds.id.values.astype(object)
+    stages = []
+    for k, st in enumerate(ds.stage.values.astype(object)):
+        n_in = len(status) if k == 0 else int(ds.kept.values[:, k - 1].sum())
+        ok = status == "ok"
+        stages.append(
+            {
+                "stage": st,
+                "in": n_in,
+                "ok": int(ok.sum()),
+                "failed": int((~ok).sum()),
+                "kept": int(ds.kept.values[:, k].sum()),
+            }
+        )
+    groups: dict[str, list[str]] = defaultdict(list)
+    examples: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for i in np.flatnonzero(status != "ok"):
+        key = _reason_key(reasons[i])
+        counts[key] += 1
+        examples.setdefault(key, reasons[i])
+        if len(groups[key]) < 3:
+            groups[key].append(ids[i])
+    failures = [{"reason": examples[k], "count": c, "ids": groups[k]} for k, c in counts.most_common(15)]
+    ehull = ds.e_above_hull.values[:, 0]
+    order = [i for i in np.argsort(np.where(np.isfinite(ehull), ehull, np.inf)) if np.isfinite(ehull[i])][:top]
+    best = [
+        {
+            "id": ids[i],
+            "formula": str(ds.formula.values[i]),
+            "prototype": str(ds.prototype.values[i]),
+            "source": str(ds.source.values[i]),
+            "energy_per_atom": float(ds.energy_per_atom.values[i, 0]),
+            "e_above_hull": float(ehull[i]),
+            "kept": bool(ds.kept.values[i, 0]),
+        }
+        for i in order
+    ]
+    return {
+        "campaign": ds.attrs.get("campaign_name", "?"),
+        "rows": int(ds.sizes["candidate"]),
+        "stages": stages,
+        "failures": failures,
+        "best": best,
+        "wall_s": float(ledger.get("wall_s", 0.0)),
+        "finalized": bool(ledger.get("finalized", False)),
+        "model": str(ds.stage_model.values[0]) if ds.sizes["stage"] else "",
+    }
+
+
+def export_store(path: str | Path, out_dir: str | Path, survivors_only: bool = True) -> tuple[int, Path]:
+    """Write structures (CIF each, one extxyz) and ``summary.csv``; returns (count, csv path)."""
+    from ase.io import write
+
+    ds = open_dataset(path)
+    out_dir = Path(out_dir)
+    (out_dir / "structures").mkdir(parents=True, exist_ok=True)
+    status = ds.status.values.astype(object)
+    kept = ds.kept.values[:, -1]
+    select = (status == "ok") & (kept if survivors_only else True)
+    frames = []
+    for i in np.flatnonzero(select):
+        atoms = structure_of(ds, int(i))
+        atoms.info.update(
+            {
+                "hts_id": str(ds.id.values[i]),
+                "formula": str(ds.formula.values[i]),
+                "energy_per_atom": float(ds.energy_per_atom.values[i, -1]),
+                "e_above_hull": float(ds.e_above_hull.values[i, -1]),
+            }
+        )
+        write(out_dir / "structures" / f"{ds.id.values[i]}_{ds.formula.values[i]}.cif", atoms, format="cif")
+        frames.append(atoms)
+    if frames:
+        write(out_dir / "structures.extxyz", frames, format="extxyz")
+    csv_path = out_dir / "summary.csv"
+    stages = list(ds.stage.values.astype(object))
+    cols = ["id", "formula", "chemsys", "prototype", "source", "n_atoms", "status", "reason"]
+    per_stage = ["energy_per_atom", "e_above_hull", "kept", "converged", "n_steps", "time_s"]
+    with csv_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols + [f"{s}_{v}" for s in stages for v in per_stage])
+        data = {c: ds[c].values for c in cols}
+        sdata = {v: ds[v].values for v in per_stage}
+        for i in range(ds.sizes["candidate"]):
+            w.writerow(
+                [data[c][i] for c in cols]
+                + [sdata[v][i, k] for k in range(len(stages)) for v in per_stage]
+            )
+    return len(frames), csv_path

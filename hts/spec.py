@@ -1,0 +1,341 @@
+"""Campaign file → validated settings.
+
+A campaign is parsed once, up front, into frozen pydantic models with
+``extra="forbid"``; every problem is reported with its path in the file
+(``stages.prefilter.relax.fmax: must be > 0``) before any work starts.  The
+resulting :class:`Campaign` is the one settings object passed to every part of
+the engine; nothing reads global configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "Campaign",
+    "CampaignError",
+    "KeepRule",
+    "ModelSpec",
+    "RelaxSettings",
+    "load_campaign",
+]
+
+
+class CampaignError(ValueError):
+    """A campaign file that cannot be run; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+class PrototypeChoice(_Strict):
+    """One prototype of the substitution library, optionally with its own element lists."""
+
+    name: str
+    elements: dict[str, list[str]] | None = Field(
+        default=None, description="Allowed elements per site role (A, B, X); overrides the source's."
+    )
+    charge_balance: bool | None = Field(
+        default=None, description="Overrides the source's charge_balance for this prototype."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_prototype(cls, name: str) -> str:
+        from hts.candidates.prototypes import PROTOTYPES
+
+        if name not in PROTOTYPES:
+            raise ValueError(f"unknown prototype {name!r}; known: {', '.join(sorted(PROTOTYPES))}")
+        return name
+
+
+class SubstitutionSource(_Strict):
+    """Prototypes × allowed elements per Wyckoff-site role, enumerated lazily."""
+
+    kind: Literal["substitution"]
+    prototypes: list[PrototypeChoice | str] = Field(min_length=1)
+    elements: dict[str, list[str]] = Field(
+        default_factory=dict, description="Default allowed elements per role (A, B, X)."
+    )
+    charge_balance: bool = Field(
+        default=True,
+        description="Keep only compositions that balance with common oxidation states.",
+    )
+    distinct_elements: bool = Field(
+        default=True, description="Never put the same element on two different roles."
+    )
+
+    @field_validator("prototypes")
+    @classmethod
+    def _normalise(cls, items: list[PrototypeChoice | str]) -> list[PrototypeChoice | str]:
+        return [PrototypeChoice(name=p) if isinstance(p, str) else p for p in items]
+
+    @field_validator("elements")
+    @classmethod
+    def _known_elements(cls, elements: dict[str, list[str]]) -> dict[str, list[str]]:
+        _check_elements(elements)
+        return elements
+
+    @model_validator(mode="after")
+    def _roles_covered(self) -> SubstitutionSource:
+        from hts.candidates.prototypes import PROTOTYPES
+
+        for i, choice in enumerate(self.prototypes):
+            assert isinstance(choice, PrototypeChoice)
+            if choice.elements is not None:
+                _check_elements(choice.elements, where=f"prototypes.{i}.elements")
+            table = choice.elements or self.elements
+            for role in PROTOTYPES[choice.name].roles:
+                if not table.get(role):
+                    raise ValueError(
+                        f"prototypes.{i} ({choice.name}) needs elements for role {role!r}: "
+                        f"give elements.{role} or prototypes.{i}.elements.{role}"
+                    )
+        return self
+
+
+def _check_elements(table: dict[str, list[str]], where: str = "elements") -> None:
+    from ase.data import atomic_numbers
+
+    for role, symbols in table.items():
+        if not re.fullmatch(r"[A-Z]", role):
+            raise ValueError(f"{where}: role {role!r} must be one capital letter (A, B, X)")
+        for s in symbols:
+            if s not in atomic_numbers or s == "X":
+                raise ValueError(f"{where}.{role}: {s!r} is not a chemical element")
+        if len(set(symbols)) != len(symbols):
+            raise ValueError(f"{where}.{role}: repeated elements in {symbols}")
+
+
+class FileSource(_Strict):
+    """Structures read from files: a folder, a glob, or an ASE database."""
+
+    kind: Literal["files"]
+    path: str = Field(description="A folder, a glob (``data/*.cif``), or an ASE database (``.db``).")
+    formats: list[Literal["cif", "poscar", "extxyz", "db"]] = Field(
+        default_factory=lambda: ["cif", "poscar", "extxyz", "db"]
+    )
+
+
+CandidateSource = Annotated[SubstitutionSource | FileSource, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- models and stages
+
+
+MODEL_NAMES = ("sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones")
+
+
+class ModelSpec(_Strict):
+    """Which MLIP (or analytic potential) to load, and where it runs."""
+
+    name: Literal["sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones"]
+    path: str | None = Field(default=None, description="Model file; required for mace.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=1, ge=1, le=256, description="torch/OMP threads per worker.")
+    batch_size: int = Field(
+        default=16, ge=1, le=100_000, description="Structures per model call where the model batches."
+    )
+    dtype: Literal["float32", "float64"] = "float64"
+
+    @model_validator(mode="after")
+    def _path_rules(self) -> ModelSpec:
+        if self.name == "mace" and not self.path:
+            raise ValueError("path: required for name 'mace' (a MACE model file)")
+        if self.name != "mace" and self.path:
+            raise ValueError(f"path: only used with name 'mace', not {self.name!r}")
+        return self
+
+
+class RelaxSettings(_Strict):
+    """FIRE relaxation of positions (and the cell) for each candidate."""
+
+    fmax: float = Field(default=0.05, gt=0, le=10, description="eV/Å (and eV/Å on the cell DOF).")
+    max_steps: int = Field(default=300, ge=0, le=100_000)
+    max_step: float = Field(default=0.2, gt=0, le=2.0, description="Largest move per step, Å.")
+    cell: bool = Field(default=True, description="Relax the cell too (Fréchet cell filter).")
+    rattle: float = Field(
+        default=0.0, ge=0, le=0.5, description="Seeded Gaussian noise (Å) on input positions."
+    )
+
+
+_RULE_FIELDS = {"e_above_hull", "energy_per_atom", "n_atoms"}
+_RULE_BOOL_FIELDS = {"converged"}
+_RULE_TERM = re.compile(
+    r"^\s*(?:(?P<not>not\s+)?(?P<bool>[a-z_]+)|(?P<field>[a-z_]+)\s*(?P<op><=|>=|<|>|==)\s*(?P<value>[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?))\s*$"
+)
+
+
+class KeepRule(_Strict):
+    """A conjunction of comparisons, e.g. ``e_above_hull <= 0.1 and converged``."""
+
+    text: str
+    terms: tuple[tuple[str, str, float], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> KeepRule:
+        terms: list[tuple[str, str, float]] = []
+        for part in re.split(r"\s+and\s+", text.strip()):
+            m = _RULE_TERM.match(part)
+            if not m:
+                raise ValueError(
+                    f"cannot read {part!r}: write comparisons like 'e_above_hull <= 0.1' joined by 'and'"
+                )
+            if m["bool"]:
+                if m["bool"] not in _RULE_BOOL_FIELDS:
+                    raise ValueError(f"{m['bool']!r} is not a yes/no field; known: converged")
+                terms.append((m["bool"], "==", 0.0 if m["not"] else 1.0))
+            else:
+                if m["field"] not in _RULE_FIELDS:
+                    raise ValueError(
+                        f"unknown field {m['field']!r}; known: {', '.join(sorted(_RULE_FIELDS))}"
+                    )
+                terms.append((m["field"], m["op"], float(m["value"])))
+        return cls(text=text, terms=tuple(terms))
+
+    def __call__(self, values: dict[str, float]) -> bool:
+        ops = {
+            "<=": float.__le__,
+            ">=": float.__ge__,
+            "<": float.__lt__,
+            ">": float.__gt__,
+            "==": float.__eq__,
+        }
+        for field, op, ref in self.terms:
+            v = float(values[field])
+            if v != v or not ops[op](v, ref):  # NaN never passes
+                return False
+        return True
+
+
+class PrefilterStage(_Strict):
+    """Relax every candidate with a fast MLIP, score it against the hull, keep the promising ones."""
+
+    model: ModelSpec
+    relax: RelaxSettings = RelaxSettings()
+    keep: KeepRule = KeepRule.parse("e_above_hull <= 0.1")
+    resource: Literal["cpu", "gpu"] = Field(
+        default="cpu", description="Executor label the site must supply for this stage."
+    )
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _parse_rule(cls, v: object) -> object:
+        return KeepRule.parse(v) if isinstance(v, str) else v
+
+
+class Stages(_Strict):
+    prefilter: PrefilterStage
+
+
+# --------------------------------------------------------------------------- the campaign
+
+
+class HullSettings(_Strict):
+    """What the convex hull is built from, besides every candidate scored so far."""
+
+    model_references: bool = Field(
+        default=True, description="Relax elemental reference phases with the stage's model."
+    )
+    reference_entries: str | None = Field(
+        default=None, description="JSON file of pymatgen ComputedEntry/PDEntry objects."
+    )
+
+
+class Limits(_Strict):
+    max_candidates: int | None = Field(default=None, ge=1, description="Stop after this many.")
+    max_atoms: int = Field(default=64, ge=1, le=10_000, description="Larger inputs are failed.")
+    min_distance: float = Field(
+        default=0.5, gt=0, lt=5, description="Closer atom pairs (Å) mark an input as overlapping."
+    )
+    max_in_flight: int | None = Field(
+        default=None, ge=1, description="Chunks submitted but not done; default 2 × workers."
+    )
+    task_retries: int = Field(default=1, ge=0, le=10)
+
+
+class Campaign(_Strict):
+    """One screening campaign: where candidates come from, how they are judged, where results go."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
+    description: str = ""
+    candidates: CandidateSource
+    stages: Stages
+    hull: HullSettings = HullSettings()
+    store: str = Field(description="Path of the Zarr store (relative to the working directory).")
+    site: str = Field(default="local", description="Name of a sites/*.yaml file or a path to one.")
+    chunk_size: int = Field(default=64, ge=1, le=1_000_000)
+    limits: Limits = Limits()
+    seed: int = Field(default=0, ge=0)
+
+    # Where the file was read from, so relative input paths resolve next to it.
+    base_dir: str = Field(default=".", exclude=True)
+
+    def resolve_input(self, path: str) -> Path:
+        """Input files are relative to the campaign file, not to where ``hts`` runs."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def content_hash(self) -> str:
+        """Hash of everything that changes results (not the site or the store path).
+
+        A store remembers the hash of the campaign that wrote it, so resuming with
+        a changed campaign is refused instead of silently mixing results.
+        """
+        data = self.model_dump(mode="json", exclude={"site", "store", "description", "base_dir"})
+        data["limits"].pop("max_in_flight", None)
+        data["limits"].pop("task_retries", None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s) in the campaign file"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-")))
+        # pydantic puts the discriminated union member name into the path; drop it
+        loc = re.sub(r"\.(substitution|files)(?=\.|$)", "", loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see the README for the fields)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and e["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {loc or '<top level>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_campaign(data: object, source: str = "<campaign>", base_dir: str = ".") -> Campaign:
+    """Validate a campaign mapping; raise :class:`CampaignError` naming every bad field."""
+    if not isinstance(data, dict):
+        raise CampaignError(f"{source}: a campaign file must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return Campaign.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as err:
+        raise CampaignError(_format_errors(err, source)) from None
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Read and validate a campaign YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CampaignError(f"{path}: cannot read campaign file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CampaignError(f"{path}: not valid YAML: {err}") from None
+    return parse_campaign(data, source=str(path), base_dir=str(path.parent.resolve()))

@@ -1,0 +1,1 @@
+"""Stage functions: batches in, typed records out; no execution engine in sight."""

@@ -1,0 +1,122 @@
+"""The prefilter stage: relax a chunk of candidates with a fast MLIP.
+
+Science only: this takes a batch and returns typed records.  It knows nothing
+of Parsl, MPI or the store and runs serially in a test.  Hull scoring needs
+every result so far, so it happens where the results meet (the driver), not
+here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hts.candidates.record import Candidate
+
+__all__ = ["ChunkResult", "StageRecord", "run_prefilter"]
+
+
+@dataclass(slots=True)
+class StageRecord:
+    """One candidate's result of one stage (the typed record between stages)."""
+
+    id: str
+    status: str  # "ok" or "failed"
+    reason: str = ""
+    energy: float = float("nan")  # eV, total
+    energy_per_atom: float = float("nan")
+    converged: bool = False
+    n_steps: int = 0
+    time_s: float = 0.0
+    # the relaxed structure (the input one when the stage failed before relaxing)
+    numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    cell: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What a worker sends back for a chunk: records plus where its time went."""
+
+    index: int
+    records: list[StageRecord]
+    model_name: str
+    model_version: str
+    wall_s: float
+    model_s: float
+
+
+def _rattled(c: Candidate, amplitude: float, seed: int):
+    atoms = c.to_atoms()
+    if amplitude > 0:
+        # Seeded by campaign seed and candidate id: the same noise whatever chunk or worker.
+        s = int(hashlib.sha1(f"{seed}:{c.id}".encode()).hexdigest()[:8], 16)
+        atoms.positions += np.random.default_rng(s).normal(0.0, amplitude, atoms.positions.shape)
+    return atoms
+
+
+def run_prefilter(index: int, candidates: Sequence[Candidate], stage, seed: int = 0, model=None) -> ChunkResult:
+    """Relax a chunk with the stage's model; failed inputs become failed records.
+
+    ``stage`` is a :class:`hts.spec.PrefilterStage`.  ``model`` may be passed in
+    (tests, benchmarks); by default the worker's cached model is used.
+    """
+    from hts.models import get_model
+    from hts.stages.relax import relax_batch
+
+    t0 = time.perf_counter()
+    if model is None:
+        model = get_model(stage.model)
+    records: dict[str, StageRecord] = {}
+    todo: list[Candidate] = []
+    for c in candidates:
+        reason = c.error or model.unsupported(c.numbers) or ""
+        if reason:
+            records[c.id] = StageRecord(c.id, "failed", reason, numbers=c.numbers, positions=c.positions, cell=c.cell)
+        else:
+            todo.append(c)
+    r = stage.relax
+    outcomes = relax_batch(
+        model,
+        [_rattled(c, r.rattle, seed) for c in todo],
+        fmax=r.fmax,
+        max_steps=r.max_steps,
+        max_step=r.max_step,
+        cell=r.cell,
+        batch_size=stage.model.batch_size,
+    )
+    model_s = 0.0
+    for c, o in zip(todo, outcomes, strict=True):
+        model_s += o.model_time_s
+        a = o.atoms
+        rec = StageRecord(
+            c.id,
+            "failed" if o.error else "ok",
+            o.error,
+            energy=o.energy,
+            energy_per_atom=o.energy / len(a),
+            converged=o.converged,
+            n_steps=o.n_steps,
+            time_s=o.model_time_s,
+            numbers=np.asarray(a.numbers, dtype=np.int64),
+            positions=np.array(a.positions),
+            cell=np.array(a.cell[:]),
+        )
+        records[c.id] = rec
+    wall = time.perf_counter() - t0
+    # Each record carries its own model time plus an equal share of the rest.
+    share = (wall - model_s) / max(len(candidates), 1)
+    for rec in records.values():
+        rec.time_s += share
+    return ChunkResult(
+        index=index,
+        records=[records[c.id] for c in candidates],
+        model_name=model.name,
+        model_version=model.version,
+        wall_s=wall,
+        model_s=model_s,
+    )

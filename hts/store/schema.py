@@ -1,0 +1,63 @@
+"""The Zarr store's layout, in one place.
+
+Dimensions
+    candidate   one row per unique candidate, in the order results arrived
+    stage       the campaign's stages (``prefilter`` now; ``rescore``, ``validate`` later)
+    atom        all atoms of all candidates, concatenated (ragged layout, below)
+    vector, xyz 3 × 3 for cells and 3 for positions
+
+Ragged structures follow the CF "contiguous ragged array" convention: the atoms
+of candidate ``i`` are rows ``atom_start[i] : atom_start[i] + n_atoms[i]`` of
+``species`` and ``positions``.  With xarray::
+
+    ds = xr.open_zarr("run.zarr")
+    i = 0
+    s, n = int(ds.atom_start[i]), int(ds.n_atoms[i])
+    species = ds.species[s:s + n].values          # atomic numbers
+    positions = ds.positions[s:s + n].values      # Cartesian, Å
+    cell = ds.cell[i].values                      # rows are lattice vectors, Å
+
+Root attributes: ``hts_schema``, ``campaign_name``, ``campaign_hash``,
+``campaign`` (the validated campaign as YAML), ``references`` (elemental
+reference energies per stage model), and ``ledger`` (committed row counts, the
+finished chunk indices as ranges, whether the final hull pass ran).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+# name -> (dimensions after "candidate", dtype, fill value, description)
+CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
+    "id": ((), str, "", "stable id: hash of an isometry-invariant fingerprint"),
+    "formula": ((), str, "", "reduced formula, elements alphabetical"),
+    "chemsys": ((), str, "", "chemical system, e.g. Cl-Na"),
+    "prototype": ((), str, "", "substitution prototype ('' for file inputs)"),
+    "source": ((), str, "", "where the candidate came from"),
+    "chunk": ((), np.int64, -1, "index of the chunk (task) it belonged to"),
+    "n_atoms": ((), np.int32, 0, "atoms in the stored structure"),
+    "atom_start": ((), np.int64, 0, "first row of this candidate in the atom dimension"),
+    "status": ((), str, "", "ok | failed"),
+    "reason": ((), str, "", "why it failed ('' when ok)"),
+    "stage_reached": ((), str, "", "last stage that produced a result"),
+    "cell": (("vector", "xyz"), np.float64, np.nan, "relaxed cell, rows are lattice vectors (Å)"),
+    "energy": (("stage",), np.float64, np.nan, "total energy (eV)"),
+    "energy_per_atom": (("stage",), np.float64, np.nan, "energy per atom (eV/atom)"),
+    "e_above_hull": (("stage",), np.float64, np.nan, "energy above hull (eV/atom), final values"),
+    "kept": (("stage",), bool, False, "passed the stage's keep rule"),
+    "converged": (("stage",), bool, False, "relaxation reached fmax"),
+    "n_steps": (("stage",), np.int32, 0, "relaxation steps"),
+    "time_s": (("stage",), np.float64, np.nan, "worker seconds spent on this candidate"),
+}
+
+ATOM_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
+    "species": ((), np.int16, 0, "atomic number"),
+    "positions": (("xyz",), np.float64, np.nan, "Cartesian position (Å)"),
+}
+
+FIXED_SIZES = {"vector": 3, "xyz": 3}
