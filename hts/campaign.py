@@ -96,10 +96,28 @@ def _source_elements(campaign: Campaign) -> list[str]:
     return sorted(els)
 
 
+def _resolved_stage(campaign: Campaign):
+    """The prefilter stage with its model file made absolute (workers may run elsewhere)."""
+    stage = campaign.stages.prefilter
+    if stage.model.path:
+        p = campaign.resolve_input(stage.model.path).resolve()
+        if not p.is_file():
+            raise CampaignError(f"stages.prefilter.model.path: no such model file {p}")
+        stage = stage.model_copy(update={"model": stage.model.model_copy(update={"path": str(p)})})
+    return stage
+
+
+def preflight(campaign: Campaign) -> None:
+    """Every check that needs no model and no worker: run by ``hts validate`` and before a run."""
+    ensure_not_empty(campaign)
+    _load_user_entries(campaign)
+    _resolved_stage(campaign)
+
+
 class _Driver:
     def __init__(self, campaign: Campaign, engine, store: Store, progress: Callable[[RunStats], None] | None):
         self.c = campaign
-        self.stage = campaign.stages.prefilter
+        self.stage = _resolved_stage(campaign)
         self.engine = engine
         self.store = store
         self.progress = progress or (lambda s: None)
@@ -122,9 +140,15 @@ class _Driver:
         groups = [missing[i::n] for i in range(n)]
         futs = [self.engine.submit(self.stage.resource, relax_references, g, self.stage) for g in groups]
         new = dict(cached)
-        for f in futs:
-            for r in f.result():
-                new[r.element] = {"energy_per_atom": r.energy_per_atom, "structure": r.structure, "reason": r.reason}
+        for g, f in zip(groups, futs, strict=True):
+            try:
+                for r in f.result():
+                    new[r.element] = {"energy_per_atom": r.energy_per_atom, "structure": r.structure, "reason": r.reason}
+            except Exception as err:  # the candidates of these elements fail with this reason
+                why = f"reference task failed: {type(err).__name__}: {err}"[:300]
+                log.warning("%s (%s)", why, ", ".join(g))
+                for el in g:
+                    new[el] = {"energy_per_atom": float("nan"), "structure": "", "reason": why}
         refs = dict(self.store.references)
         refs["prefilter"] = new
         self.store.set_references(refs)
@@ -153,16 +177,17 @@ class _Driver:
 
     # -- scoring a finished chunk ----------------------------------------------
 
-    def _score(self, rec: StageRecord, formula: str) -> tuple[float, str]:
+    def _score(self, rec: StageRecord, formula: str) -> tuple[float, float, str]:
         try:
-            return self.hull.e_above_hull(formula, rec.energy_per_atom), ""
+            e = rec.energy_per_atom
+            return self.hull.e_above_hull(formula, e), self.hull.formation_energy(formula, e), ""
         except MissingReferenceError as err:
             import re
 
             present = set(re.findall(r"[A-Z][a-z]?", formula))
             els = [el for el in self.ref_reasons if el in present]
             why = "; ".join(f"{el}: {self.ref_reasons[el]}" for el in els)
-            return float("nan"), f"{err}{' (' + why + ')' if why else ''}"
+            return float("nan"), float("nan"), f"{err}{' (' + why + ')' if why else ''}"
 
     def _rows(self, chunk: Chunk, result: ChunkResult | None, error: str = "") -> list[Row]:
         recs = result.records if result is not None else [
@@ -179,13 +204,14 @@ class _Driver:
             status, reason = r.status, r.reason
             values: dict[str, float | bool | int] = {}
             if status == STATUS_OK:
-                ehull, why = self._score(r, c.formula)
+                ehull, eform, why = self._score(r, c.formula)
                 if why:
                     status, reason = STATUS_FAILED, why
                 values = {
                     "energy": r.energy,
                     "energy_per_atom": r.energy_per_atom,
                     "e_above_hull": ehull,
+                    "formation_energy": eform,
                     "converged": r.converged,
                     "n_steps": r.n_steps,
                     "time_s": r.time_s,
@@ -245,7 +271,8 @@ class _Driver:
         self._rebuild_hull()
         s.resumed = self.store.n_rows
         source = open_source(c)
-        s.total_estimate = source.upper_bound()
+        counter = getattr(source, "count", None)
+        s.total_estimate = (counter() if counter else None) or source.upper_bound()
         if c.limits.max_candidates and s.total_estimate:
             s.total_estimate = min(s.total_estimate, c.limits.max_candidates)
         self._ensure_references(_source_elements(c))
@@ -299,12 +326,14 @@ class _Driver:
         for start, b in self.store.iter_blocks(names):
             e_col = b["energy_per_atom"][:, 0]
             ehull = np.full(len(e_col), np.nan)
+            eform = np.full(len(e_col), np.nan)
             kept = np.zeros(len(e_col), dtype=bool)
             for i, (f, st) in enumerate(zip(b["formula"], b["status"], strict=True)):
                 if st != STATUS_OK:
                     continue
                 try:
                     ehull[i] = self.hull.e_above_hull(str(f), float(e_col[i]))
+                    eform[i] = self.hull.formation_energy(str(f), float(e_col[i]))
                 except MissingReferenceError:
                     continue
                 kept[i] = self.stage.keep(
@@ -317,6 +346,7 @@ class _Driver:
                 )
             self.store.write_stage_column("e_above_hull", "prefilter", start, ehull)
             self.store.write_stage_column("kept", "prefilter", start, kept)
+            self.store.write_stage_column("formation_energy", "prefilter", start, eform)
             kept_total += int(kept.sum())
         s.kept = kept_total
         self.store.set_finalized(True)
@@ -351,6 +381,6 @@ def run_campaign(
     reference file, a store of another campaign) are raised before any task is
     submitted.
     """
-    ensure_not_empty(campaign)
+    preflight(campaign)
     store = open_store(campaign, store_path)
     return _Driver(campaign, engine, store, progress).run()

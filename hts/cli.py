@@ -42,15 +42,14 @@ def _load(path: Path):
 @app.command()
 def validate(campaign: Annotated[Path, typer.Argument(help="Campaign YAML file.")]) -> None:
     """Check a campaign file (fields, candidate source, site) without running it."""
-    from hts.candidates import EmptySourceError, ensure_not_empty
-    from hts.campaign import _load_user_entries
+    from hts.campaign import preflight
+    from hts.candidates import EmptySourceError
     from hts.execution.sites import SiteError, load_site
     from hts.spec import CampaignError
 
     c = _load(campaign)
     try:
-        ensure_not_empty(c)
-        _load_user_entries(c)
+        preflight(c)
         load_site(c.site)
     except (EmptySourceError, CampaignError, SiteError) as err:
         _fail(f"{campaign}: {err}")
@@ -211,14 +210,14 @@ def _print_status(store_path: Path, top: int = 10) -> None:
             t.add_row(str(f["count"]), f["reason"], ", ".join(f["ids"]))
         out.print(t)
     if s["best"]:
-        t = Table(title=f"most stable candidates (prefilter, model {s['model']})")
+        t = Table(title=f"most stable candidates (prefilter, {s['model']}; energies in eV/atom)")
         t.add_column("id", no_wrap=True, min_width=16)
-        for col in ("formula", "prototype", "E (eV/atom)", "E_hull (eV/atom)", "kept"):
+        for col in ("formula", "prototype", "E_form", "E_hull", "kept"):
             t.add_column(col, no_wrap=True)
         for b in s["best"]:
             t.add_row(
-                b["id"], b["formula"], b["prototype"] or b["source"], f"{b['energy_per_atom']:.4f}",
-                f"{b['e_above_hull']:.4f}", "yes" if b["kept"] else "",
+                b["id"], b["formula"], b["prototype"] or b["source"], f"{b['formation_energy']:.3f}",
+                f"{b['e_above_hull']:.3f}", "yes" if b["kept"] else "",
             )
         out.print(t)
 

@@ -55,7 +55,10 @@ def summarize(path: str | Path, top: int = 10) -> dict:
             groups[key].append(ids[i])
     failures = [{"reason": examples[k], "count": c, "ids": groups[k]} for k, c in counts.most_common(15)]
     ehull = ds.e_above_hull.values[:, 0]
-    order = [i for i in np.argsort(np.where(np.isfinite(ehull), ehull, np.inf)) if np.isfinite(ehull[i])][:top]
+    eform = ds.formation_energy.values[:, 0]
+    finite = np.flatnonzero(np.isfinite(ehull))
+    # most stable: on (or nearest) the hull first, then the most negative formation energy
+    order = finite[np.lexsort((eform[finite], np.round(ehull[finite], 4)))][:top]
     best = [
         {
             "id": ids[i],
@@ -64,6 +67,7 @@ def summarize(path: str | Path, top: int = 10) -> dict:
             "source": str(ds.source.values[i]),
             "energy_per_atom": float(ds.energy_per_atom.values[i, 0]),
             "e_above_hull": float(ehull[i]),
+            "formation_energy": float(eform[i]),
             "kept": bool(ds.kept.values[i, 0]),
         }
         for i in order
@@ -108,7 +112,7 @@ def export_store(path: str | Path, out_dir: str | Path, survivors_only: bool = T
     csv_path = out_dir / "summary.csv"
     stages = list(ds.stage.values.astype(object))
     cols = ["id", "formula", "chemsys", "prototype", "source", "n_atoms", "status", "reason"]
-    per_stage = ["energy_per_atom", "e_above_hull", "kept", "converged", "n_steps", "time_s"]
+    per_stage = ["energy_per_atom", "formation_energy", "e_above_hull", "kept", "converged", "n_steps", "time_s"]
     with csv_path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols + [f"{s}_{v}" for s in stages for v in per_stage])

@@ -73,7 +73,7 @@ class FileReader:
                 yield Candidate.failed(_label_id(label), label, f"unreadable {fmt} file: {_short(err)}")
                 continue
             if not frames:
-                yield Candidate.failed(_label_id(label), label, f"{fmt} file holds no structure")
+                yield Candidate.failed(_label_id(label), label, f"unreadable {fmt} file: no structure found in it")
                 continue
             for k, atoms in enumerate(frames):
                 source = label if len(frames) == 1 else f"{label}@{k}"

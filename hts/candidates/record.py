@@ -85,9 +85,10 @@ def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -
 
     The fingerprint is the reduced formula, the volume per atom, the space group
     (spglib) and, for every site, its species with the sorted species-resolved
-    distances to all neighbours within twice the shortest bond of the structure.
-    It does not depend on the cell choice, the origin, a rotation, or the order of
-    the sites.  Values are rounded (0.01 Å, 0.01 Å^3), so two inputs that differ
+    distances to all neighbours within twice the shortest bond of the structure
+    (as a multiset, reduced by its common multiplicity).  It does not depend on
+    the cell choice (a supercell included), the origin, a rotation, or the order
+    of the sites.  Values are rounded (0.01 Å, 0.01 Å^3), so two inputs that differ
     by less may share an id; a structure that differs more never does.
     """
     import spglib
@@ -107,12 +108,14 @@ def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -
         dmin = d.min() if len(d) else 0.0
         keep = d <= 2.0 * dmin + 1e-6
         i, j, d = i[keep], j[keep], d[keep]
-        envs = []
+        envs: Counter = Counter()
         for site in range(n):
             m = i == site
             env = sorted(zip(numbers[j[m]].tolist(), np.round(d[m], 2).tolist(), strict=True))
-            envs.append((int(numbers[site]), tuple(env)))
-        parts.append(repr(sorted(envs)))
+            envs[(int(numbers[site]), tuple(env))] += 1
+        # divide out the multiplicity so a supercell has the id of its primitive cell
+        g = math.gcd(*envs.values())
+        parts.append(repr(sorted((env, k // g) for env, k in envs.items())))
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -99,6 +99,12 @@ class SubstitutionGenerator:
         """Number of raw assignments before filters: a cheap total for progress displays."""
         return sum(math.prod(len(x) for x in lists) for _, _, lists, _ in self._plans())
 
+    def count(self, limit: int = 2_000_000) -> int | None:
+        """Exact number of assignments after the filters, when the raw space is small enough to walk."""
+        if self.upper_bound() > limit:
+            return None
+        return sum(1 for _ in self.assignments())
+
     def assignments(self) -> Iterator[Assignment]:
         for name, roles, lists, balance in self._plans():
             mult = prototype_cell(name).multiplicity

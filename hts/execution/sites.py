@@ -87,6 +87,13 @@ def build_parsl_config(site: Site, run_dir: Path, retries: int = 0):
     from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
     from parsl.providers import LocalProvider
 
+    import sys
+
+    # Parsl's interchange and worker pool are console scripts of this environment:
+    # make sure they are found even when the venv was never activated.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     executors = []
     for label, spec in site.executors.items():
         if spec.kind == "threads":
@@ -95,6 +102,7 @@ def build_parsl_config(site: Site, run_dir: Path, retries: int = 0):
             t = spec.threads_per_worker
             init = "\n".join(
                 [
+                    f"export PATH={bindir}:$PATH",
                     f"export OMP_NUM_THREADS={t} MKL_NUM_THREADS={t}",
                     "export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1",
                     spec.worker_init,

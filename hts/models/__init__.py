@@ -23,11 +23,17 @@ def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
     # With torch ≥ 2.6, e3nn 0.4.4's constants.pt only loads with weights_only off;
     # it must be set before sevenn/e3nn are first imported.
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    import sevenn
-    from ase.data import chemical_symbols
-    from sevenn.sevennet_calculator import SevenNetCalculator
+    import warnings
 
-    calc = SevenNetCalculator(checkpoint, device=device)
+    from ase.data import chemical_symbols
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*weights_only.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="e3nn")
+        import sevenn
+        from sevenn.sevennet_calculator import SevenNetCalculator
+
+        calc = SevenNetCalculator(checkpoint, device=device)
     elements = {chemical_symbols[int(z)] for z in calc.type_map}
     name = {"7net-0": "sevennet-0", "7net-l3i5": "sevennet-l3i5"}[checkpoint]
     return CalculatorModel(name, f"{checkpoint} (sevenn {sevenn.__version__})", lambda: calc, elements, device)

@@ -100,6 +100,19 @@ class HullTracker:
         _, e = pd.get_decomp_and_e_above_hull(entry, allow_negative=True, check_stable=False)
         return float(e)
 
+    def formation_energy(self, formula: str, energy_per_atom: float) -> float:
+        """Energy per atom relative to the elemental references (eV/atom)."""
+        from pymatgen.core import Composition
+
+        comp = Composition(formula)
+        total = 0.0
+        for el, frac in comp.fractional_composition.items():
+            refs = self._stable.get(frozenset([el.symbol]))
+            if not refs:
+                raise MissingReferenceError(f"no elemental reference energy for {el.symbol}")
+            total += frac * refs[0].energy_per_atom
+        return energy_per_atom - total
+
     def entry(self, formula: str, energy_per_atom: float, name: str = ""):
         from pymatgen.analysis.phase_diagram import PDEntry
         from pymatgen.core import Composition

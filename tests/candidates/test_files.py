@@ -1,0 +1,82 @@
+"""The file source: CIF, POSCAR, extxyz, ASE db; bad files become failed candidates."""
+
+from __future__ import annotations
+
+import pytest
+from ase.build import bulk
+from ase.db import connect
+from ase.io import write
+
+from hts.candidates import EmptySourceError, chunks, ensure_not_empty, open_source
+from hts.spec import parse_campaign
+from tests.conftest import lj_campaign
+
+
+def _campaign(tmp_path, path, **kw):
+    return parse_campaign(
+        lj_campaign(tmp_path, candidates={"kind": "files", "path": path, **kw}), base_dir=str(tmp_path)
+    )
+
+
+def _all(c):
+    return [x for ch in chunks(open_source(c), 3, min_distance=0.5) for x in ch.candidates]
+
+
+def test_reads_every_format(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    write(d / "nacl.cif", bulk("NaCl", "rocksalt", a=5.64))
+    write(d / "POSCAR", bulk("Si", "diamond", a=5.43), format="vasp")
+    write(d / "two.extxyz", [bulk("Cu", a=3.6), bulk("Au", a=4.08)], format="extxyz")
+    with connect(d / "x.db") as db:
+        db.write(bulk("MgO", "rocksalt", a=4.21))
+    (d / "notes.txt").write_text("ignored")
+    cands = _all(_campaign(tmp_path, "in"))
+    assert sorted(c.formula for c in cands) == ["Au", "ClNa", "Cu", "MgO", "Si"]
+    assert all(not c.error for c in cands)
+    assert {c.source for c in cands} >= {"file:in/two.extxyz@0", "file:in/two.extxyz@1"}
+
+
+def test_glob_and_dedup(tmp_path):
+    write(tmp_path / "a.cif", bulk("NaCl", "rocksalt", a=5.64))
+    shifted = bulk("NaCl", "rocksalt", a=5.64)
+    shifted.translate([1.0, 0.5, 0.2])
+    shifted.wrap()
+    write(tmp_path / "b.cif", shifted)  # the same crystal, another origin
+    cands = _all(_campaign(tmp_path, "*.cif"))
+    assert len(cands) == 1
+
+
+def test_unreadable_and_overlapping_are_failed_with_reason(tmp_path):
+    (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a oops\nloop_\n_atom_site_label\n")
+    bad = bulk("NaCl", "rocksalt", a=5.64)
+    bad.positions[1] = bad.positions[0] + [0.1, 0, 0]
+    write(tmp_path / "overlap.cif", bad)
+    write(tmp_path / "good.cif", bulk("Cu", a=3.6))
+    cands = {c.source: c for c in _all(_campaign(tmp_path, "."))}
+    assert "unreadable cif file" in cands["file:broken.cif"].error
+    assert "overlapping atoms" in cands["file:overlap.cif"].error
+    assert "0.100 Å apart" in cands["file:overlap.cif"].error
+    assert cands["file:good.cif"].error == ""
+
+
+def test_empty_source_is_an_error_naming_the_field(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(EmptySourceError, match="candidates.path"):
+        ensure_not_empty(_campaign(tmp_path, "nothing"))
+    with pytest.raises(EmptySourceError, match="candidates.path"):
+        ensure_not_empty(_campaign(tmp_path, "*.cif"))
+
+
+def test_empty_substitution_is_an_error(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["candidates"]["elements"] = {"A": ["Na"], "X": ["Na"]}
+    with pytest.raises(EmptySourceError, match="no candidate"):
+        ensure_not_empty(parse_campaign(data))
+
+
+def test_too_many_atoms(tmp_path):
+    write(tmp_path / "big.cif", bulk("Cu", a=3.6).repeat(5))
+    c = _campaign(tmp_path, ".")
+    cand = [x for ch in chunks(open_source(c), 3, max_atoms=64) for x in ch.candidates][0]
+    assert "125 atoms exceeds limits.max_atoms = 64" in cand.error

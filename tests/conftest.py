@@ -1,0 +1,43 @@
+"""Shared fixtures: small real campaigns on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lj_campaign(tmp_path: Path, **overrides) -> dict:
+    """A substitution campaign with the analytic potential: the whole engine in seconds."""
+    data = {
+        "name": "lj-test",
+        "candidates": {
+            "kind": "substitution",
+            "prototypes": ["rocksalt", "zincblende", "cscl", "fluorite"],
+            "elements": {"A": ["Li", "Na", "K", "Mg", "Ca", "Sr"], "X": ["O", "S", "F", "Cl"]},
+        },
+        "stages": {"prefilter": {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.05"}},
+        "store": str(tmp_path / "lj.zarr"),
+        "chunk_size": 4,
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return data
+
+
+def write_campaign(tmp_path: Path, data: dict, name: str = "campaign.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def lj_campaign_file(tmp_path: Path) -> Path:
+    return write_campaign(tmp_path, lj_campaign(tmp_path))

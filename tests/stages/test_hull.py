@@ -1,0 +1,47 @@
+"""The streaming hull equals one PhaseDiagram over every entry, whatever the order."""
+
+from __future__ import annotations
+
+import numpy as np
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition
+
+from hts.stages.hull import HullTracker, MissingReferenceError
+
+
+def _random_entries(seed: int, n: int = 120):
+    rng = np.random.default_rng(seed)
+    formulas = ["NaCl", "Na2O", "NaO2", "Na3Cl", "ClO2", "Cl2O", "NaClO", "NaClO3", "Na3ClO", "NaCl3O2"]
+    return [(f, float(rng.normal(-1.0, 0.4))) for f in rng.choice(formulas, size=n)]
+
+
+def test_streaming_hull_matches_full_phase_diagram():
+    refs = {"Na": -1.3, "Cl": -1.8, "O": -4.9}
+    data = _random_entries(0)
+    full = PhaseDiagram(
+        [PDEntry(Composition(el), e) for el, e in refs.items()]
+        + [PDEntry(Composition(f), e * Composition(f).num_atoms) for f, e in data]
+    )
+    tracker = HullTracker()
+    for el, e in refs.items():
+        tracker.add_reference(el, e)
+    for start in range(0, len(data), 7):  # arrive in chunks
+        tracker.add_entries([tracker.entry(f, e) for f, e in data[start : start + 7]])
+    assert tracker.stable_count() == len(full.stable_entries)
+    for f, e in data:
+        expected = full.get_e_above_hull(PDEntry(Composition(f), e * Composition(f).num_atoms), allow_negative=True)
+        assert abs(tracker.e_above_hull(f, e) - expected) < 1e-9
+
+
+def test_missing_reference_is_reported():
+    tracker = HullTracker()
+    tracker.add_reference("Na", -1.3)
+    tracker.add_entries([tracker.entry("NaCl", -2.0)])  # kept until Cl's reference arrives
+    try:
+        tracker.e_above_hull("NaCl", -2.0)
+    except MissingReferenceError as err:
+        assert "Cl" in str(err)
+    else:
+        raise AssertionError("expected MissingReferenceError")
+    tracker.add_reference("Cl", -1.8)
+    assert tracker.e_above_hull("NaCl", -2.0) == 0.0

@@ -1,0 +1,196 @@
+"""End to end on a real Parsl thread pool and a real Zarr store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from ase.build import bulk
+from ase.io import write
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition
+
+from hts.campaign import run_campaign
+from hts.execution import make_engine
+from hts.spec import CampaignError, load_campaign, parse_campaign
+from hts.store import open_dataset
+from tests.conftest import lj_campaign, write_campaign
+
+
+def _run(campaign, tmp_path, engine="parsl", store=None):
+    eng = make_engine(engine, campaign.site, tmp_path / "runinfo")
+    try:
+        return run_campaign(campaign, eng, store_path=store)
+    finally:
+        eng.close()
+
+
+def _by_id(ds):
+    ids = ds.id.values.astype(object)
+    return {i: k for k, i in enumerate(ids)}
+
+
+def test_campaign_on_thread_pool(tmp_path):
+    c = parse_campaign(lj_campaign(tmp_path))
+    stats = _run(c, tmp_path)
+    ds = xr.open_zarr(c.store)  # consolidated at the end: plain open works
+    n = ds.sizes["candidate"]
+    assert n == stats.done == stats.ok > 30
+    assert len(set(ds.id.values.tolist())) == n
+    assert ds.attrs["ledger"]["finalized"] is True
+    assert str(ds.stage_model.values[0]) == "lennard-jones"
+    # final e_above_hull equals one phase diagram over every candidate and the references
+    refs = ds.attrs["references"]["prefilter"]
+    entries = [PDEntry(Composition(el), r["energy_per_atom"]) for el, r in refs.items()]
+    f = ds.formula.values.astype(object)
+    e = ds.energy_per_atom.values[:, 0]
+    entries += [PDEntry(Composition(fi), ei * Composition(fi).num_atoms) for fi, ei in zip(f, e, strict=True)]
+    pd = PhaseDiagram(entries)
+    for k in range(0, n, 5):
+        expected = pd.get_e_above_hull(entries[len(refs) + k], allow_negative=True)
+        assert abs(float(ds.e_above_hull.values[k, 0]) - expected) < 1e-8
+    kept = ds.kept.values[:, 0]
+    assert np.array_equal(kept, ds.e_above_hull.values[:, 0] <= 0.05)
+    # the same campaign serially gives the same values
+    serial = _run(c, tmp_path, engine="serial", store=tmp_path / "serial.zarr")
+    assert serial.done == n
+    ds2 = open_dataset(tmp_path / "serial.zarr")
+    m1, m2 = _by_id(ds), _by_id(ds2)
+    assert set(m1) == set(m2)
+    for i in m1:
+        assert ds.energy_per_atom.values[m1[i], 0] == pytest.approx(ds2.energy_per_atom.values[m2[i], 0], abs=1e-10)
+        assert ds.e_above_hull.values[m1[i], 0] == pytest.approx(ds2.e_above_hull.values[m2[i], 0], abs=1e-8)
+
+
+def test_rerun_of_finished_campaign_does_nothing(tmp_path):
+    c = parse_campaign(lj_campaign(tmp_path, limits={"max_candidates": 12}))
+    first = _run(c, tmp_path)
+    again = _run(c, tmp_path)
+    assert first.done == 12 and again.done == 0 and again.resumed == 12
+    assert open_dataset(c.store).sizes["candidate"] == 12
+
+
+def test_changed_campaign_refuses_the_store(tmp_path):
+    c = parse_campaign(lj_campaign(tmp_path, limits={"max_candidates": 4}))
+    _run(c, tmp_path)
+    changed = parse_campaign(lj_campaign(tmp_path, limits={"max_candidates": 4}, seed=5))
+    from hts.store import StoreMismatchError
+
+    with pytest.raises(StoreMismatchError, match="settings changed"):
+        _run(changed, tmp_path)
+
+
+def _hts(*args, cwd):
+    return [sys.executable, "-m", "hts.cli", *args]
+
+
+def test_resume_after_sigkill(tmp_path):
+    """SIGKILL the driver mid-run; the rerun completes with every candidate once and the same values."""
+    data = lj_campaign(tmp_path, chunk_size=2)
+    data["candidates"]["prototypes"] = ["rocksalt", "zincblende", "cscl", "fluorite", "wurtzite"]
+    path = write_campaign(tmp_path, data)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_hts("run", str(path), "-q", cwd=tmp_path), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store = Path(data["store"])
+    deadline = time.time() + 120
+    committed = 0
+    while time.time() < deadline:
+        try:
+            ds = open_dataset(store)  # a reader while the run writes
+            committed = ds.sizes["candidate"]
+        except (FileNotFoundError, RuntimeError, KeyError):
+            committed = 0
+        if committed >= 10:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ds = open_dataset(store)
+    assert ds.attrs["ledger"]["finalized"] is False
+    partial = ds.sizes["candidate"]
+    assert 10 <= partial
+
+    res = subprocess.run(_hts("run", str(path), "-q", cwd=tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    resumed = open_dataset(store)
+    ids = resumed.id.values.tolist()
+    assert len(ids) == len(set(ids))
+
+    clean = parse_campaign(data | {"store": str(tmp_path / "clean.zarr")}, base_dir=str(tmp_path))
+    _run(clean, tmp_path)
+    ref = open_dataset(tmp_path / "clean.zarr")
+    assert sorted(ids) == sorted(ref.id.values.tolist())
+    a, b = _by_id(resumed), _by_id(ref)
+    for i in a:
+        for var in ("energy_per_atom", "e_above_hull", "formation_energy"):
+            assert resumed[var].values[a[i], 0] == pytest.approx(ref[var].values[b[i], 0], abs=1e-9), (var, i)
+        assert resumed.kept.values[a[i], 0] == ref.kept.values[b[i], 0]
+        s1, n1 = int(resumed.atom_start[a[i]]), int(resumed.n_atoms[a[i]])
+        s2, n2 = int(ref.atom_start[b[i]]), int(ref.n_atoms[b[i]])
+        np.testing.assert_allclose(resumed.positions.values[s1 : s1 + n1], ref.positions.values[s2 : s2 + n2], atol=1e-10)
+
+
+def test_bad_candidates_are_recorded_and_the_rest_completes(tmp_path):
+    d = tmp_path / "structures"
+    d.mkdir()
+    write(d / "cu.cif", bulk("Cu", a=3.7))
+    write(d / "au.cif", bulk("Au", a=4.1))
+    write(d / "cuau.cif", bulk("CuAu", "rocksalt", a=5.2))
+    write(d / "nacl.cif", bulk("NaCl", "rocksalt", a=5.6))  # EMT has no Na, Cl
+    (d / "broken.cif").write_text("this is not a CIF file\n\x00\x01")
+    bad = bulk("NiO", "rocksalt", a=4.2)
+    bad.positions[1] = bad.positions[0] + [0.2, 0.0, 0.0]
+    write(d / "overlap.vasp", bad, format="vasp")
+    data = lj_campaign(tmp_path, candidates={"kind": "files", "path": "structures"})
+    data["stages"]["prefilter"]["model"] = {"name": "emt"}
+    c = load_campaign(write_campaign(tmp_path, data))
+    stats = _run(c, tmp_path)
+    ds = open_dataset(c.store)
+    rows = {str(s).split(":", 1)[1]: k for k, s in enumerate(ds.source.values.astype(object))}
+    status = ds.status.values.astype(object)
+    reason = ds.reason.values.astype(object)
+    assert stats.done == 6 and stats.ok == 3 and stats.failed == 3
+    for name in ("structures/cu.cif", "structures/au.cif", "structures/cuau.cif"):
+        assert status[rows[name]] == "ok"
+        assert np.isfinite(ds.e_above_hull.values[rows[name], 0])
+    assert "not covered by model emt" in reason[rows["structures/nacl.cif"]]
+    assert "unreadable cif file" in reason[rows["structures/broken.cif"]]
+    assert "overlapping atoms" in reason[rows["structures/overlap.vasp"]]
+    # the failed input's structure is still stored, for inspection
+    assert int(ds.n_atoms[rows["structures/overlap.vasp"]]) == 2
+
+
+def test_missing_model_file_fails_before_work(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["stages"]["prefilter"]["model"] = {"name": "mace", "path": "nowhere.model"}
+    c = parse_campaign(data, base_dir=str(tmp_path))
+    with pytest.raises(CampaignError, match="stages.prefilter.model.path: no such model file"):
+        _run(c, tmp_path)
+    assert not Path(c.store).exists()
+
+
+def test_user_reference_entries(tmp_path):
+    """A user's entry below every candidate of its system puts them all above the hull."""
+    from monty.serialization import dumpfn
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    dumpfn([ComputedEntry("LiF", -100.0)], tmp_path / "refs.json")
+    data = lj_campaign(tmp_path, limits={"max_candidates": 8}, hull={"reference_entries": "refs.json"})
+    c = parse_campaign(data, base_dir=str(tmp_path))
+    _run(c, tmp_path)
+    ds = open_dataset(c.store)
+    f = ds.formula.values.astype(object)
+    lif = np.flatnonzero(f == "FLi")
+    assert len(lif) and all(ds.e_above_hull.values[k, 0] > 40 for k in lif)
+    bad = parse_campaign(lj_campaign(tmp_path, hull={"reference_entries": "missing.json"}), base_dir=str(tmp_path))
+    with pytest.raises(CampaignError, match="hull.reference_entries"):
+        _run(bad, tmp_path)

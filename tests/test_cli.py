@@ -1,0 +1,44 @@
+"""The command line: run, status, export, as a user types them."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+from ase.io import read
+
+from tests.conftest import lj_campaign, write_campaign
+
+
+def _hts(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "hts.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_run_status_export(tmp_path):
+    path = write_campaign(tmp_path, lj_campaign(tmp_path, limits={"max_candidates": 20}))
+    res = _hts("run", str(path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "funnel" in res.stdout and "most stable candidates" in res.stdout
+    store = tmp_path / "lj.zarr"
+    res = _hts("status", str(store), cwd=tmp_path)
+    assert res.returncode == 0 and "prefilter" in res.stdout and "20" in res.stdout
+    res = _hts("export", str(store), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert len(rows) == 20
+    kept = [r for r in rows if r["prefilter_kept"] == "True"]
+    cifs = sorted((tmp_path / "out" / "structures").glob("*.cif"))
+    assert len(cifs) == len(kept) > 0
+    frames = read(tmp_path / "out" / "structures.extxyz", index=":")
+    assert len(frames) == len(kept)
+    assert {f.info["hts_id"] for f in frames} == {r["id"] for r in kept}
+
+
+def test_run_reports_campaign_errors(tmp_path):
+    path = write_campaign(tmp_path, lj_campaign(tmp_path, chunk_size=0))
+    res = _hts("run", str(path), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "chunk_size" in res.stderr
+    res = _hts("status", str(tmp_path / "nothing.zarr"), cwd=tmp_path)
+    assert res.returncode == 2 and "no hts store" in res.stderr

@@ -1,0 +1,120 @@
+"""Campaign files: every error names its field before any work starts."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from hts.cli import app
+from hts.spec import CampaignError, KeepRule, load_campaign, parse_campaign
+from tests.conftest import REPO, lj_campaign, write_campaign
+
+
+def _error(data: dict) -> str:
+    with pytest.raises(CampaignError) as info:
+        parse_campaign(data, source="c.yaml")
+    return str(info.value)
+
+
+def test_shipped_campaigns_validate():
+    for path in (REPO / "workflows").glob("*.yaml"):
+        c = load_campaign(path)
+        assert c.name
+        assert len(c.content_hash()) == 16
+
+
+def test_unknown_field_is_named(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["stages"]["prefilter"]["relax"] = {"fmax": 0.05, "steps": 10}
+    msg = _error(data)
+    assert "stages.prefilter.relax.steps" in msg and "unknown field" in msg
+
+
+def test_wrong_type_is_named(tmp_path):
+    msg = _error(lj_campaign(tmp_path, chunk_size="many"))
+    assert "chunk_size" in msg and "'many'" in msg
+
+
+def test_out_of_range_is_named(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["stages"]["prefilter"]["relax"] = {"fmax": -1}
+    msg = _error(data)
+    assert "stages.prefilter.relax.fmax" in msg and "greater than 0" in msg
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    data = lj_campaign(tmp_path, chunk_size=0, seed=-1)
+    msg = _error(data)
+    assert "chunk_size" in msg and "seed" in msg and "2 problem(s)" in msg
+
+
+def test_bad_element_and_prototype(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["candidates"]["elements"]["A"] = ["Li", "Xx"]
+    assert "'Xx' is not a chemical element" in _error(data)
+    data = lj_campaign(tmp_path)
+    data["candidates"]["prototypes"] = ["rocksalt", "nosuch"]
+    assert "unknown prototype 'nosuch'" in _error(data)
+
+
+def test_missing_role_elements(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["candidates"]["prototypes"] = ["perovskite"]
+    assert "role 'B'" in _error(data)
+
+
+def test_mace_needs_path(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["stages"]["prefilter"]["model"] = {"name": "mace"}
+    assert "path: required" in _error(data)
+
+
+def test_keep_rule():
+    rule = KeepRule.parse("e_above_hull <= 0.1 and converged")
+    assert rule({"e_above_hull": 0.05, "converged": True})
+    assert not rule({"e_above_hull": 0.05, "converged": False})
+    assert not rule({"e_above_hull": float("nan"), "converged": True})
+    with pytest.raises(ValueError, match="unknown field 'ehull'"):
+        KeepRule.parse("ehull < 0.1")
+
+
+def test_bad_keep_rule_is_named(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["stages"]["prefilter"]["keep"] = "e_above_hull << 1"
+    assert "stages.prefilter.keep" in _error(data)
+
+
+def test_hash_ignores_site_and_store(tmp_path):
+    a = parse_campaign(lj_campaign(tmp_path))
+    b = parse_campaign(lj_campaign(tmp_path, site="workstation", store="elsewhere.zarr"))
+    c = parse_campaign(lj_campaign(tmp_path, seed=3))
+    assert a.content_hash() == b.content_hash() != c.content_hash()
+
+
+def test_validate_command(tmp_path):
+    runner = CliRunner()
+    good = write_campaign(tmp_path, lj_campaign(tmp_path))
+    res = runner.invoke(app, ["validate", str(good)])
+    assert res.exit_code == 0, res.output
+    bad = write_campaign(tmp_path, lj_campaign(tmp_path, chunk_size=-5, colour="blue"), "bad.yaml")
+    res = runner.invoke(app, ["validate", str(bad)])
+    assert res.exit_code == 2
+    assert "chunk_size" in res.output and "colour" in res.output
+
+
+def test_empty_file_source_fails_before_work(tmp_path):
+    (tmp_path / "empty").mkdir()
+    data = lj_campaign(tmp_path, candidates={"kind": "files", "path": "empty"})
+    path = write_campaign(tmp_path, data)
+    res = CliRunner().invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2
+    assert "candidates.path" in res.output and "matches no" in res.output
+
+
+def test_unreadable_campaign_file(tmp_path):
+    with pytest.raises(CampaignError, match="cannot read campaign file"):
+        load_campaign(tmp_path / "missing.yaml")
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: [unclosed")
+    with pytest.raises(CampaignError, match="not valid YAML"):
+        load_campaign(p)
