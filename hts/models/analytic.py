@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hts.models.base import Prediction
+from hts.models.base import Prediction, voigt
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -68,8 +68,7 @@ class LennardJonesModel:
         np.add.at(forces, i, fvec)
         virial = 0.5 * np.einsum("pa,pb->ab", D, fvec)  # (1/2) Σ D ⊗ φ'(d) D/d, halved for double counting
         stress = virial / abs(np.linalg.det(atoms.cell[:]))
-        voigt = np.array([stress[0, 0], stress[1, 1], stress[2, 2], stress[1, 2], stress[0, 2], stress[0, 1]])
-        return Prediction(energy=energy, forces=forces, stress=voigt)
+        return Prediction(energy=energy, forces=forces, stress=voigt(stress))
 
 
 def _pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float):

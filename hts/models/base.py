@@ -50,6 +50,15 @@ class Model(Protocol):
         """The model's own ASE calculator (for one-off work and cross-checks)."""
 
 
+def voigt(stress) -> np.ndarray:
+    """ASE's Voigt order (xx, yy, zz, yz, xz, xy) from a 3×3 tensor (or a Voigt 6-vector)."""
+    s = np.asarray(stress, dtype=float)
+    if s.shape == (6,):
+        return s
+    s = s.reshape(3, 3)
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+
 def resolve_device(device: str) -> str:
     """``auto`` picks CUDA when torch sees a GPU; asking for CUDA without one is an error."""
     import torch

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hts.models.base import Prediction, _symbols
+from hts.models.base import Prediction, _symbols, voigt
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -55,7 +55,7 @@ class ChgnetModel:
                 Prediction(
                     energy=float(p["e"]) * n,
                     forces=np.asarray(p["f"], dtype=float),
-                    stress=np.asarray(p["s"], dtype=float) * _GPA_TO_EV_PER_A3,
+                    stress=voigt(np.asarray(p["s"], dtype=float) * _GPA_TO_EV_PER_A3),
                 )
             )
         return out
@@ -119,9 +119,9 @@ class MaceModel:
         g = next(iter(loader)).to(self.device)
         torch_dtype = torch.float64 if self.dtype == "float64" else torch.float32
         d = g.to_dict()
-        for key in ("positions", "shifts", "cell", "unit_shifts"):
-            if key in d and torch.is_floating_point(d[key]):
-                d[key] = d[key].to(torch_dtype)
+        for key, value in d.items():
+            if torch.is_tensor(value) and torch.is_floating_point(value):
+                d[key] = value.to(torch_dtype)
         res = self.model(d, compute_stress=True, training=False)
         energy = res["energy"].detach().cpu().numpy()
         forces = res["forces"].detach().cpu().numpy()
@@ -129,12 +129,11 @@ class MaceModel:
         ptr = g.ptr.cpu().numpy()
         out = []
         for k in range(len(batch)):
-            s = stress[k]
             out.append(
                 Prediction(
                     energy=float(energy[k]),
                     forces=forces[ptr[k] : ptr[k + 1]].astype(float),
-                    stress=np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]], dtype=float),
+                    stress=voigt(stress[k]),
                 )
             )
         return out

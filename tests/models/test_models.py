@@ -1,0 +1,114 @@
+"""Every loader behind one interface; batched predictions equal the model's own ASE calculator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from hts.models import get_model, load_model
+from hts.models.base import Model
+from hts.spec import ModelSpec
+
+
+def _structures():
+    s = [bulk("NaCl", "rocksalt", a=5.6), bulk("Cu", a=3.6), bulk("MgO", "rocksalt", a=4.2) * (2, 1, 1), bulk("LiF", "rocksalt", a=4.0)]
+    for k, a in enumerate(s):
+        a.rattle(0.05, seed=k)
+    return s
+
+
+def _matches_calculator(model, structures, atol_e=1e-5, atol_f=1e-4, atol_s=1e-5):
+    preds = model.predict(structures)
+    calc = model.calculator()
+    for s, p in zip(structures, preds, strict=True):
+        a = s.copy()
+        a.calc = calc
+        assert p.forces.shape == (len(a), 3) and p.stress.shape == (6,)
+        assert abs(a.get_potential_energy() - p.energy) < atol_e
+        np.testing.assert_allclose(p.forces, a.get_forces(), atol=atol_f)
+        np.testing.assert_allclose(p.stress, a.get_stress(), atol=atol_s)
+
+
+def tiny_mace(path, atomic_numbers=(1, 3, 8, 9, 11, 12, 17, 29)):
+    """An untrained two-layer MACE saved like a foundation-model file (stands in for one)."""
+    import torch
+    from e3nn import o3
+    from mace import modules
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+        model = modules.MACE(
+            r_max=4.0, num_bessel=4, num_polynomial_cutoff=5, max_ell=2,
+            interaction_cls=block, interaction_cls_first=block, num_interactions=2,
+            num_elements=len(atomic_numbers), hidden_irreps=o3.Irreps("8x0e+8x1o"),
+            MLP_irreps=o3.Irreps("8x0e"), atomic_energies=np.linspace(-1, -3, len(atomic_numbers)),
+            avg_num_neighbors=8.0, atomic_numbers=list(atomic_numbers), correlation=2,
+            gate=torch.nn.functional.silu,
+        )
+        torch.save(model, path)
+    finally:
+        torch.set_default_dtype(old)
+    return path
+
+
+def test_lennard_jones_forces_and_stress_are_gradients():
+    model = load_model(ModelSpec(name="lennard-jones"))
+    a = bulk("NaCl", "rocksalt", a=5.0) * (2, 1, 1)
+    a.rattle(0.05, seed=1)
+    a.calc = model.calculator()
+    np.testing.assert_allclose(a.get_forces(), a.calc.calculate_numerical_forces(a, d=1e-5), atol=1e-7)
+    np.testing.assert_allclose(a.get_stress(), a.calc.calculate_numerical_stress(a, d=1e-6), atol=1e-8)
+
+
+def test_emt_covers_only_its_elements():
+    model = load_model(ModelSpec(name="emt"))
+    assert isinstance(model, Model)
+    assert model.unsupported([29, 79]) is None
+    assert "Na" in model.unsupported([11, 17])
+
+
+def test_sevennet0():
+    model = load_model(ModelSpec(name="sevennet-0"))
+    assert model.name == "sevennet-0" and "7net-0" in model.version
+    assert model.unsupported([11, 17]) is None
+    assert model.unsupported([100]) is not None  # Fm is not in its training set
+    _matches_calculator(model, _structures()[:2])
+
+
+def test_sevennet_l3i5():
+    model = load_model(ModelSpec(name="sevennet-l3i5"))
+    assert "7net-l3i5" in model.version
+    e = model.predict([bulk("Si", "diamond", a=5.43)])[0].energy
+    assert -12.0 < e < -9.0  # ≈ -5.4 eV/atom, as DFT (PBE) for silicon
+
+
+def test_chgnet_batched_equals_its_calculator():
+    model = load_model(ModelSpec(name="chgnet", batch_size=3))
+    assert model.version.startswith("0.3.0")
+    _matches_calculator(model, _structures(), atol_e=1e-4, atol_f=1e-4, atol_s=1e-5)
+
+
+def test_mace_file_batched_equals_its_calculator(tmp_path):
+    path = tiny_mace(tmp_path / "tiny.model")
+    model = load_model(ModelSpec(name="mace", path=str(path), batch_size=3))
+    _matches_calculator(model, _structures(), atol_e=1e-6, atol_f=1e-6, atol_s=1e-7)
+    assert "Fe" in model.unsupported([26])
+
+
+def test_worker_cache_keeps_the_model():
+    spec = ModelSpec(name="emt")
+    assert get_model(spec) is get_model(spec)
+
+
+@pytest.mark.gpu
+def test_cuda_device_is_used():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = load_model(ModelSpec(name="sevennet-0", device="auto"))
+    assert model.device == "cuda"
+    _matches_calculator(model, _structures()[:2], atol_e=1e-3, atol_f=1e-3, atol_s=1e-4)
