@@ -84,11 +84,10 @@ def check_candidate(c: Candidate, max_atoms: int, min_distance: float) -> Candid
         c.error = f"{c.n_atoms} atoms exceeds limits.max_atoms = {max_atoms}"
     else:
         from ase.data import chemical_symbols
-        from ase.neighborlist import primitive_neighbor_list
 
-        i, j, d = primitive_neighbor_list(
-            "ijd", (True, True, True), c.cell, c.positions, cutoff=min_distance, self_interaction=False
-        )
+        from hts.geometry import pairs_within
+
+        i, j, d, _ = pairs_within(c.positions, c.cell, min_distance)
         if len(d):
             k = int(np.argmin(d))
             a, b = int(i[k]), int(j[k])

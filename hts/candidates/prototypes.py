@@ -135,10 +135,9 @@ def _contacts(cell: np.ndarray, frac: np.ndarray, roles: tuple[str, ...]) -> tup
     The volume guess scales the cell until no such contact is shorter than the
     sum of the two atoms' radii.
     """
-    from ase.neighborlist import primitive_neighbor_list
+    from hts.geometry import pairs_within
 
-    pos = frac @ cell
-    i, j, d = primitive_neighbor_list("ijd", (True, True, True), cell, pos, cutoff=1.5)
+    i, j, d, _ = pairs_within(frac @ cell, cell, 1.5)
     found: dict[tuple[str, str], float] = {}
     for site in range(len(roles)):
         mask = i == site

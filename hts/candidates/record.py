@@ -83,28 +83,21 @@ def chemsys_of(numbers) -> str:
 def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> str:
     """A 16-hex-digit id from an isometry-invariant fingerprint of the structure.
 
-    The fingerprint is the reduced formula, the volume per atom, the space group
-    (spglib) and, for every site, its species with the sorted species-resolved
+    The fingerprint is the reduced formula, the volume per atom and, for every site, its species with the sorted species-resolved
     distances to all neighbours within twice the shortest bond of the structure
     (as a multiset, reduced by its common multiplicity).  It does not depend on
     the cell choice (a supercell included), the origin, a rotation, or the order
     of the sites.  Values are rounded (0.01 Å, 0.01 Å^3), so two inputs that differ
     by less may share an id; a structure that differs more never does.
     """
-    import spglib
-    from ase.neighborlist import primitive_neighbor_list
+    from hts.geometry import pairs_within
 
     numbers = np.asarray(numbers)
     n = len(numbers)
     volume = abs(float(np.linalg.det(cell)))
     parts = [formula_of(numbers), f"{volume / max(n, 1):.2f}"]
-    try:
-        ds = spglib.get_symmetry_dataset((cell, positions @ np.linalg.inv(cell), numbers), symprec=1e-3)
-        parts.append(str(ds.number) if ds is not None else "?")
-    except Exception:  # spglib refuses degenerate cells; the rest still identifies them
-        parts.append("?")
     if n:
-        i, j, d = primitive_neighbor_list("ijd", (True, True, True), cell, positions, cutoff=_cutoff(cell, n))
+        i, j, d, _ = pairs_within(positions, cell, _cutoff(cell, n))
         dmin = d.min() if len(d) else 0.0
         keep = d <= 2.0 * dmin + 1e-6
         i, j, d = i[keep], j[keep], d[keep]
@@ -120,6 +113,6 @@ def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -
 
 
 def _cutoff(cell: np.ndarray, n: int) -> float:
-    """Large enough to find each site's nearest neighbour twice over in any sane cell."""
+    """Twice the longest nearest-neighbour distance any sane packing of this density has."""
     volume = abs(float(np.linalg.det(cell)))
-    return max(3.0, 2.5 * (volume / max(n, 1)) ** (1 / 3))
+    return 2.5 * (volume / max(n, 1)) ** (1 / 3)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hts.geometry import pairs_within
 from hts.models.base import Prediction, voigt
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class LennardJonesModel:
     def _one(self, atoms: Atoms) -> Prediction:
         numbers = atoms.numbers
         r = self._radii[numbers]
-        i, j, d, D = _pairs(atoms.positions, atoms.cell[:], self.cutoff_sigmas * 2.0 * r.max() / _TWO_SIXTH)
+        i, j, d, D = pairs_within(atoms.positions, atoms.cell[:], self.cutoff_sigmas * 2.0 * r.max() / _TWO_SIXTH)
         sigma = (r[i] + r[j]) / _TWO_SIXTH
         cut = self.cutoff_sigmas * sigma
         m = d < cut
@@ -70,20 +71,3 @@ class LennardJonesModel:
         stress = virial / abs(np.linalg.det(atoms.cell[:]))
         return Prediction(energy=energy, forces=forces, stress=voigt(stress))
 
-
-def _pairs(positions: np.ndarray, cell: np.ndarray, cutoff: float):
-    """All (i, j, image) pairs within ``cutoff`` by brute force over periodic images.
-
-    For the few-atom cells of screening this is an order of magnitude faster
-    than a general neighbour list: one vectorised distance computation.
-    """
-    recip = np.linalg.inv(cell).T  # rows: reciprocal vectors / 2π
-    reps = np.ceil(cutoff * np.linalg.norm(recip, axis=1)).astype(int)
-    ranges = [np.arange(-n, n + 1) for n in reps]
-    shifts = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3) @ cell
-    n = len(positions)
-    D = positions[None, :, None, :] + shifts[None, None, :, :] - positions[:, None, None, :]
-    d = np.sqrt((D * D).sum(-1))
-    mask = (d < cutoff) & (d > 1e-8)
-    i, j, _ = np.nonzero(mask)
-    return i, j, d[mask], D[mask]

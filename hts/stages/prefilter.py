@@ -87,6 +87,7 @@ def run_prefilter(index: int, candidates: Sequence[Candidate], stage, seed: int 
         max_steps=r.max_steps,
         max_step=r.max_step,
         cell=r.cell,
+        cell_filter=r.cell_filter,
         batch_size=stage.model.batch_size,
     )
     model_s = 0.0

@@ -1,11 +1,11 @@
 """Elemental reference phases, relaxed with the stage's own model.
 
 A hull built from a model's candidate energies needs that same model's
-energies of the elements.  For each element we relax a few trial structures —
-ASE's tabulated standard state (``ase.data.reference_states``: fcc, bcc, hcp,
-diamond, or a dimer for H, N, O, F, Cl) plus fcc, bcc and hcp at a volume from
-the covalent radius — and keep the lowest energy per atom.  This runs once per
-campaign; the store caches the result.
+energies of the elements.  For each element we relax a few trial structures
+(:func:`trial_structures`) and keep the lowest energy per atom.  This runs
+once per campaign; the store caches the result.  Complex standard states
+(alpha-S8, black P, Ga) are only approximated: give Materials Project entries
+in ``hull.reference_entries`` where that matters.
 """
 
 from __future__ import annotations
@@ -25,13 +25,33 @@ class ReferenceResult:
     reason: str = ""
 
 
+# Bond lengths (Å) of the diatomic molecules whose molecular solids are the standard states.
+_DIMERS = {"H": 0.74, "N": 1.10, "O": 1.21, "F": 1.42, "Cl": 1.99, "Br": 2.28, "I": 2.67}
+# Elements whose standard states are molecular or open networks: dimers are tried too.
+_ALSO_DIMER = {"S": 1.89, "Se": 2.17, "P": 1.89}
+
+
 def trial_structures(element: str) -> list[tuple[str, object]]:
+    """Trial structures for an element's reference phase; the lowest relaxed energy wins.
+
+    Molecular elements (H, N, O, F and the halogens) get only a dimer crystal —
+    dimers 3 Å apart, the van der Waals contact — so no MLIP finds a spurious
+    dense phase far outside its training data.  Other elements get ASE's
+    tabulated standard state where ASE can build it, plus fcc, bcc, hcp, simple
+    cubic and diamond at a nearest-neighbour distance of twice the covalent radius.
+    """
     from ase import Atoms
     from ase.build import bulk
     from ase.data import atomic_numbers, covalent_radii, reference_states
 
+    def dimer(d: float) -> Atoms:
+        box = d + 3.0
+        return Atoms([element] * 2, positions=[(0, 0, 0), (0, 0, d)], cell=np.eye(3) * box, pbc=True)
+
+    if element in _DIMERS:
+        return [("dimer crystal", dimer(_DIMERS[element]))]
     z = atomic_numbers[element]
-    r = float(covalent_radii[z])
+    nn = 2 * float(covalent_radii[z])
     trials: list[tuple[str, object]] = []
     state = reference_states[z] or {}
     sym = state.get("symmetry")
@@ -39,19 +59,19 @@ def trial_structures(element: str) -> list[tuple[str, object]]:
         if sym in ("fcc", "bcc", "diamond", "sc"):
             trials.append((f"{sym} (ASE standard state)", bulk(element, sym, a=state["a"])))
         elif sym == "hcp":
-            trials.append(("hcp (ASE standard state)", bulk(element, "hcp", a=state["a"], c=state["a"] * state.get("c/a", 1.633))))
-        elif sym == "diatom":
-            d = state["d"]
-            # a molecular crystal stand-in: dimers on a simple cubic lattice 3 Å apart (vdW contact)
-            box = d + 3.0
-            trials.append(("dimer crystal", Atoms([element] * 2, positions=[(0, 0, 0), (0, 0, d)], cell=np.eye(3) * box, pbc=True)))
+            c = state["a"] * state.get("c/a", 1.633)
+            trials.append(("hcp (ASE standard state)", bulk(element, "hcp", a=state["a"], c=c)))
     except Exception:  # ASE's table lacks a parameter for this element; the generic trials remain
         pass
-    if sym != "diatom":
-        nn = 2 * r
-        trials.append(("fcc", bulk(element, "fcc", a=nn * 2**0.5)))
-        trials.append(("bcc", bulk(element, "bcc", a=nn * 2 / 3**0.5)))
-        trials.append(("hcp", bulk(element, "hcp", a=nn, c=nn * 1.633)))
+    trials += [
+        ("fcc", bulk(element, "fcc", a=nn * 2**0.5)),
+        ("bcc", bulk(element, "bcc", a=nn * 2 / 3**0.5)),
+        ("hcp", bulk(element, "hcp", a=nn, c=nn * 1.633)),
+        ("sc", bulk(element, "sc", a=nn)),
+        ("diamond", bulk(element, "diamond", a=nn * 4 / 3**0.5)),
+    ]
+    if element in _ALSO_DIMER:
+        trials.append(("dimer crystal", dimer(_ALSO_DIMER[element])))
     return trials
 
 
@@ -79,6 +99,7 @@ def relax_references(elements: list[str], stage, model=None) -> list[ReferenceRe
             max_steps=max(r.max_steps, 200),
             max_step=r.max_step,
             cell=True,
+            cell_filter=r.cell_filter,
             batch_size=stage.model.batch_size,
         )
         ok = [(o.energy / len(o.atoms), n) for o, n in zip(res, names, strict=True) if not o.error]

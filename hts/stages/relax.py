@@ -4,8 +4,8 @@ Every structure keeps its own FIRE state (Bitzek et al., PRL 97, 170201
 (2006), with ASE's defaults and Euler step), but each step evaluates all
 still-active structures in one :meth:`Model.predict` call, so a model that
 batches sees the whole batch at once.  Cell degrees of freedom go through ASE's
-``FrechetCellFilter``, the same generalised coordinates a plain
-``FIRE(FrechetCellFilter(atoms)).run(fmax)`` uses; converged structures leave
+``FrechetCellFilter`` (or ``UnitCellFilter``), the same generalised coordinates a
+plain ``FIRE(FrechetCellFilter(atoms)).run(fmax)`` uses; converged structures leave
 the batch.  Results therefore match the one-by-one ASE loop to numerical noise.
 """
 
@@ -80,6 +80,7 @@ def relax_batch(
     max_steps: int,
     max_step: float,
     cell: bool,
+    cell_filter: str = "frechet",
     batch_size: int = 64,
 ) -> list[RelaxOutcome]:
     """Relax every structure; one failing structure never fails the others.
@@ -91,10 +92,11 @@ def relax_batch(
     import time
 
     from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.filters import FrechetCellFilter
+    from ase.filters import FrechetCellFilter, UnitCellFilter
 
+    make_filter = {"frechet": FrechetCellFilter, "unit": UnitCellFilter}[cell_filter]
     outcomes = [RelaxOutcome(atoms=a.copy()) for a in structures]
-    handles = [FrechetCellFilter(o.atoms) if cell else o.atoms for o in outcomes]
+    handles = [make_filter(o.atoms) if cell else o.atoms for o in outcomes]
     fire = [_Fire() for _ in outcomes]
     active = list(range(len(outcomes)))
     step = 0

@@ -122,5 +122,11 @@ def test_id_is_invariant_to_isometries_and_order():
     assert candidate_id(conv.numbers, conv.positions, conv.cell[:]) == ref
     other = bulk("NaCl", "rocksalt", a=5.7)
     assert candidate_id(other.numbers, other.positions, other.cell[:]) != ref
-    zb = bulk("NaCl", "zincblende", a=5.6)
+    zb = bulk("ZnO", "zincblende", a=4.6)
     assert candidate_id(zb.numbers, zb.positions, zb.cell[:]) != ref
+    # wurtzite and zincblende share the first two shells and the volume; they must still differ
+    d = 4.6 * 3**0.5 / 4
+    a = d / (3 / 8) / (8 / 3) ** 0.5
+    wz = bulk("ZnO", "wurtzite", a=a, c=a * (8 / 3) ** 0.5, u=3 / 8)
+    assert abs(wz.get_volume() / len(wz) - zb.get_volume() / len(zb)) < 1e-6
+    assert candidate_id(wz.numbers, wz.positions, wz.cell[:]) != candidate_id(zb.numbers, zb.positions, zb.cell[:])
