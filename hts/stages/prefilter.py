@@ -68,9 +68,9 @@ def run_prefilter(index: int, candidates: Sequence[Candidate], stage, seed: int 
     from hts.models import get_model
     from hts.stages.relax import relax_batch
 
-    t0 = time.perf_counter()
     if model is None:
-        model = get_model(stage.model)
+        model = get_model(stage.model)  # loaded once per worker; not part of this task's cost
+    t0 = time.perf_counter()
     records: dict[str, StageRecord] = {}
     todo: list[Candidate] = []
     for c in candidates:

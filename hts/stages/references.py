@@ -29,6 +29,8 @@ class ReferenceResult:
 _DIMERS = {"H": 0.74, "N": 1.10, "O": 1.21, "F": 1.42, "Cl": 1.99, "Br": 2.28, "I": 2.67}
 # Elements whose standard states are molecular or open networks: dimers are tried too.
 _ALSO_DIMER = {"S": 1.89, "Se": 2.17, "P": 1.89}
+# p-block elements whose standard states are open, covalent networks: sc and diamond are tried too.
+_OPEN_NETWORKS = {"B", "C", "Si", "Ge", "Sn", "P", "As", "Sb", "Bi", "S", "Se", "Te", "Ga", "In", "Tl", "Pb"}
 
 
 def trial_structures(element: str) -> list[tuple[str, object]]:
@@ -37,8 +39,9 @@ def trial_structures(element: str) -> list[tuple[str, object]]:
     Molecular elements (H, N, O, F and the halogens) get only a dimer crystal —
     dimers 3 Å apart, the van der Waals contact — so no MLIP finds a spurious
     dense phase far outside its training data.  Other elements get ASE's
-    tabulated standard state where ASE can build it, plus fcc, bcc, hcp, simple
-    cubic and diamond at a nearest-neighbour distance of twice the covalent radius.
+    tabulated standard state where ASE can build it, plus fcc, bcc and hcp (and
+    for covalent p-block elements simple cubic and diamond) at a nearest-neighbour
+    distance of twice the covalent radius.
     """
     from ase import Atoms
     from ase.build import bulk
@@ -67,9 +70,9 @@ def trial_structures(element: str) -> list[tuple[str, object]]:
         ("fcc", bulk(element, "fcc", a=nn * 2**0.5)),
         ("bcc", bulk(element, "bcc", a=nn * 2 / 3**0.5)),
         ("hcp", bulk(element, "hcp", a=nn, c=nn * 1.633)),
-        ("sc", bulk(element, "sc", a=nn)),
-        ("diamond", bulk(element, "diamond", a=nn * 4 / 3**0.5)),
     ]
+    if element in _OPEN_NETWORKS:
+        trials += [("sc", bulk(element, "sc", a=nn)), ("diamond", bulk(element, "diamond", a=nn * 4 / 3**0.5))]
     if element in _ALSO_DIMER:
         trials.append(("dimer crystal", dimer(_ALSO_DIMER[element])))
     return trials

@@ -105,3 +105,19 @@ def _perovskite():
         cell=np.eye(3) * a,
         pbc=True,
     )
+
+
+def test_closed_form_cell_math_equals_scipy():
+    from scipy.linalg import expm, expm_frechet, logm
+
+    from hts.stages.relax import _expm3, _expm_frechet3, _logm3
+
+    rng = np.random.default_rng(0)
+    for k in range(300):
+        f = np.eye(3) * rng.uniform(0.9, 1.1) + rng.normal(0, [0.2, 0.02, 0.0][k % 3], (3, 3))
+        lf = logm(f)
+        np.testing.assert_allclose(_logm3(f), lf, atol=1e-10)
+        np.testing.assert_allclose(_expm3(lf), expm(lf), atol=1e-10)
+        e = np.zeros((3, 3))
+        e[k % 3, (k // 3) % 3] = 1.0
+        np.testing.assert_allclose(_expm_frechet3(lf, e, compute_expm=False), expm_frechet(lf, e, compute_expm=False), atol=1e-10)
