@@ -8,23 +8,83 @@ import sys
 
 # A wide substitution space (≈2×10⁵ raw assignments, no charge balance) for scale runs.
 METALS = [
-    "Li", "Na", "K", "Rb", "Cs", "Be", "Mg", "Ca", "Sr", "Ba", "Sc", "Y", "La", "Ti", "Zr", "Hf", "V", "Nb",
-    "Ta", "Cr", "Mo", "W", "Mn", "Fe", "Co", "Ni", "Cu", "Ag", "Zn", "Cd", "Al", "Ga", "In", "Tl", "Ge", "Sn",
-    "Pb", "Bi", "Ru", "Rh", "Pd", "Pt", "Au", "Ir", "Os", "Re",
+    "Li",
+    "Na",
+    "K",
+    "Rb",
+    "Cs",
+    "Be",
+    "Mg",
+    "Ca",
+    "Sr",
+    "Ba",
+    "Sc",
+    "Y",
+    "La",
+    "Ti",
+    "Zr",
+    "Hf",
+    "V",
+    "Nb",
+    "Ta",
+    "Cr",
+    "Mo",
+    "W",
+    "Mn",
+    "Fe",
+    "Co",
+    "Ni",
+    "Cu",
+    "Ag",
+    "Zn",
+    "Cd",
+    "Al",
+    "Ga",
+    "In",
+    "Tl",
+    "Ge",
+    "Sn",
+    "Pb",
+    "Bi",
+    "Ru",
+    "Rh",
+    "Pd",
+    "Pt",
+    "Au",
+    "Ir",
+    "Os",
+    "Re",
 ]
 ANIONS = ["O", "S", "Se", "Te", "F", "Cl", "Br", "I", "N", "P", "As", "Sb", "H", "B", "C", "Si"]
 
 
-def wide_campaign(store: str, n: int, model: dict, chunk_size: int = 256, site: str = "local") -> dict:
+def wide_campaign(
+    store: str, n: int, model: dict, chunk_size: int = 256, site: str = "local"
+) -> dict:
     return {
         "name": f"scale-{n}",
         "candidates": {
             "kind": "substitution",
-            "prototypes": ["rocksalt", "zincblende", "cscl", "wurtzite", "fluorite", "rutile", "perovskite", "layered", "heusler"],
+            "prototypes": [
+                "rocksalt",
+                "zincblende",
+                "cscl",
+                "wurtzite",
+                "fluorite",
+                "rutile",
+                "perovskite",
+                "layered",
+                "heusler",
+            ],
             "elements": {"A": METALS, "B": METALS, "X": ANIONS},
             "charge_balance": False,
         },
-        "stages": {"prefilter": {"model": model, "relax": {"fmax": 0.05, "max_steps": 100, "cell_filter": "unit"}}},
+        "stages": {
+            "prefilter": {
+                "model": model,
+                "relax": {"fmax": 0.05, "max_steps": 100, "cell_filter": "unit"},
+            }
+        },
         "store": store,
         "site": site,
         "chunk_size": chunk_size,

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--campaign", type=Path, default=ROOT / "workflows" / "demo.yaml")
     ap.add_argument("--site", default=None)
     args = ap.parse_args()
@@ -60,7 +62,9 @@ def main() -> None:
         phases[key] = phases.get(key, 0.0) + nxt[1] - start
     screening_wall = phases.get("screening", 0.0)
     outside_worker = 1 - stats.model_s / stats.worker_s
-    outside_capacity = 1 - stats.model_s / (workers * screening_wall) if screening_wall else float("nan")
+    outside_capacity = (
+        1 - stats.model_s / (workers * screening_wall) if screening_wall else float("nan")
+    )
     rows = [
         {"quantity": "candidates", "value": stats.done},
         {"quantity": "workers", "value": workers},
@@ -71,7 +75,10 @@ def main() -> None:
         {"quantity": "model_s", "value": stats.model_s},
         {"quantity": "outside_model_share_of_worker_time", "value": outside_worker},
         {"quantity": "outside_model_share_of_screening_capacity", "value": outside_capacity},
-        {"quantity": "candidates_per_s_screening", "value": stats.done / screening_wall if screening_wall else 0.0},
+        {
+            "quantity": "candidates_per_s_screening",
+            "value": stats.done / screening_wall if screening_wall else 0.0,
+        },
         {"quantity": "peak_rss_mb", "value": peak_rss_mb()},
     ]
     model = c.stages.prefilter.model.name

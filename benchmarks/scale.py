@@ -30,7 +30,9 @@ def one(n: int, workdir: Path, site: str, chunk: int) -> dict:
     from hts.store import open_dataset
 
     store = workdir / f"scale-{n}.zarr"
-    c = parse_campaign(wide_campaign(str(store), n, {"name": "lennard-jones"}, chunk_size=chunk, site=site))
+    c = parse_campaign(
+        wide_campaign(str(store), n, {"name": "lennard-jones"}, chunk_size=chunk, site=site)
+    )
     engine = make_engine("parsl", site, workdir / "runinfo")
     t0 = time.perf_counter()
     try:
@@ -53,7 +55,9 @@ def one(n: int, workdir: Path, site: str, chunk: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--site", default="local")
     ap.add_argument("--chunk", type=int, default=256)
@@ -68,16 +72,41 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="hts-scale-"))
         try:
             res = subprocess.run(
-                [sys.executable, __file__, "--one", str(n), "--workdir", str(work), "--site", args.site, "--chunk", str(args.chunk)],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    str(n),
+                    "--workdir",
+                    str(work),
+                    "--site",
+                    args.site,
+                    "--chunk",
+                    str(args.chunk),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        print(f"  {n}: {rows[-1]['cand_per_s']:.1f} cand/s, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        print(
+            f"  {n}: {rows[-1]['cand_per_s']:.1f} cand/s, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB",
+            file=sys.stderr,
+        )
     report(
         "campaign scale, Lennard-Jones potential (relaxed with FIRE + UnitCellFilter)",
-        ["candidates", "stored", "unique", "wall_s", "cand_per_s", "peak_rss_mb", "store_mb", "model_share"],
+        [
+            "candidates",
+            "stored",
+            "unique",
+            "wall_s",
+            "cand_per_s",
+            "peak_rss_mb",
+            "store_mb",
+            "model_share",
+        ],
         rows,
         {"site": args.site, "chunk_size": args.chunk},
     )

@@ -115,7 +115,9 @@ def preflight(campaign: Campaign) -> None:
 
 
 class _Driver:
-    def __init__(self, campaign: Campaign, engine, store: Store, progress: Callable[[RunStats], None] | None):
+    def __init__(
+        self, campaign: Campaign, engine, store: Store, progress: Callable[[RunStats], None] | None
+    ):
         self.c = campaign
         self.stage = _resolved_stage(campaign)
         self.engine = engine
@@ -138,12 +140,18 @@ class _Driver:
         self.progress(self.stats)
         n = max(1, min(len(missing), self.engine.workers(self.stage.resource)))
         groups = [missing[i::n] for i in range(n)]
-        futs = [self.engine.submit(self.stage.resource, relax_references, g, self.stage) for g in groups]
+        futs = [
+            self.engine.submit(self.stage.resource, relax_references, g, self.stage) for g in groups
+        ]
         new = dict(cached)
         for g, f in zip(groups, futs, strict=True):
             try:
                 for r in f.result():
-                    new[r.element] = {"energy_per_atom": r.energy_per_atom, "structure": r.structure, "reason": r.reason}
+                    new[r.element] = {
+                        "energy_per_atom": r.energy_per_atom,
+                        "structure": r.structure,
+                        "reason": r.reason,
+                    }
             except Exception as err:  # the candidates of these elements fail with this reason
                 why = f"reference task failed: {type(err).__name__}: {err}"[:300]
                 log.warning("%s (%s)", why, ", ".join(g))
@@ -161,7 +169,9 @@ class _Driver:
             if e is None or not math.isfinite(e):
                 self.ref_reasons[el] = r.get("reason") or "reference relaxation failed"
             else:
-                self.hull.add_reference(el, float(e), name=f"{el} {r.get('structure', '')} (model ref)")
+                self.hull.add_reference(
+                    el, float(e), name=f"{el} {r.get('structure', '')} (model ref)"
+                )
 
     # -- resume ----------------------------------------------------------------
 
@@ -190,9 +200,13 @@ class _Driver:
             return float("nan"), float("nan"), f"{err}{' (' + why + ')' if why else ''}"
 
     def _rows(self, chunk: Chunk, result: ChunkResult | None, error: str = "") -> list[Row]:
-        recs = result.records if result is not None else [
-            StageRecord(c.id, STATUS_FAILED, f"task failed: {error}") for c in chunk.candidates
-        ]
+        recs = (
+            result.records
+            if result is not None
+            else [
+                StageRecord(c.id, STATUS_FAILED, f"task failed: {error}") for c in chunk.candidates
+            ]
+        )
         ok_entries = [
             self.hull.entry(c.formula, r.energy_per_atom)
             for c, r in zip(chunk.candidates, recs, strict=True)
@@ -217,7 +231,12 @@ class _Driver:
                     "time_s": r.time_s,
                 }
                 values["kept"] = status == STATUS_OK and self.stage.keep(
-                    {"e_above_hull": ehull, "energy_per_atom": r.energy_per_atom, "n_atoms": c.n_atoms, "converged": r.converged}
+                    {
+                        "e_above_hull": ehull,
+                        "energy_per_atom": r.energy_per_atom,
+                        "n_atoms": c.n_atoms,
+                        "converged": r.converged,
+                    }
                 )
             else:
                 values = {"time_s": r.time_s}
@@ -299,7 +318,11 @@ class _Driver:
                     self._collect(f, pending.pop(f))
                 s.in_flight = len(pending)
                 self.progress(s)
-            pending[self.engine.submit(label, run_prefilter, chunk.index, chunk.candidates, self.stage, c.seed)] = chunk
+            pending[
+                self.engine.submit(
+                    label, run_prefilter, chunk.index, chunk.candidates, self.stage, c.seed
+                )
+            ] = chunk
             s.in_flight = len(pending)
             if time.time() - last_report > 0.5:
                 self.progress(s)
@@ -363,7 +386,9 @@ def open_store(campaign: Campaign, store_path: str | Path | None = None) -> Stor
         path,
         campaign_name=campaign.name,
         campaign_hash=campaign.content_hash(),
-        campaign_yaml=yaml.safe_dump(campaign.model_dump(mode="json", exclude={"base_dir"}), sort_keys=False),
+        campaign_yaml=yaml.safe_dump(
+            campaign.model_dump(mode="json", exclude={"base_dir"}), sort_keys=False
+        ),
         stages=STAGES,
     )
 

@@ -53,7 +53,9 @@ def validate(campaign: Annotated[Path, typer.Argument(help="Campaign YAML file."
         load_site(c.site)
     except (EmptySourceError, CampaignError, SiteError) as err:
         _fail(f"{campaign}: {err}")
-    out.print(f"[green]ok[/] {campaign}: campaign {c.name!r}, hash {c.content_hash()}", highlight=False)
+    out.print(
+        f"[green]ok[/] {campaign}: campaign {c.name!r}, hash {c.content_hash()}", highlight=False
+    )
 
 
 class _Display:
@@ -134,9 +136,15 @@ def run(
     campaign: Annotated[
         Path | None, typer.Argument(help="Campaign YAML file (default: the shipped demo campaign).")
     ] = None,
-    site: Annotated[str | None, typer.Option(help="Site name or file; overrides the campaign's.")] = None,
-    store: Annotated[Path | None, typer.Option(help="Store path; overrides the campaign's.")] = None,
-    engine: Annotated[str, typer.Option(help="parsl (default) or serial (in-process, for debugging).")] = "parsl",
+    site: Annotated[
+        str | None, typer.Option(help="Site name or file; overrides the campaign's.")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Store path; overrides the campaign's.")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="parsl (default) or serial (in-process, for debugging).")
+    ] = "parsl",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
     top: Annotated[int, typer.Option(help="Most stable candidates to list at the end.")] = 10,
 ) -> None:
@@ -159,7 +167,9 @@ def run(
     _quiet_logging()
     console.print(f"campaign [bold]{c.name}[/] ({path}) → store {store_path}", highlight=False)
     try:
-        eng = make_engine(engine, c.site, Path(f"{store_path}.parsl"), retries=c.limits.task_retries)
+        eng = make_engine(
+            engine, c.site, Path(f"{store_path}.parsl"), retries=c.limits.task_retries
+        )
     except (SiteError, ValueError) as err:
         _fail(str(err))
     console.print(f"engine: {eng.describe()}", highlight=False)
@@ -193,7 +203,9 @@ def _print_status(store_path: Path, top: int = 10) -> None:
         funnel.add_column(col, justify="right" if col != "stage" else "left")
     funnel.add_row("candidates", str(s["rows"]), "", "", "")
     for st in s["stages"]:
-        funnel.add_row(st["stage"], str(st["in"]), str(st["ok"]), str(st["failed"]), str(st["kept"]))
+        funnel.add_row(
+            st["stage"], str(st["in"]), str(st["ok"]), str(st["failed"]), str(st["kept"])
+        )
     out.print(funnel)
     if s["wall_s"]:
         out.print(
@@ -216,8 +228,12 @@ def _print_status(store_path: Path, top: int = 10) -> None:
             t.add_column(col, no_wrap=True)
         for b in s["best"]:
             t.add_row(
-                b["id"], b["formula"], b["prototype"] or b["source"], f"{b['formation_energy']:.3f}",
-                f"{b['e_above_hull']:.3f}", "yes" if b["kept"] else "",
+                b["id"],
+                b["formula"],
+                b["prototype"] or b["source"],
+                f"{b['formation_energy']:.3f}",
+                f"{b['e_above_hull']:.3f}",
+                "yes" if b["kept"] else "",
             )
         out.print(t)
 
@@ -238,7 +254,9 @@ def status(
 def export(
     store: Annotated[Path, typer.Argument(help="A campaign's Zarr store.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("export"),
-    all_ok: Annotated[bool, typer.Option("--all", help="Structures of every ok candidate, not only survivors.")] = False,
+    all_ok: Annotated[
+        bool, typer.Option("--all", help="Structures of every ok candidate, not only survivors.")
+    ] = False,
 ) -> None:
     """Survivors' structures as CIF and extxyz, and a CSV summary of every candidate."""
     from hts.report import export_store
@@ -247,7 +265,9 @@ def export(
         n, csv = export_store(store, out_dir, survivors_only=not all_ok)
     except FileNotFoundError as err:
         _fail(str(err))
-    out.print(f"wrote {n} structures to {out_dir}/structures and {out_dir}/structures.extxyz; summary {csv}")
+    out.print(
+        f"wrote {n} structures to {out_dir}/structures and {out_dir}/structures.extxyz; summary {csv}"
+    )
 
 
 def main() -> None:

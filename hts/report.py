@@ -53,7 +53,9 @@ def summarize(path: str | Path, top: int = 10) -> dict:
         examples.setdefault(key, reasons[i])
         if len(groups[key]) < 3:
             groups[key].append(ids[i])
-    failures = [{"reason": examples[k], "count": c, "ids": groups[k]} for k, c in counts.most_common(15)]
+    failures = [
+        {"reason": examples[k], "count": c, "ids": groups[k]} for k, c in counts.most_common(15)
+    ]
     ehull = ds.e_above_hull.values[:, 0]
     eform = ds.formation_energy.values[:, 0]
     finite = np.flatnonzero(np.isfinite(ehull))
@@ -84,7 +86,9 @@ def summarize(path: str | Path, top: int = 10) -> dict:
     }
 
 
-def export_store(path: str | Path, out_dir: str | Path, survivors_only: bool = True) -> tuple[int, Path]:
+def export_store(
+    path: str | Path, out_dir: str | Path, survivors_only: bool = True
+) -> tuple[int, Path]:
     """Write structures (CIF each, one extxyz) and ``summary.csv``; returns (count, csv path)."""
     from ase.io import write
 
@@ -105,14 +109,26 @@ def export_store(path: str | Path, out_dir: str | Path, survivors_only: bool = T
                 "e_above_hull": float(ds.e_above_hull.values[i, -1]),
             }
         )
-        write(out_dir / "structures" / f"{ds.id.values[i]}_{ds.formula.values[i]}.cif", atoms, format="cif")
+        write(
+            out_dir / "structures" / f"{ds.id.values[i]}_{ds.formula.values[i]}.cif",
+            atoms,
+            format="cif",
+        )
         frames.append(atoms)
     if frames:
         write(out_dir / "structures.extxyz", frames, format="extxyz")
     csv_path = out_dir / "summary.csv"
     stages = list(ds.stage.values.astype(object))
     cols = ["id", "formula", "chemsys", "prototype", "source", "n_atoms", "status", "reason"]
-    per_stage = ["energy_per_atom", "formation_energy", "e_above_hull", "kept", "converged", "n_steps", "time_s"]
+    per_stage = [
+        "energy_per_atom",
+        "formation_energy",
+        "e_above_hull",
+        "kept",
+        "converged",
+        "n_steps",
+        "time_s",
+    ]
     with csv_path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols + [f"{s}_{v}" for s in stages for v in per_stage])

@@ -44,7 +44,8 @@ class PrototypeChoice(_Strict):
 
     name: str
     elements: dict[str, list[str]] | None = Field(
-        default=None, description="Allowed elements per site role (A, B, X); overrides the source's."
+        default=None,
+        description="Allowed elements per site role (A, B, X); overrides the source's.",
     )
     charge_balance: bool | None = Field(
         default=None, description="Overrides the source's charge_balance for this prototype."
@@ -122,7 +123,9 @@ class FileSource(_Strict):
     """Structures read from files: a folder, a glob, or an ASE database."""
 
     kind: Literal["files"]
-    path: str = Field(description="A folder, a glob (``data/*.cif``), or an ASE database (``.db``).")
+    path: str = Field(
+        description="A folder, a glob (``data/*.cif``), or an ASE database (``.db``)."
+    )
     formats: list[Literal["cif", "poscar", "extxyz", "db"]] = Field(
         default_factory=lambda: ["cif", "poscar", "extxyz", "db"]
     )
@@ -145,7 +148,10 @@ class ModelSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=1, ge=1, le=256, description="torch/OMP threads per worker.")
     batch_size: int = Field(
-        default=16, ge=1, le=100_000, description="Structures per model call where the model batches."
+        default=16,
+        ge=1,
+        le=100_000,
+        description="Structures per model call where the model batches.",
     )
     dtype: Literal["float32", "float64"] = "float64"
 
@@ -325,7 +331,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
 def parse_campaign(data: object, source: str = "<campaign>", base_dir: str = ".") -> Campaign:
     """Validate a campaign mapping; raise :class:`CampaignError` naming every bad field."""
     if not isinstance(data, dict):
-        raise CampaignError(f"{source}: a campaign file must be a mapping of fields, got {type(data).__name__}")
+        raise CampaignError(
+            f"{source}: a campaign file must be a mapping of fields, got {type(data).__name__}"
+        )
     try:
         return Campaign.model_validate({**data, "base_dir": base_dir})
     except ValidationError as err:

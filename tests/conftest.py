@@ -23,7 +23,9 @@ def lj_campaign(tmp_path: Path, **overrides) -> dict:
             "prototypes": ["rocksalt", "zincblende", "cscl", "fluorite"],
             "elements": {"A": ["Li", "Na", "K", "Mg", "Ca", "Sr"], "X": ["O", "S", "F", "Cl"]},
         },
-        "stages": {"prefilter": {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.05"}},
+        "stages": {
+            "prefilter": {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.05"}
+        },
         "store": str(tmp_path / "lj.zarr"),
         "chunk_size": 4,
     }

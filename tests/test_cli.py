@@ -12,7 +12,13 @@ from tests.conftest import lj_campaign, write_campaign
 
 
 def _hts(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "hts.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hts.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_run_status_export(tmp_path):

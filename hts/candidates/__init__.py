@@ -54,7 +54,9 @@ def open_source(campaign):
         return SubstitutionGenerator(spec)
     from hts.candidates.files import FileReader
 
-    return FileReader(campaign.resolve_input(spec.path), spec.formats, display_root=campaign.resolve_input("."))
+    return FileReader(
+        campaign.resolve_input(spec.path), spec.formats, display_root=campaign.resolve_input(".")
+    )
 
 
 def ensure_not_empty(campaign) -> None:

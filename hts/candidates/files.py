@@ -35,7 +35,9 @@ def detect_format(path: Path) -> str | None:
 class FileReader:
     """Iterate the structures under a folder, a glob, a single file or an ASE database."""
 
-    def __init__(self, pattern: str | Path, formats: list[str], display_root: Path | None = None) -> None:
+    def __init__(
+        self, pattern: str | Path, formats: list[str], display_root: Path | None = None
+    ) -> None:
         self.pattern = str(pattern)
         self.formats = set(formats)
         self.display_root = display_root
@@ -70,10 +72,14 @@ class FileReader:
             try:
                 frames = list(self._read(path, fmt))
             except Exception as err:  # any parser failure is this file's problem only
-                yield Candidate.failed(_label_id(label), label, f"unreadable {fmt} file: {_short(err)}")
+                yield Candidate.failed(
+                    _label_id(label), label, f"unreadable {fmt} file: {_short(err)}"
+                )
                 continue
             if not frames:
-                yield Candidate.failed(_label_id(label), label, f"unreadable {fmt} file: no structure found in it")
+                yield Candidate.failed(
+                    _label_id(label), label, f"unreadable {fmt} file: no structure found in it"
+                )
                 continue
             for k, atoms in enumerate(frames):
                 source = label if len(frames) == 1 else f"{label}@{k}"
@@ -99,7 +105,9 @@ def _from_atoms(atoms, source: str) -> Candidate:
     cell = np.array(atoms.cell[:], dtype=float)
     positions = np.array(atoms.positions, dtype=float)
     if not all(atoms.pbc) or abs(np.linalg.det(cell)) < 1e-6:
-        return Candidate.failed(_label_id(source), source, "not a periodic crystal (needs a 3-D cell)")
+        return Candidate.failed(
+            _label_id(source), source, "not a periodic crystal (needs a 3-D cell)"
+        )
     return Candidate(
         id=candidate_id(numbers, positions, cell),
         source=source,

@@ -48,8 +48,20 @@ _SQ83 = (8 / 3) ** 0.5
 PROTOTYPES: dict[str, Prototype] = {
     p.name: p
     for p in (
-        Prototype("rocksalt", "NaCl", 225, (1, 1, 1, 90, 90, 90), (("A", (0, 0, 0)), ("X", (0.5, 0.5, 0.5)))),
-        Prototype("zincblende", "ZnS", 216, (1, 1, 1, 90, 90, 90), (("A", (0, 0, 0)), ("X", (0.25, 0.25, 0.25)))),
+        Prototype(
+            "rocksalt",
+            "NaCl",
+            225,
+            (1, 1, 1, 90, 90, 90),
+            (("A", (0, 0, 0)), ("X", (0.5, 0.5, 0.5))),
+        ),
+        Prototype(
+            "zincblende",
+            "ZnS",
+            216,
+            (1, 1, 1, 90, 90, 90),
+            (("A", (0, 0, 0)), ("X", (0.25, 0.25, 0.25))),
+        ),
         Prototype(
             "wurtzite",
             "ZnO",
@@ -57,8 +69,16 @@ PROTOTYPES: dict[str, Prototype] = {
             (1, 1, _SQ83, 90, 90, 120),
             (("A", (1 / 3, 2 / 3, 0.0)), ("X", (1 / 3, 2 / 3, 0.375))),
         ),
-        Prototype("cscl", "CsCl", 221, (1, 1, 1, 90, 90, 90), (("A", (0, 0, 0)), ("X", (0.5, 0.5, 0.5)))),
-        Prototype("fluorite", "CaF2", 225, (1, 1, 1, 90, 90, 90), (("A", (0, 0, 0)), ("X", (0.25, 0.25, 0.25)))),
+        Prototype(
+            "cscl", "CsCl", 221, (1, 1, 1, 90, 90, 90), (("A", (0, 0, 0)), ("X", (0.5, 0.5, 0.5)))
+        ),
+        Prototype(
+            "fluorite",
+            "CaF2",
+            225,
+            (1, 1, 1, 90, 90, 90),
+            (("A", (0, 0, 0)), ("X", (0.25, 0.25, 0.25))),
+        ),
         Prototype(
             "perovskite",
             "SrTiO3",
@@ -126,10 +146,14 @@ def prototype_cell(name: str) -> PrototypeCell:
     cell = np.array(prim.lattice.matrix) / 5.0
     frac = np.array(prim.frac_coords)[order] % 1.0
     mult = {r: roles.count(r) for r in sorted(set(roles))}
-    return PrototypeCell(cell=cell, frac=frac, roles=roles, multiplicity=mult, contacts=_contacts(cell, frac, roles))
+    return PrototypeCell(
+        cell=cell, frac=frac, roles=roles, multiplicity=mult, contacts=_contacts(cell, frac, roles)
+    )
 
 
-def _contacts(cell: np.ndarray, frac: np.ndarray, roles: tuple[str, ...]) -> tuple[tuple[str, str, float], ...]:
+def _contacts(
+    cell: np.ndarray, frac: np.ndarray, roles: tuple[str, ...]
+) -> tuple[tuple[str, str, float], ...]:
     """Nearest-neighbour role pairs and their distance at unit scale.
 
     The volume guess scales the cell until no such contact is shorter than the

@@ -92,7 +92,9 @@ class SubstitutionGenerator:
         for choice in self.spec.prototypes:
             table = choice.elements or self.spec.elements
             roles = list(PROTOTYPES[choice.name].roles)
-            balance = self.spec.charge_balance if choice.charge_balance is None else choice.charge_balance
+            balance = (
+                self.spec.charge_balance if choice.charge_balance is None else choice.charge_balance
+            )
             yield choice.name, roles, [table[r] for r in roles], balance
 
     def upper_bound(self) -> int:

@@ -72,7 +72,9 @@ class ParslEngine:
         self.site.executor(label)  # a clear error when the site lacks the label
         key = (id(fn), label)
         if key not in self._apps:
-            self._apps[key] = python_app(fn, data_flow_kernel=self._dfk, executors=[label], cache=False)
+            self._apps[key] = python_app(
+                fn, data_flow_kernel=self._dfk, executors=[label], cache=False
+            )
         return self._apps[key](*args)
 
     def close(self) -> None:

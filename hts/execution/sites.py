@@ -65,7 +65,9 @@ def _site_dirs() -> list[Path]:
 def load_site(name_or_path: str) -> Site:
     """A site by name (``sites/<name>.yaml`` in the working directory or the project) or by path."""
     p = Path(name_or_path)
-    candidates = [p] if p.suffix in (".yaml", ".yml") else [d / f"{name_or_path}.yaml" for d in _site_dirs()]
+    candidates = (
+        [p] if p.suffix in (".yaml", ".yml") else [d / f"{name_or_path}.yaml" for d in _site_dirs()]
+    )
     for c in candidates:
         if c.is_file():
             try:
@@ -78,16 +80,18 @@ def load_site(name_or_path: str) -> Site:
                 raise SiteError(f"{c}: {problems}") from None
             except yaml.YAMLError as err:
                 raise SiteError(f"{c}: not valid YAML: {err}") from None
-    raise SiteError(f"site {name_or_path!r} not found (looked for {', '.join(str(c) for c in candidates)})")
+    raise SiteError(
+        f"site {name_or_path!r} not found (looked for {', '.join(str(c) for c in candidates)})"
+    )
 
 
 def build_parsl_config(site: Site, run_dir: Path, retries: int = 0):
     """One Parsl executor per resource label of the site."""
+    import sys
+
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
     from parsl.providers import LocalProvider
-
-    import sys
 
     # Parsl's interchange and worker pool are console scripts of this environment:
     # make sure they are found even when the venv was never activated.
@@ -114,7 +118,9 @@ def build_parsl_config(site: Site, run_dir: Path, retries: int = 0):
                     address="127.0.0.1",
                     max_workers_per_node=spec.n_workers(),
                     cores_per_worker=t,
-                    provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=init),
+                    provider=LocalProvider(
+                        init_blocks=1, min_blocks=1, max_blocks=1, worker_init=init
+                    ),
                 )
             )
     return Config(

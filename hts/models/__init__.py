@@ -36,7 +36,9 @@ def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
         calc = SevenNetCalculator(checkpoint, device=device)
     elements = {chemical_symbols[int(z)] for z in calc.type_map}
     name = {"7net-0": "sevennet-0", "7net-l3i5": "sevennet-l3i5"}[checkpoint]
-    return CalculatorModel(name, f"{checkpoint} (sevenn {sevenn.__version__})", lambda: calc, elements, device)
+    return CalculatorModel(
+        name, f"{checkpoint} (sevenn {sevenn.__version__})", lambda: calc, elements, device
+    )
 
 
 def load_model(spec) -> Model:

@@ -54,7 +54,9 @@ class LennardJonesModel:
     def _one(self, atoms: Atoms) -> Prediction:
         numbers = atoms.numbers
         r = self._radii[numbers]
-        i, j, d, D = pairs_within(atoms.positions, atoms.cell[:], self.cutoff_sigmas * 2.0 * r.max() / _TWO_SIXTH)
+        i, j, d, D = pairs_within(
+            atoms.positions, atoms.cell[:], self.cutoff_sigmas * 2.0 * r.max() / _TWO_SIXTH
+        )
         sigma = (r[i] + r[j]) / _TWO_SIXTH
         cut = self.cutoff_sigmas * sigma
         m = d < cut
@@ -67,7 +69,8 @@ class LennardJonesModel:
         fvec = (dedd / d)[:, None] * D  # force on i: -∂E/∂r_i = Σ_j φ'(d) D/d, with D = r_j - r_i
         forces = np.zeros((len(atoms), 3))
         np.add.at(forces, i, fvec)
-        virial = 0.5 * np.einsum("pa,pb->ab", D, fvec)  # (1/2) Σ D ⊗ φ'(d) D/d, halved for double counting
+        virial = 0.5 * np.einsum(
+            "pa,pb->ab", D, fvec
+        )  # (1/2) Σ D ⊗ φ'(d) D/d, halved for double counting
         stress = virial / abs(np.linalg.det(atoms.cell[:]))
         return Prediction(energy=energy, forces=forces, stress=voigt(stress))
-

@@ -9,6 +9,7 @@ order (xx, yy, zz, yz, xz, xy), eV/Å³, negative under compression.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
     from ase import Atoms
     from ase.calculators.calculator import Calculator
 
-__all__ = ["CalculatorModel", "Model", "ModelCalculator", "Prediction", "configure_threads", "resolve_device"]
+__all__ = [
+    "CalculatorModel",
+    "Model",
+    "ModelCalculator",
+    "Prediction",
+    "configure_threads",
+    "resolve_device",
+]
 
 
 @dataclass(slots=True)
@@ -82,10 +90,9 @@ def configure_threads(threads: int) -> None:
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    try:
+    # can only be set once per process, before any parallel work
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # can only be set once per process, before any parallel work
-        pass
 
 
 def _symbols(numbers: Sequence[int]) -> set[str]:

@@ -90,7 +90,9 @@ class MaceModel:
 
     def unsupported(self, numbers: Sequence[int]) -> str | None:
         bad = sorted(_symbols(z for z in numbers if int(z) not in self.atomic_numbers))
-        return f"element(s) {', '.join(bad)} not covered by model mace ({self.path})" if bad else None
+        return (
+            f"element(s) {', '.join(bad)} not covered by model mace ({self.path})" if bad else None
+        )
 
     def calculator(self):
         from mace.calculators import MACECalculator
@@ -115,7 +117,9 @@ class MaceModel:
             )
             for a in batch
         ]
-        loader = torch_geometric.dataloader.DataLoader(graphs, batch_size=len(graphs), shuffle=False)
+        loader = torch_geometric.dataloader.DataLoader(
+            graphs, batch_size=len(graphs), shuffle=False
+        )
         g = next(iter(loader)).to(self.device)
         torch_dtype = torch.float64 if self.dtype == "float64" else torch.float32
         d = g.to_dict()

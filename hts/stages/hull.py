@@ -33,7 +33,9 @@ class HullTracker:
         from pymatgen.analysis.phase_diagram import PDEntry
         from pymatgen.core import Composition
 
-        self.add_entries([PDEntry(Composition(element), energy_per_atom, name=name or f"{element} (ref)")])
+        self.add_entries(
+            [PDEntry(Composition(element), energy_per_atom, name=name or f"{element} (ref)")]
+        )
 
     def add_entries(self, entries: Iterable) -> None:
         """Add pymatgen entries (PDEntry / ComputedEntry) and prune each touched system."""

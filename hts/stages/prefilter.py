@@ -59,7 +59,9 @@ def _rattled(c: Candidate, amplitude: float, seed: int):
     return atoms
 
 
-def run_prefilter(index: int, candidates: Sequence[Candidate], stage, seed: int = 0, model=None) -> ChunkResult:
+def run_prefilter(
+    index: int, candidates: Sequence[Candidate], stage, seed: int = 0, model=None
+) -> ChunkResult:
     """Relax a chunk with the stage's model; failed inputs become failed records.
 
     ``stage`` is a :class:`hts.spec.PrefilterStage`.  ``model`` may be passed in
@@ -76,7 +78,9 @@ def run_prefilter(index: int, candidates: Sequence[Candidate], stage, seed: int 
     for c in candidates:
         reason = c.error or model.unsupported(c.numbers) or ""
         if reason:
-            records[c.id] = StageRecord(c.id, "failed", reason, numbers=c.numbers, positions=c.positions, cell=c.cell)
+            records[c.id] = StageRecord(
+                c.id, "failed", reason, numbers=c.numbers, positions=c.positions, cell=c.cell
+            )
         else:
             todo.append(c)
     r = stage.relax

@@ -30,7 +30,24 @@ _DIMERS = {"H": 0.74, "N": 1.10, "O": 1.21, "F": 1.42, "Cl": 1.99, "Br": 2.28, "
 # Elements whose standard states are molecular or open networks: dimers are tried too.
 _ALSO_DIMER = {"S": 1.89, "Se": 2.17, "P": 1.89}
 # p-block elements whose standard states are open, covalent networks: sc and diamond are tried too.
-_OPEN_NETWORKS = {"B", "C", "Si", "Ge", "Sn", "P", "As", "Sb", "Bi", "S", "Se", "Te", "Ga", "In", "Tl", "Pb"}
+_OPEN_NETWORKS = {
+    "B",
+    "C",
+    "Si",
+    "Ge",
+    "Sn",
+    "P",
+    "As",
+    "Sb",
+    "Bi",
+    "S",
+    "Se",
+    "Te",
+    "Ga",
+    "In",
+    "Tl",
+    "Pb",
+}
 
 
 def trial_structures(element: str) -> list[tuple[str, object]]:
@@ -49,7 +66,9 @@ def trial_structures(element: str) -> list[tuple[str, object]]:
 
     def dimer(d: float) -> Atoms:
         box = d + 3.0
-        return Atoms([element] * 2, positions=[(0, 0, 0), (0, 0, d)], cell=np.eye(3) * box, pbc=True)
+        return Atoms(
+            [element] * 2, positions=[(0, 0, 0), (0, 0, d)], cell=np.eye(3) * box, pbc=True
+        )
 
     if element in _DIMERS:
         return [("dimer crystal", dimer(_DIMERS[element]))]
@@ -72,7 +91,10 @@ def trial_structures(element: str) -> list[tuple[str, object]]:
         ("hcp", bulk(element, "hcp", a=nn, c=nn * 1.633)),
     ]
     if element in _OPEN_NETWORKS:
-        trials += [("sc", bulk(element, "sc", a=nn)), ("diamond", bulk(element, "diamond", a=nn * 4 / 3**0.5))]
+        trials += [
+            ("sc", bulk(element, "sc", a=nn)),
+            ("diamond", bulk(element, "diamond", a=nn * 4 / 3**0.5)),
+        ]
     if element in _ALSO_DIMER:
         trials.append(("dimer crystal", dimer(_ALSO_DIMER[element])))
     return trials

@@ -131,9 +131,9 @@ class _Fire:
         else:
             vf = float(np.vdot(f, self.vel))
             if vf > 0.0:
-                self.vel = (1.0 - self.a) * self.vel + self.a * f / np.sqrt(np.vdot(f, f)) * np.sqrt(
-                    np.vdot(self.vel, self.vel)
-                )
+                self.vel = (1.0 - self.a) * self.vel + self.a * f / np.sqrt(
+                    np.vdot(f, f)
+                ) * np.sqrt(np.vdot(self.vel, self.vel))
                 if self.n_pos > _NMIN:
                     self.dt = min(self.dt * _FINC, _DTMAX)
                     self.a *= _FA
@@ -204,7 +204,11 @@ def relax_batch(
             if o.error:
                 continue
             p = preds[k]
-            if not (np.isfinite(p.energy) and np.all(np.isfinite(p.forces)) and np.all(np.isfinite(p.stress))):
+            if not (
+                np.isfinite(p.energy)
+                and np.all(np.isfinite(p.forces))
+                and np.all(np.isfinite(p.stress))
+            ):
                 o.error = f"model returned non-finite energy/forces/stress at step {step}"
                 continue
             o.atoms.calc = _Frozen(p)

@@ -28,7 +28,9 @@ def open_dataset(path: str | Path, retries: int = 20):
     last: Exception | None = None
     for _ in range(retries):
         try:
-            ledger = dict(zarr.open_group(path, mode="r", use_consolidated=False).attrs.get("ledger", {}))
+            ledger = dict(
+                zarr.open_group(path, mode="r", use_consolidated=False).attrs.get("ledger", {})
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = xr.open_zarr(path, consolidated=None, chunks=None)

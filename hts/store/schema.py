@@ -48,7 +48,12 @@ CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
     "cell": (("vector", "xyz"), np.float64, np.nan, "relaxed cell, rows are lattice vectors (Å)"),
     "energy": (("stage",), np.float64, np.nan, "total energy (eV)"),
     "energy_per_atom": (("stage",), np.float64, np.nan, "energy per atom (eV/atom)"),
-    "formation_energy": (("stage",), np.float64, np.nan, "energy per atom relative to the elemental references (eV/atom)"),
+    "formation_energy": (
+        ("stage",),
+        np.float64,
+        np.nan,
+        "energy per atom relative to the elemental references (eV/atom)",
+    ),
     "e_above_hull": (("stage",), np.float64, np.nan, "energy above hull (eV/atom), final values"),
     "kept": (("stage",), bool, False, "passed the stage's keep rule"),
     "converged": (("stage",), bool, False, "relaxation reached fmax"),

@@ -83,7 +83,15 @@ class Store:
     # -- opening ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, campaign_name: str, campaign_hash: str, campaign_yaml: str, stages: list[str]) -> Store:
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        campaign_name: str,
+        campaign_hash: str,
+        campaign_yaml: str,
+        stages: list[str],
+    ) -> Store:
         """Create the store, or reopen it for resuming after checking it is the same campaign."""
         import zarr
 
@@ -93,7 +101,9 @@ class Store:
             group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
             attrs = group.attrs
             if attrs.get("hts_schema") != SCHEMA_VERSION:
-                raise StoreMismatchError(f"{path}: written by a different hts store schema ({attrs.get('hts_schema')})")
+                raise StoreMismatchError(
+                    f"{path}: written by a different hts store schema ({attrs.get('hts_schema')})"
+                )
             if attrs.get("campaign_hash") != campaign_hash:
                 raise StoreMismatchError(
                     f"{path}: holds results of campaign {attrs.get('campaign_name')!r} with hash "
@@ -104,16 +114,22 @@ class Store:
             store._truncate_to_ledger()
             return store
         if path.exists() and any(path.iterdir()):
-            raise StoreMismatchError(f"{path}: exists and is not an hts store; refusing to overwrite it")
+            raise StoreMismatchError(
+                f"{path}: exists and is not an hts store; refusing to overwrite it"
+            )
         group = zarr.open_group(path, mode="w", zarr_format=3)
         for name, (dims, dtype, fill, doc) in CANDIDATE_VARS.items():
             cls._create(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
         for name, (dims, dtype, fill, doc) in ATOM_VARS.items():
             cls._create(group, name, ("atom", *dims), dtype, fill, doc, len(stages))
-        coord = group.create_array("stage", shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value="")
+        coord = group.create_array(
+            "stage", shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value=""
+        )
         coord[:] = np.array(stages, dtype=object)
         for name in ("stage_model", "stage_model_version"):
-            a = group.create_array(name, shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value="")
+            a = group.create_array(
+                name, shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value=""
+            )
             a.attrs["description"] = "model (and version) that produced each stage's values"
         group.attrs.update(
             {
@@ -133,7 +149,14 @@ class Store:
         shape = tuple(sizes[d] for d in dims)
         chunk0 = _CAND_CHUNK if dims[0] == "candidate" else _ATOM_CHUNK
         chunks = (chunk0, *shape[1:])
-        arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=list(dims))
+        arr = group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill,
+            dimension_names=list(dims),
+        )
         arr.attrs["description"] = doc
 
     def _truncate_to_ledger(self) -> None:
@@ -232,7 +255,9 @@ class Store:
 
     # -- the final pass --------------------------------------------------------
 
-    def iter_blocks(self, names: Sequence[str], block: int = 65536) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def iter_blocks(
+        self, names: Sequence[str], block: int = 65536
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Committed rows in blocks, for passes over the whole store in flat memory."""
         for start in range(0, self.n_rows, block):
             stop = min(start + block, self.n_rows)

@@ -14,7 +14,8 @@ from tests.conftest import lj_campaign
 
 def _campaign(tmp_path, path, **kw):
     return parse_campaign(
-        lj_campaign(tmp_path, candidates={"kind": "files", "path": path, **kw}), base_dir=str(tmp_path)
+        lj_campaign(tmp_path, candidates={"kind": "files", "path": path, **kw}),
+        base_dir=str(tmp_path),
     )
 
 

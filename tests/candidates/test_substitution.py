@@ -77,12 +77,33 @@ def test_enumeration_is_lazy_and_deterministic(tmp_path):
 
 def test_large_space_streams_in_constant_memory(tmp_path):
     """10⁷ raw assignments: the generator yields the first quickly and holds none of the rest."""
-    metals = ["Li", "Na", "K", "Rb", "Cs", "Be", "Mg", "Ca", "Sr", "Ba", "Sc", "Y", "Ti", "Zr", "Hf", "V"]
+    metals = [
+        "Li",
+        "Na",
+        "K",
+        "Rb",
+        "Cs",
+        "Be",
+        "Mg",
+        "Ca",
+        "Sr",
+        "Ba",
+        "Sc",
+        "Y",
+        "Ti",
+        "Zr",
+        "Hf",
+        "V",
+    ]
     data = lj_campaign(tmp_path)
     data["candidates"] = {
         "kind": "substitution",
         "prototypes": ["spinel", "perovskite", "heusler", "layered"],
-        "elements": {"A": metals * 1, "B": metals, "X": ["O", "S", "Se", "Te", "F", "Cl", "Br", "I", "N", "P"]},
+        "elements": {
+            "A": metals * 1,
+            "B": metals,
+            "X": ["O", "S", "Se", "Te", "F", "Cl", "Br", "I", "N", "P"],
+        },
         "charge_balance": False,
         "distinct_elements": False,
     }
@@ -129,4 +150,6 @@ def test_id_is_invariant_to_isometries_and_order():
     a = d / (3 / 8) / (8 / 3) ** 0.5
     wz = bulk("ZnO", "wurtzite", a=a, c=a * (8 / 3) ** 0.5, u=3 / 8)
     assert abs(wz.get_volume() / len(wz) - zb.get_volume() / len(zb)) < 1e-6
-    assert candidate_id(wz.numbers, wz.positions, wz.cell[:]) != candidate_id(zb.numbers, zb.positions, zb.cell[:])
+    assert candidate_id(wz.numbers, wz.positions, wz.cell[:]) != candidate_id(
+        zb.numbers, zb.positions, zb.cell[:]
+    )

@@ -12,7 +12,12 @@ from hts.spec import ModelSpec
 
 
 def _structures():
-    s = [bulk("NaCl", "rocksalt", a=5.6), bulk("Cu", a=3.6), bulk("MgO", "rocksalt", a=4.2) * (2, 1, 1), bulk("LiF", "rocksalt", a=4.0)]
+    s = [
+        bulk("NaCl", "rocksalt", a=5.6),
+        bulk("Cu", a=3.6),
+        bulk("MgO", "rocksalt", a=4.2) * (2, 1, 1),
+        bulk("LiF", "rocksalt", a=4.0),
+    ]
     for k, a in enumerate(s):
         a.rattle(0.05, seed=k)
     return s
@@ -41,11 +46,20 @@ def tiny_mace(path, atomic_numbers=(1, 3, 8, 9, 11, 12, 17, 29)):
     try:
         block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
         model = modules.MACE(
-            r_max=4.0, num_bessel=4, num_polynomial_cutoff=5, max_ell=2,
-            interaction_cls=block, interaction_cls_first=block, num_interactions=2,
-            num_elements=len(atomic_numbers), hidden_irreps=o3.Irreps("8x0e+8x1o"),
-            MLP_irreps=o3.Irreps("8x0e"), atomic_energies=np.linspace(-1, -3, len(atomic_numbers)),
-            avg_num_neighbors=8.0, atomic_numbers=list(atomic_numbers), correlation=2,
+            r_max=4.0,
+            num_bessel=4,
+            num_polynomial_cutoff=5,
+            max_ell=2,
+            interaction_cls=block,
+            interaction_cls_first=block,
+            num_interactions=2,
+            num_elements=len(atomic_numbers),
+            hidden_irreps=o3.Irreps("8x0e+8x1o"),
+            MLP_irreps=o3.Irreps("8x0e"),
+            atomic_energies=np.linspace(-1, -3, len(atomic_numbers)),
+            avg_num_neighbors=8.0,
+            atomic_numbers=list(atomic_numbers),
+            correlation=2,
             gate=torch.nn.functional.silu,
         )
         torch.save(model, path)
@@ -59,8 +73,12 @@ def test_lennard_jones_forces_and_stress_are_gradients():
     a = bulk("NaCl", "rocksalt", a=5.0) * (2, 1, 1)
     a.rattle(0.05, seed=1)
     a.calc = model.calculator()
-    np.testing.assert_allclose(a.get_forces(), a.calc.calculate_numerical_forces(a, d=1e-5), atol=1e-7)
-    np.testing.assert_allclose(a.get_stress(), a.calc.calculate_numerical_stress(a, d=1e-6), atol=1e-8)
+    np.testing.assert_allclose(
+        a.get_forces(), a.calc.calculate_numerical_forces(a, d=1e-5), atol=1e-7
+    )
+    np.testing.assert_allclose(
+        a.get_stress(), a.calc.calculate_numerical_stress(a, d=1e-6), atol=1e-8
+    )
 
 
 def test_emt_covers_only_its_elements():

@@ -11,7 +11,18 @@ from hts.stages.hull import HullTracker, MissingReferenceError
 
 def _random_entries(seed: int, n: int = 120):
     rng = np.random.default_rng(seed)
-    formulas = ["NaCl", "Na2O", "NaO2", "Na3Cl", "ClO2", "Cl2O", "NaClO", "NaClO3", "Na3ClO", "NaCl3O2"]
+    formulas = [
+        "NaCl",
+        "Na2O",
+        "NaO2",
+        "Na3Cl",
+        "ClO2",
+        "Cl2O",
+        "NaClO",
+        "NaClO3",
+        "Na3ClO",
+        "NaCl3O2",
+    ]
     return [(f, float(rng.normal(-1.0, 0.4))) for f in rng.choice(formulas, size=n)]
 
 
@@ -29,7 +40,9 @@ def test_streaming_hull_matches_full_phase_diagram():
         tracker.add_entries([tracker.entry(f, e) for f, e in data[start : start + 7]])
     assert tracker.stable_count() == len(full.stable_entries)
     for f, e in data:
-        expected = full.get_e_above_hull(PDEntry(Composition(f), e * Composition(f).num_atoms), allow_negative=True)
+        expected = full.get_e_above_hull(
+            PDEntry(Composition(f), e * Composition(f).num_atoms), allow_negative=True
+        )
         assert abs(tracker.e_above_hull(f, e) - expected) < 1e-9
 
 

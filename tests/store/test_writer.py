@@ -10,7 +10,9 @@ from hts.store import Row, Store, StoreMismatchError, open_dataset, structure_of
 
 
 def _open(path, h="h1"):
-    return Store.open(path, campaign_name="t", campaign_hash=h, campaign_yaml="name: t\n", stages=["prefilter"])
+    return Store.open(
+        path, campaign_name="t", campaign_hash=h, campaign_yaml="name: t\n", stages=["prefilter"]
+    )
 
 
 def _row(k: int, n_atoms: int, chunk: int) -> Row:
@@ -28,7 +30,14 @@ def _row(k: int, n_atoms: int, chunk: int) -> Row:
         numbers=np.full(n_atoms, 11),
         positions=rng.normal(size=(n_atoms, 3)),
         cell=np.eye(3) * (3 + k),
-        stage={"prefilter": {"energy_per_atom": -1.0 * k, "e_above_hull": 0.01 * k, "kept": bool(k % 2), "n_steps": k}},
+        stage={
+            "prefilter": {
+                "energy_per_atom": -1.0 * k,
+                "e_above_hull": 0.01 * k,
+                "kept": bool(k % 2),
+                "n_steps": k,
+            }
+        },
     )
 
 
@@ -57,7 +66,7 @@ def test_half_written_chunk_is_cut_on_reopen(tmp_path):
     store = _open(path)
     store.append([_row(k, 2, 0) for k in range(4)], chunk_index=0)
     # a driver killed mid-append: arrays grown, ledger not committed
-    for name, arr in store._arrays.items():
+    for _name, arr in store._arrays.items():
         arr.resize((arr.shape[0] + 3, *arr.shape[1:]))
     assert open_dataset(path).sizes["candidate"] == 4  # readers see only committed rows
     again = _open(path)
