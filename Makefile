@@ -23,6 +23,7 @@ demo: setup
 	$(BIN)/hts run
 
 test: setup
+	$(BIN)/ruff check hts tests benchmarks
 	$(BIN)/python -m pytest
 
 test-all: setup

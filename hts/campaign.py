@@ -296,6 +296,7 @@ class _Driver:
             s.total_estimate = min(s.total_estimate, c.limits.max_candidates)
         self._ensure_references(_source_elements(c))
         s.phase = "screening"
+        s.started = time.time()  # rates and ETA count screening only
         self.progress(s)
 
         label = self.stage.resource

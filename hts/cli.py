@@ -258,7 +258,7 @@ def export(
         bool, typer.Option("--all", help="Structures of every ok candidate, not only survivors.")
     ] = False,
 ) -> None:
-    """Survivors' structures as CIF and extxyz, and a CSV summary of every candidate."""
+    """Survivors' structures as CIF and extxyz, a CSV summary of every candidate, and a plot."""
     from hts.report import export_store
 
     try:

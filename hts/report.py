@@ -86,10 +86,48 @@ def summarize(path: str | Path, top: int = 10) -> dict:
     }
 
 
+def plot_store(ds, png: Path) -> Path:
+    """The funnel at a glance: e_above_hull distribution and stability against formation energy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = ds.status.values.astype(object) == "ok"
+    ehull = ds.e_above_hull.values[ok, 0]
+    eform = ds.formation_energy.values[ok, 0]
+    kept = ds.kept.values[ok, 0]
+    protos = ds.prototype.values.astype(object)[ok]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    finite = np.isfinite(ehull)
+    hi = float(np.nanpercentile(ehull[finite], 98)) if finite.any() else 1.0
+    bins = np.linspace(0, max(hi, 0.05), 40)
+    a.hist(np.clip(ehull[finite], 0, bins[-1]), bins=bins, color="0.75", label="all scored")
+    a.hist(np.clip(ehull[finite & kept], 0, bins[-1]), bins=bins, color="tab:green", label="kept")
+    a.set_xlabel("e_above_hull (eV/atom)")
+    a.set_ylabel("candidates")
+    a.set_title(f"prefilter: {int(kept.sum())} kept of {int(ok.sum())} scored")
+    a.legend()
+    for name in sorted(set(protos)):
+        m = protos == name
+        b.scatter(eform[m], ehull[m], s=12, label=name or "(files)", alpha=0.8)
+    b.set_xlabel("formation energy (eV/atom)")
+    b.set_ylabel("e_above_hull (eV/atom)")
+    b.set_title(f"{ds.attrs.get('campaign_name', '')} — {ds.stage_model.values[0]}")
+    b.legend(fontsize=7, markerscale=1.5)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
 def export_store(
     path: str | Path, out_dir: str | Path, survivors_only: bool = True
 ) -> tuple[int, Path]:
-    """Write structures (CIF each, one extxyz) and ``summary.csv``; returns (count, csv path)."""
+    """Write structures (CIF each, one extxyz), ``summary.csv`` and ``funnel.png``.
+
+    Returns the number of structures written and the CSV path.
+    """
     from ase.io import write
 
     ds = open_dataset(path)
@@ -139,4 +177,6 @@ def export_store(
                 [data[c][i] for c in cols]
                 + [sdata[v][i, k] for k in range(len(stages)) for v in per_stage]
             )
+    if (ds.status.values.astype(object) == "ok").any():
+        plot_store(ds, out_dir / "funnel.png")
     return len(frames), csv_path

@@ -39,6 +39,7 @@ def test_run_status_export(tmp_path):
     frames = read(tmp_path / "out" / "structures.extxyz", index=":")
     assert len(frames) == len(kept)
     assert {f.info["hts_id"] for f in frames} == {r["id"] for r in kept}
+    assert (tmp_path / "out" / "funnel.png").stat().st_size > 10_000
 
 
 def test_run_reports_campaign_errors(tmp_path):

@@ -23,6 +23,14 @@ def test_shipped_campaigns_validate():
         assert len(c.content_hash()) == 16
 
 
+def test_embedded_default_is_the_demo():
+    from hts.cli import DEMO
+
+    assert DEMO.resolve() == (REPO / "workflows" / "demo.yaml").resolve()
+    c = load_campaign(DEMO)
+    assert c.stages.prefilter.model.name == "sevennet-0"
+
+
 def test_unknown_field_is_named(tmp_path):
     data = lj_campaign(tmp_path)
     data["stages"]["prefilter"]["relax"] = {"fmax": 0.05, "steps": 10}
