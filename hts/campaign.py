@@ -169,21 +169,18 @@ class _Driver:
             if e is None or not math.isfinite(e):
                 self.ref_reasons[el] = r.get("reason") or "reference relaxation failed"
             else:
-                self.hull.add_reference(
-                    el, float(e), name=f"{el} {r.get('structure', '')} (model ref)"
-                )
+                self.hull.add_reference(el, float(e))
 
     # -- resume ----------------------------------------------------------------
 
     def _rebuild_hull(self) -> None:
         """Put every committed candidate back into the hull (resume)."""
-        entries = []
         for _, b in self.store.iter_blocks(["formula", "status", "energy_per_atom"]):
-            for f, s, e in zip(b["formula"], b["status"], b["energy_per_atom"][:, 0], strict=True):
-                if s == STATUS_OK and math.isfinite(e):
-                    entries.append(self.hull.entry(str(f), float(e)))
-        if entries:
-            self.hull.add_entries(entries)
+            self.hull.add(
+                (str(f), float(e))
+                for f, s, e in zip(b["formula"], b["status"], b["energy_per_atom"][:, 0], strict=True)
+                if s == STATUS_OK and math.isfinite(e)
+            )
 
     # -- scoring a finished chunk ----------------------------------------------
 
@@ -207,12 +204,11 @@ class _Driver:
                 StageRecord(c.id, STATUS_FAILED, f"task failed: {error}") for c in chunk.candidates
             ]
         )
-        ok_entries = [
-            self.hull.entry(c.formula, r.energy_per_atom)
+        self.hull.add(
+            (c.formula, r.energy_per_atom)
             for c, r in zip(chunk.candidates, recs, strict=True)
             if r.status == STATUS_OK
-        ]
-        self.hull.add_entries(ok_entries)
+        )
         rows = []
         for c, r in zip(chunk.candidates, recs, strict=True):
             status, reason = r.status, r.reason
@@ -268,6 +264,7 @@ class _Driver:
             result, error = None, f"{type(err).__name__}: {err}"[:300]
             log.warning("chunk %d failed as a whole: %s", chunk.index, error)
         rows = self._rows(chunk, result, error)
+        self.hull.clear_cache()  # diagrams are reused within a chunk, never kept across the run
         if result is not None:
             self.store.set_stage_model("prefilter", result.model_name, result.model_version)
             self.stats.worker_s += result.wall_s
@@ -284,8 +281,7 @@ class _Driver:
 
     def run(self) -> RunStats:
         c, s = self.c, self.stats
-        for e in _load_user_entries(c):
-            self.hull.add_entries([e])
+        self.hull.add_entries(_load_user_entries(c))
         self._add_references(self.store.references.get("prefilter", {}))
         self._rebuild_hull()
         s.resumed = self.store.n_rows
@@ -371,6 +367,7 @@ class _Driver:
             self.store.write_stage_column("e_above_hull", "prefilter", start, ehull)
             self.store.write_stage_column("kept", "prefilter", start, kept)
             self.store.write_stage_column("formation_energy", "prefilter", start, eform)
+            self.hull.clear_cache()
             kept_total += int(kept.sum())
         s.kept = kept_total
         self.store.set_finalized(True)

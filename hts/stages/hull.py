@@ -7,6 +7,11 @@ each exact chemical system keeps just its currently stable entries: memory is
 bounded by the number of stable phases, not by the number of candidates.
 Pruning is exact: an entry above the hull of its own system stays above it
 whatever is added later, because adding points only lowers the hull.
+
+Entries are kept as compact ``(formula, energy per atom)`` pairs — a
+``PDEntry`` costs ~20× the memory — and turned into pymatgen entries only
+while a diagram is built.  Diagrams are cached until :meth:`clear_cache`
+(the driver clears after each chunk), so the cache never grows with the run.
 """
 
 from __future__ import annotations
@@ -17,32 +22,39 @@ from collections.abc import Iterable
 
 __all__ = ["HullTracker", "MissingReferenceError"]
 
+Item = tuple[str, float]  # (formula, energy per atom in eV)
+
 
 class MissingReferenceError(ValueError):
     """No elemental reference energy for an element of a candidate."""
 
 
+def _key(formula: str) -> frozenset[str]:
+    from pymatgen.core import Composition
+
+    return frozenset(el.symbol for el in Composition(formula).elements)
+
+
 class HullTracker:
     def __init__(self) -> None:
-        self._stable: dict[frozenset[str], list] = defaultdict(list)
+        self._stable: dict[frozenset[str], list[Item]] = defaultdict(list)
         self._diagrams: dict[frozenset[str], object] = {}
 
     # -- building --------------------------------------------------------------
 
-    def add_reference(self, element: str, energy_per_atom: float, name: str = "") -> None:
-        from pymatgen.analysis.phase_diagram import PDEntry
-        from pymatgen.core import Composition
-
-        self.add_entries(
-            [PDEntry(Composition(element), energy_per_atom, name=name or f"{element} (ref)")]
-        )
+    def add_reference(self, element: str, energy_per_atom: float) -> None:
+        self.add([(element, float(energy_per_atom))])
 
     def add_entries(self, entries: Iterable) -> None:
-        """Add pymatgen entries (PDEntry / ComputedEntry) and prune each touched system."""
+        """Add pymatgen entries (PDEntry / ComputedEntry, corrections included)."""
+        self.add((e.composition.formula.replace(" ", ""), float(e.energy_per_atom)) for e in entries)
+
+    def add(self, items: Iterable[Item]) -> None:
+        """Add ``(formula, energy per atom)`` pairs and prune each touched system."""
         touched: set[frozenset[str]] = set()
-        for e in entries:
-            key = frozenset(el.symbol for el in e.composition.elements)
-            self._stable[key].append(e)
+        for item in items:
+            key = _key(item[0])
+            self._stable[key].append(item)
             touched.add(key)
         for key in sorted(touched, key=len):
             self._prune(key)
@@ -50,42 +62,45 @@ class HullTracker:
     def _prune(self, key: frozenset[str]) -> None:
         if len(key) == 1:
             # keep only the lowest-energy polymorph of an element
-            best = min(self._stable[key], key=lambda e: e.energy_per_atom)
-            self._stable[key] = [best]
+            self._stable[key] = [min(self._stable[key], key=lambda item: item[1])]
         else:
             try:
                 pd = self._diagram(key, cache=False)
             except MissingReferenceError:
                 return  # cannot judge yet; entries stay until the references exist
-            stable = {id(e) for e in pd.stable_entries}
-            self._stable[key] = [e for e in self._stable[key] if id(e) in stable]
-        # any cached diagram containing this system is stale now
+            stable = {e.attribute for e in pd.stable_entries}
+            self._stable[key] = [item for item in self._stable[key] if item in stable]
         for k in [k for k in self._diagrams if key <= k]:
-            del self._diagrams[k]
+            del self._diagrams[k]  # a cached diagram containing this system is stale
 
     # -- querying --------------------------------------------------------------
 
-    def _entries_for(self, key: frozenset[str]) -> list:
-        out = []
+    def _items_for(self, key: frozenset[str]) -> list[Item]:
+        out: list[Item] = []
         if len(key) <= 6:
             for r in range(1, len(key) + 1):
                 for sub in itertools.combinations(sorted(key), r):
                     out.extend(self._stable.get(frozenset(sub), ()))
         else:
-            for k, entries in self._stable.items():
+            for k, items in self._stable.items():
                 if k <= key:
-                    out.extend(entries)
+                    out.extend(items)
         return out
 
     def _diagram(self, key: frozenset[str], cache: bool = True):
-        from pymatgen.analysis.phase_diagram import PhaseDiagram
+        from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+        from pymatgen.core import Composition
 
         if cache and key in self._diagrams:
             return self._diagrams[key]
         missing = sorted(el for el in key if not self._stable.get(frozenset([el])))
         if missing:
             raise MissingReferenceError(f"no elemental reference energy for {', '.join(missing)}")
-        pd = PhaseDiagram(self._entries_for(key))
+        entries = []
+        for item in self._items_for(key):
+            comp = Composition(item[0])
+            entries.append(PDEntry(comp, item[1] * comp.num_atoms, attribute=item))
+        pd = PhaseDiagram(entries)
         if cache:
             self._diagrams[key] = pd
         return pd
@@ -96,8 +111,7 @@ class HullTracker:
         from pymatgen.core import Composition
 
         comp = Composition(formula)
-        key = frozenset(el.symbol for el in comp.elements)
-        pd = self._diagram(key)
+        pd = self._diagram(frozenset(el.symbol for el in comp.elements))
         entry = PDEntry(comp, energy_per_atom * comp.num_atoms)
         _, e = pd.get_decomp_and_e_above_hull(entry, allow_negative=True, check_stable=False)
         return float(e)
@@ -106,21 +120,13 @@ class HullTracker:
         """Energy per atom relative to the elemental references (eV/atom)."""
         from pymatgen.core import Composition
 
-        comp = Composition(formula)
         total = 0.0
-        for el, frac in comp.fractional_composition.items():
+        for el, frac in Composition(formula).fractional_composition.items():
             refs = self._stable.get(frozenset([el.symbol]))
             if not refs:
                 raise MissingReferenceError(f"no elemental reference energy for {el.symbol}")
-            total += frac * refs[0].energy_per_atom
+            total += frac * refs[0][1]
         return energy_per_atom - total
-
-    def entry(self, formula: str, energy_per_atom: float, name: str = ""):
-        from pymatgen.analysis.phase_diagram import PDEntry
-        from pymatgen.core import Composition
-
-        comp = Composition(formula)
-        return PDEntry(comp, energy_per_atom * comp.num_atoms, name=name)
 
     def stable_count(self) -> int:
         return sum(len(v) for v in self._stable.values())

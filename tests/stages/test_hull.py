@@ -37,7 +37,7 @@ def test_streaming_hull_matches_full_phase_diagram():
     for el, e in refs.items():
         tracker.add_reference(el, e)
     for start in range(0, len(data), 7):  # arrive in chunks
-        tracker.add_entries([tracker.entry(f, e) for f, e in data[start : start + 7]])
+        tracker.add(data[start : start + 7])
     assert tracker.stable_count() == len(full.stable_entries)
     for f, e in data:
         expected = full.get_e_above_hull(
@@ -49,7 +49,7 @@ def test_streaming_hull_matches_full_phase_diagram():
 def test_missing_reference_is_reported():
     tracker = HullTracker()
     tracker.add_reference("Na", -1.3)
-    tracker.add_entries([tracker.entry("NaCl", -2.0)])  # kept until Cl's reference arrives
+    tracker.add([("NaCl", -2.0)])  # kept until Cl's reference arrives
     try:
         tracker.e_above_hull("NaCl", -2.0)
     except MissingReferenceError as err:
