@@ -40,6 +40,7 @@ def one(n: int, workdir: Path, site: str, chunk: int) -> dict:
     finally:
         engine.close()
     wall = time.perf_counter() - t0
+    peak = peak_rss_mb()  # before the check below, which loads every id on purpose
     ds = open_dataset(store)
     ids = ds.id.values.tolist()
     return {
@@ -48,7 +49,7 @@ def one(n: int, workdir: Path, site: str, chunk: int) -> dict:
         "unique": len(set(ids)),
         "wall_s": wall,
         "cand_per_s": n / wall,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak,
         "model_share": stats.model_s / stats.worker_s if stats.worker_s else 0.0,
         "store_mb": sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**20,
     }

@@ -12,7 +12,7 @@ the batch.  Results therefore match the one-by-one ASE loop to numerical noise.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -123,7 +123,6 @@ class _Fire:
     dt: float = _DT0
     a: float = _ASTART
     n_pos: int = 0
-    extra: dict = field(default_factory=dict)
 
     def step(self, x: np.ndarray, f: np.ndarray, maxstep: float) -> np.ndarray:
         if self.vel is None:

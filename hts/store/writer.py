@@ -256,7 +256,7 @@ class Store:
     # -- the final pass --------------------------------------------------------
 
     def iter_blocks(
-        self, names: Sequence[str], block: int = 65536
+        self, names: Sequence[str], block: int = 16384
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Committed rows in blocks, for passes over the whole store in flat memory."""
         for start in range(0, self.n_rows, block):
