@@ -178,7 +178,9 @@ class _Driver:
         for _, b in self.store.iter_blocks(["formula", "status", "energy_per_atom"]):
             self.hull.add(
                 (str(f), float(e))
-                for f, s, e in zip(b["formula"], b["status"], b["energy_per_atom"][:, 0], strict=True)
+                for f, s, e in zip(
+                    b["formula"], b["status"], b["energy_per_atom"][:, 0], strict=True
+                )
                 if s == STATUS_OK and math.isfinite(e)
             )
 

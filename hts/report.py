@@ -25,8 +25,23 @@ def _reason_key(reason: str) -> str:
     return key[:160]
 
 
+_SUMMARY_VARS = [
+    "id",
+    "formula",
+    "prototype",
+    "source",
+    "status",
+    "reason",
+    "kept",
+    "energy_per_atom",
+    "formation_energy",
+    "e_above_hull",
+    "stage_model",
+]
+
+
 def summarize(path: str | Path, top: int = 10) -> dict:
-    ds = open_dataset(path)
+    ds = open_dataset(path, variables=_SUMMARY_VARS)
     ledger = ds.attrs.get("ledger", {})
     status = ds.status.values.astype(object)
     reasons = ds.reason.values.astype(object)

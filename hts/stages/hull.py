@@ -47,7 +47,9 @@ class HullTracker:
 
     def add_entries(self, entries: Iterable) -> None:
         """Add pymatgen entries (PDEntry / ComputedEntry, corrections included)."""
-        self.add((e.composition.formula.replace(" ", ""), float(e.energy_per_atom)) for e in entries)
+        self.add(
+            (e.composition.formula.replace(" ", ""), float(e.energy_per_atom)) for e in entries
+        )
 
     def add(self, items: Iterable[Item]) -> None:
         """Add ``(formula, energy per atom)`` pairs and prune each touched system."""
