@@ -101,7 +101,7 @@ class SubstitutionGenerator:
         """Number of raw assignments before filters: a cheap total for progress displays."""
         return sum(math.prod(len(x) for x in lists) for _, _, lists, _ in self._plans())
 
-    def count(self, limit: int = 2_000_000) -> int | None:
+    def count(self, limit: int = 200_000) -> int | None:
         """Exact number of assignments after the filters, when the raw space is small enough to walk."""
         if self.upper_bound() > limit:
             return None

@@ -62,6 +62,7 @@ class HullTracker:
             self._prune(key)
 
     def _prune(self, key: frozenset[str]) -> None:
+        pd = None
         if len(key) == 1:
             # keep only the lowest-energy polymorph of an element
             self._stable[key] = [min(self._stable[key], key=lambda item: item[1])]
@@ -69,11 +70,15 @@ class HullTracker:
             try:
                 pd = self._diagram(key, cache=False)
             except MissingReferenceError:
-                return  # cannot judge yet; entries stay until the references exist
-            stable = {e.attribute for e in pd.stable_entries}
-            self._stable[key] = [item for item in self._stable[key] if item in stable]
+                pd = None  # cannot judge yet; entries stay until the references exist
+            else:
+                stable = {e.attribute for e in pd.stable_entries}
+                self._stable[key] = [item for item in self._stable[key] if item in stable]
         for k in [k for k in self._diagrams if key <= k]:
             del self._diagrams[k]  # a cached diagram containing this system is stale
+        if pd is not None:
+            # the diagram just built has the same hull as one of the survivors: reuse it
+            self._diagrams[key] = pd
 
     # -- querying --------------------------------------------------------------
 
