@@ -10,8 +10,8 @@ whatever is added later, because adding points only lowers the hull.
 
 Entries are kept as compact ``(formula, energy per atom)`` pairs — a
 ``PDEntry`` costs ~20× the memory — and turned into pymatgen entries only
-while a diagram is built.  Diagrams are cached until :meth:`clear_cache`
-(the driver clears after each chunk), so the cache never grows with the run.
+while a diagram is built.  At most ``max_cached`` diagrams are kept (the driver
+also clears them after each chunk), so the cache never grows with the run.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def _key(formula: str) -> frozenset[str]:
 
 
 class HullTracker:
+    max_cached = 512
+
     def __init__(self) -> None:
         self._stable: dict[frozenset[str], list[Item]] = defaultdict(list)
         self._diagrams: dict[frozenset[str], object] = {}
@@ -76,7 +78,7 @@ class HullTracker:
                 self._stable[key] = [item for item in self._stable[key] if item in stable]
         for k in [k for k in self._diagrams if key <= k]:
             del self._diagrams[k]  # a cached diagram containing this system is stale
-        if pd is not None:
+        if pd is not None and len(self._diagrams) < self.max_cached:
             # the diagram just built has the same hull as one of the survivors: reuse it
             self._diagrams[key] = pd
 
@@ -109,6 +111,8 @@ class HullTracker:
             entries.append(PDEntry(comp, item[1] * comp.num_atoms, attribute=item))
         pd = PhaseDiagram(entries)
         if cache:
+            if len(self._diagrams) >= self.max_cached:
+                self._diagrams.clear()  # a diagram is ~10 kB: never let the cache grow with the run
             self._diagrams[key] = pd
         return pd
 
