@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -191,8 +192,6 @@ class _Driver:
             e = rec.energy_per_atom
             return self.hull.e_above_hull(formula, e), self.hull.formation_energy(formula, e), ""
         except MissingReferenceError as err:
-            import re
-
             present = set(re.findall(r"[A-Z][a-z]?", formula))
             els = [el for el in self.ref_reasons if el in present]
             why = "; ".join(f"{el}: {self.ref_reasons[el]}" for el in els)

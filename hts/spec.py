@@ -137,9 +137,6 @@ CandidateSource = Annotated[SubstitutionSource | FileSource, Field(discriminator
 # --------------------------------------------------------------------------- models and stages
 
 
-MODEL_NAMES = ("sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones")
-
-
 class ModelSpec(_Strict):
     """Which MLIP (or analytic potential) to load, and where it runs."""
 

@@ -108,14 +108,13 @@ def chunks(
     max_candidates: int | None = None,
     max_atoms: int = 64,
     min_distance: float = 0.5,
-    skip_ids: set[int] | None = None,
 ) -> Iterator[Chunk]:
     """Checked, de-duplicated, numbered chunks of the stream.
 
     Ids are kept as 64-bit integers (8 bytes of entropy each) so a million of
     them cost tens of MB, not the hundreds a set of strings would.
     """
-    seen: set[int] = set() if skip_ids is None else skip_ids
+    seen: set[int] = set()
     batch: list[Candidate] = []
     index = 0
     taken = 0

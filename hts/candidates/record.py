@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,7 +36,6 @@ class Candidate:
     formula: str = ""
     chemsys: str = ""
     error: str = ""
-    info: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_atoms(self) -> int:

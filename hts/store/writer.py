@@ -10,7 +10,6 @@ ledger, is computed again.  So no candidate is lost or written twice.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -280,6 +279,3 @@ class Store:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "not part of the v3 spec yet": xarray reads it fine
             zarr.consolidate_metadata(str(self.path))
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path)

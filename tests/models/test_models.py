@@ -121,12 +121,15 @@ def test_worker_cache_keeps_the_model():
     assert get_model(spec) is get_model(spec)
 
 
-@pytest.mark.gpu
-def test_cuda_device_is_used():
+def _has_cuda() -> bool:
     import torch
 
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device (run with -m gpu on a GPU node)")
+def test_cuda_device_is_used():
     model = load_model(ModelSpec(name="sevennet-0", device="auto"))
     assert model.device == "cuda"
     _matches_calculator(model, _structures()[:2], atol_e=1e-3, atol_f=1e-3, atol_s=1e-4)
