@@ -23,18 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from hts.candidates import Chunk, chunks, ensure_not_empty, open_source
+from hts.candidates.record import Candidate
 from hts.spec import Campaign, CampaignError
 from hts.stages.hull import HullTracker, MissingReferenceError
-from hts.stages.prefilter import ChunkResult, StageRecord, run_prefilter
 from hts.stages.references import relax_references
-from hts.store import Row, Store
+from hts.stages.screen import ChunkResult, StageRecord, run_stage
+from hts.store import Row, StageUpdate, Store
 from hts.store.schema import STATUS_FAILED, STATUS_OK
 
 __all__ = ["RunStats", "run_campaign"]
 
 log = logging.getLogger("hts.campaign")
-
-STAGES = ["prefilter"]
 
 
 @dataclass
@@ -42,11 +41,14 @@ class RunStats:
     """Live counts for progress displays and the closing summary."""
 
     total_estimate: int | None = None
-    done: int = 0  # candidates with a result this run
+    done: int = 0  # candidates with a prefilter result this run
     resumed: int = 0  # candidates already in the store from an earlier run
     ok: int = 0
     failed: int = 0
-    kept: int = 0
+    kept: int = 0  # prefilter survivors (running verdicts until the final pass)
+    rescored: int = 0  # survivors rescored by the teacher, this run
+    rescore_kept: int = 0
+    rescore_waiting: int = 0  # survivors queued or in flight for the teacher
     chunks_done: int = 0
     in_flight: int = 0
     started: float = field(default_factory=time.time)
@@ -97,22 +99,74 @@ def _source_elements(campaign: Campaign) -> list[str]:
     return sorted(els)
 
 
-def _resolved_stage(campaign: Campaign):
-    """The prefilter stage with its model file made absolute (workers may run elsewhere)."""
-    stage = campaign.stages.prefilter
+def _resolved_stage(campaign: Campaign, name: str):
+    """A stage with its model file made absolute (workers may run elsewhere) and ``keep: auto`` set."""
+    stage = getattr(campaign.stages, name)
+    update: dict = {}
     if stage.model.path:
         p = campaign.resolve_input(stage.model.path).resolve()
         if not p.is_file():
-            raise CampaignError(f"stages.prefilter.model.path: no such model file {p}")
-        stage = stage.model_copy(update={"model": stage.model.model_copy(update={"path": str(p)})})
-    return stage
+            raise CampaignError(f"stages.{name}.model.path: no such model file {p}")
+        update["model"] = stage.model.model_copy(update={"path": str(p)})
+    if stage.keep == "auto":
+        from hts.distill.evaluate import ReportError, auto_keep_rule
+
+        report = campaign.resolve_input(stage.auto_keep.report)
+        try:
+            update["keep"] = auto_keep_rule(report, stage.auto_keep.target_recall)
+        except ReportError as err:
+            raise CampaignError(f"stages.{name}.auto_keep.report: {err}") from None
+    return stage.model_copy(update=update) if update else stage
 
 
 def preflight(campaign: Campaign) -> None:
     """Every check that needs no model and no worker: run by ``hts validate`` and before a run."""
     ensure_not_empty(campaign)
     _load_user_entries(campaign)
-    _resolved_stage(campaign)
+    for name in campaign.stages.names():
+        _resolved_stage(campaign, name)
+
+
+@dataclass
+class _Track:
+    """One MLIP stage's settings and its own hull (its model's energies are not comparable to another's)."""
+
+    name: str
+    k: int  # index on the store's stage axis
+    spec: object
+    hull: HullTracker = field(default_factory=HullTracker)
+    ref_reasons: dict[str, str] = field(default_factory=dict)  # element -> why no reference
+
+    def score(self, formula: str, e: float) -> tuple[float, float, str]:
+        try:
+            return self.hull.e_above_hull(formula, e), self.hull.formation_energy(formula, e), ""
+        except MissingReferenceError as err:
+            present = set(re.findall(r"[A-Z][a-z]?", formula))
+            els = [el for el in self.ref_reasons if el in present]
+            why = "; ".join(f"{el}: {self.ref_reasons[el]}" for el in els)
+            return float("nan"), float("nan"), f"{err}{' (' + why + ')' if why else ''}"
+
+    def values(self, rec: StageRecord, formula: str, n_atoms: int) -> tuple[dict, str]:
+        """The stage's columns for one successful record, and why scoring failed ('' if not)."""
+        ehull, eform, why = self.score(formula, rec.energy_per_atom)
+        values: dict[str, float | bool | int] = {
+            "energy": rec.energy,
+            "energy_per_atom": rec.energy_per_atom,
+            "e_above_hull": ehull,
+            "formation_energy": eform,
+            "converged": rec.converged,
+            "n_steps": rec.n_steps,
+            "time_s": rec.time_s,
+        }
+        values["kept"] = not why and self.spec.keep(
+            {
+                "e_above_hull": ehull,
+                "energy_per_atom": rec.energy_per_atom,
+                "n_atoms": n_atoms,
+                "converged": rec.converged,
+            }
+        )
+        return values, why
 
 
 class _Driver:
@@ -120,82 +174,125 @@ class _Driver:
         self, campaign: Campaign, engine, store: Store, progress: Callable[[RunStats], None] | None
     ):
         self.c = campaign
-        self.stage = _resolved_stage(campaign)
+        self.tracks = {
+            name: _Track(name, k, _resolved_stage(campaign, name))
+            for k, name in enumerate(campaign.stages.names())
+        }
+        self.pre = self.tracks["prefilter"]
+        self.re = self.tracks.get("rescore")
         self.engine = engine
         self.store = store
         self.progress = progress or (lambda s: None)
         self.stats = RunStats()
-        self.hull = HullTracker()
-        self.ref_reasons: dict[str, str] = {}  # element -> why it has no reference
+        self.queue: list[tuple[int, Candidate]] = []  # survivors waiting for the teacher
+        self.pending: dict[Future, tuple[str, object]] = {}
+        self._batches = 0
 
     # -- references ------------------------------------------------------------
 
     def _ensure_references(self, elements: set[str] | list[str]) -> None:
+        """Relax missing elemental references for every stage's model, all in parallel."""
         if not self.c.hull.model_references:
             return
-        cached = self.store.references.get("prefilter", {})
-        missing = sorted(set(elements) - set(cached))
-        if not missing:
+        refs = dict(self.store.references)
+        jobs = []
+        for t in self.tracks.values():
+            cached = refs.get(t.name, {})
+            missing = sorted(set(elements) - set(cached))
+            if not missing:
+                continue
+            label = t.spec.resource
+            n = max(1, min(len(missing), self.engine.workers(label)))
+            for g in (missing[i::n] for i in range(n)):
+                jobs.append((t, g, self.engine.submit(label, relax_references, g, t.spec)))
+        if not jobs:
             return
-        self.stats.phase = f"relaxing elemental references ({', '.join(missing)})"
+        self.stats.phase = "relaxing elemental references"
         self.progress(self.stats)
-        n = max(1, min(len(missing), self.engine.workers(self.stage.resource)))
-        groups = [missing[i::n] for i in range(n)]
-        futs = [
-            self.engine.submit(self.stage.resource, relax_references, g, self.stage) for g in groups
-        ]
-        new = dict(cached)
-        for g, f in zip(groups, futs, strict=True):
+        new: dict[str, dict] = {t.name: {} for t in self.tracks.values()}
+        for t, g, f in jobs:
             try:
                 for r in f.result():
-                    new[r.element] = {
+                    new[t.name][r.element] = {
                         "energy_per_atom": r.energy_per_atom,
                         "structure": r.structure,
                         "reason": r.reason,
                     }
             except Exception as err:  # the candidates of these elements fail with this reason
                 why = f"reference task failed: {type(err).__name__}: {err}"[:300]
-                log.warning("%s (%s)", why, ", ".join(g))
+                log.warning("%s: %s (%s)", t.name, why, ", ".join(g))
                 for el in g:
-                    new[el] = {"energy_per_atom": float("nan"), "structure": "", "reason": why}
-        refs = dict(self.store.references)
-        refs["prefilter"] = new
+                    new[t.name][el] = {
+                        "energy_per_atom": float("nan"),
+                        "structure": "",
+                        "reason": why,
+                    }
+        for t in self.tracks.values():
+            if new[t.name]:
+                refs[t.name] = {**refs.get(t.name, {}), **new[t.name]}
+                self._add_references(t, new[t.name])
         self.store.set_references(refs)
-        self._add_references({k: new[k] for k in missing})
         self.stats.phase = "screening"
 
-    def _add_references(self, table: dict[str, dict]) -> None:
+    @staticmethod
+    def _add_references(t: _Track, table: dict[str, dict]) -> None:
         for el, r in table.items():
             e = r.get("energy_per_atom")
             if e is None or not math.isfinite(e):
-                self.ref_reasons[el] = r.get("reason") or "reference relaxation failed"
+                t.ref_reasons[el] = r.get("reason") or "reference relaxation failed"
             else:
-                self.hull.add_reference(el, float(e))
+                t.hull.add_reference(el, float(e))
 
     # -- resume ----------------------------------------------------------------
 
-    def _rebuild_hull(self) -> None:
-        """Put every committed candidate back into the hull (resume)."""
-        for _, b in self.store.iter_blocks(["formula", "status", "energy_per_atom"]):
-            self.hull.add(
-                (str(f), float(e))
-                for f, s, e in zip(
-                    b["formula"], b["status"], b["energy_per_atom"][:, 0], strict=True
+    def _rebuild(self) -> None:
+        """Put every committed result back into its stage's hull; requeue unrescored survivors."""
+        waiting: list[int] = []
+        rescored = self.store.stage_done.get("rescore", set())
+        for start, b in self.store.iter_blocks(["formula", "energy_per_atom", "kept"]):
+            for t in self.tracks.values():
+                e = b["energy_per_atom"][:, t.k]
+                t.hull.add(
+                    (str(f), float(v))
+                    for f, v in zip(b["formula"], e, strict=True)
+                    if math.isfinite(v)
                 )
-                if s == STATUS_OK and math.isfinite(e)
+            if self.re is not None:
+                for i in np.flatnonzero(b["kept"][:, 0]):
+                    if start + int(i) not in rescored:
+                        waiting.append(start + int(i))
+        if waiting:
+            self._queue_rows(waiting)
+
+    def _queue_rows(self, rows: list[int]) -> None:
+        """Queue committed rows for the teacher, starting from their stored (prefilter-relaxed) structure."""
+        meta = {
+            name: self.store.group[name].oindex[np.asarray(rows)]
+            for name in ("id", "formula", "chemsys", "prototype", "source")
+        }
+        for j, (row, (z, pos, cell)) in enumerate(
+            zip(rows, self.store.structures(rows), strict=True)
+        ):
+            self.queue.append(
+                (
+                    row,
+                    Candidate(
+                        id=str(meta["id"][j]),
+                        source=str(meta["source"][j]),
+                        prototype=str(meta["prototype"][j]),
+                        numbers=z,
+                        positions=pos,
+                        cell=cell,
+                        formula=str(meta["formula"][j]),
+                        chemsys=str(meta["chemsys"][j]),
+                    ),
+                )
             )
+        self.stats.rescore_waiting = len(self.queue) + sum(
+            len(p[0]) for kind, p in self.pending.values() if kind == "rescore"
+        )
 
-    # -- scoring a finished chunk ----------------------------------------------
-
-    def _score(self, rec: StageRecord, formula: str) -> tuple[float, float, str]:
-        try:
-            e = rec.energy_per_atom
-            return self.hull.e_above_hull(formula, e), self.hull.formation_energy(formula, e), ""
-        except MissingReferenceError as err:
-            present = set(re.findall(r"[A-Z][a-z]?", formula))
-            els = [el for el in self.ref_reasons if el in present]
-            why = "; ".join(f"{el}: {self.ref_reasons[el]}" for el in els)
-            return float("nan"), float("nan"), f"{err}{' (' + why + ')' if why else ''}"
+    # -- the prefilter ---------------------------------------------------------
 
     def _rows(self, chunk: Chunk, result: ChunkResult | None, error: str = "") -> list[Row]:
         recs = (
@@ -205,7 +302,8 @@ class _Driver:
                 StageRecord(c.id, STATUS_FAILED, f"task failed: {error}") for c in chunk.candidates
             ]
         )
-        self.hull.add(
+        t = self.pre
+        t.hull.add(
             (c.formula, r.energy_per_atom)
             for c, r in zip(chunk.candidates, recs, strict=True)
             if r.status == STATUS_OK
@@ -213,28 +311,10 @@ class _Driver:
         rows = []
         for c, r in zip(chunk.candidates, recs, strict=True):
             status, reason = r.status, r.reason
-            values: dict[str, float | bool | int] = {}
             if status == STATUS_OK:
-                ehull, eform, why = self._score(r, c.formula)
+                values, why = t.values(r, c.formula, c.n_atoms)
                 if why:
                     status, reason = STATUS_FAILED, why
-                values = {
-                    "energy": r.energy,
-                    "energy_per_atom": r.energy_per_atom,
-                    "e_above_hull": ehull,
-                    "formation_energy": eform,
-                    "converged": r.converged,
-                    "n_steps": r.n_steps,
-                    "time_s": r.time_s,
-                }
-                values["kept"] = status == STATUS_OK and self.stage.keep(
-                    {
-                        "e_above_hull": ehull,
-                        "energy_per_atom": r.energy_per_atom,
-                        "n_atoms": c.n_atoms,
-                        "converged": r.converged,
-                    }
-                )
             else:
                 values = {"time_s": r.time_s}
             has_structure = len(r.numbers) > 0
@@ -257,7 +337,7 @@ class _Driver:
             )
         return rows
 
-    def _collect(self, fut: Future, chunk: Chunk) -> None:
+    def _collect_prefilter(self, fut: Future, chunk: Chunk) -> None:
         try:
             result: ChunkResult | None = fut.result()
             error = ""
@@ -265,26 +345,118 @@ class _Driver:
             result, error = None, f"{type(err).__name__}: {err}"[:300]
             log.warning("chunk %d failed as a whole: %s", chunk.index, error)
         rows = self._rows(chunk, result, error)
-        self.hull.clear_cache()  # diagrams are reused within a chunk, never kept across the run
+        self.pre.hull.clear_cache()  # diagrams are reused within a chunk, never kept across the run
         if result is not None:
             self.store.set_stage_model("prefilter", result.model_name, result.model_version)
             self.stats.worker_s += result.wall_s
             self.stats.model_s += result.model_s
+        first = self.store.n_rows
         self.store.append(rows, chunk.index)
         s = self.stats
         s.done += len(rows)
         s.ok += sum(r.status == STATUS_OK for r in rows)
         s.failed += sum(r.status != STATUS_OK for r in rows)
-        s.kept += sum(bool(r.stage["prefilter"].get("kept")) for r in rows)
+        survivors = [(first + i, r) for i, r in enumerate(rows) if r.stage["prefilter"].get("kept")]
+        s.kept += len(survivors)
         s.chunks_done += 1
+        if self.re is not None:
+            for row, r in survivors:
+                cand = Candidate(
+                    id=r.id,
+                    source=r.source,
+                    prototype=r.prototype,
+                    numbers=r.numbers,
+                    positions=r.positions,
+                    cell=r.cell,
+                    formula=r.formula,
+                    chemsys=r.chemsys,
+                )
+                self.queue.append((row, cand))
+            s.rescore_waiting += len(survivors)
+
+    # -- the rescore stage -----------------------------------------------------
+
+    def _submit_rescore(self, flush: bool = False) -> None:
+        assert self.re is not None
+        size = self.re.spec.chunk_size or self.c.chunk_size
+        while self.queue and (flush or len(self.queue) >= size):
+            batch, self.queue = self.queue[:size], self.queue[size:]
+            rows = [r for r, _ in batch]
+            cands = [c for _, c in batch]
+            self._batches += 1
+            fut = self.engine.submit(
+                self.re.spec.resource, run_stage, self._batches, cands, self.re.spec, self.c.seed
+            )
+            self.pending[fut] = ("rescore", (rows, cands))
+
+    def _collect_rescore(self, fut: Future, rows: list[int], cands: list[Candidate]) -> None:
+        t = self.re
+        assert t is not None
+        try:
+            result: ChunkResult | None = fut.result()
+            recs = result.records
+        except Exception as err:
+            result = None
+            error = f"{type(err).__name__}: {err}"[:300]
+            log.warning("a rescore task failed as a whole: %s", error)
+            recs = [StageRecord(c.id, STATUS_FAILED, f"task failed: {error}") for c in cands]
+        t.hull.add(
+            (c.formula, r.energy_per_atom)
+            for c, r in zip(cands, recs, strict=True)
+            if r.status == STATUS_OK
+        )
+        updates = []
+        for row, c, r in zip(rows, cands, recs, strict=True):
+            if r.status == STATUS_OK:
+                values, why = t.values(r, c.formula, c.n_atoms)
+            else:
+                values, why = {"time_s": r.time_s}, r.reason
+            ok = not why
+            updates.append(
+                StageUpdate(
+                    row=row,
+                    values=values,
+                    status=STATUS_OK if ok else STATUS_FAILED,
+                    reason="" if ok else f"rescore: {why}",
+                    stage_reached="rescore" if ok else "prefilter",
+                    positions=r.positions if ok else None,
+                    cell=r.cell if ok else None,
+                )
+            )
+            self.stats.rescored += 1
+            self.stats.rescore_kept += bool(values.get("kept"))
+        t.hull.clear_cache()
+        if result is not None:
+            self.store.set_stage_model("rescore", result.model_name, result.model_version)
+            self.stats.worker_s += result.wall_s
+            self.stats.model_s += result.model_s
+        self.store.update("rescore", updates)
+        self.stats.rescore_waiting -= len(rows)
 
     # -- the loop --------------------------------------------------------------
 
+    def _drain(self, until: int) -> None:
+        """Collect finished tasks until at most ``until`` are in flight."""
+        while len(self.pending) > until:
+            finished, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+            for f in finished:
+                kind, payload = self.pending.pop(f)
+                if kind == "prefilter":
+                    self._collect_prefilter(f, payload)
+                else:
+                    self._collect_rescore(f, *payload)
+            if self.re is not None:
+                self._submit_rescore()
+            self.stats.in_flight = len(self.pending)
+            self.progress(self.stats)
+
     def run(self) -> RunStats:
         c, s = self.c, self.stats
-        self.hull.add_entries(_load_user_entries(c))
-        self._add_references(self.store.references.get("prefilter", {}))
-        self._rebuild_hull()
+        entries = _load_user_entries(c)
+        for t in self.tracks.values():
+            t.hull.add_entries(entries)
+            self._add_references(t, self.store.references.get(t.name, {}))
+        self._rebuild()
         s.resumed = self.store.n_rows
         source = open_source(c)
         counter = getattr(source, "count", None)
@@ -296,9 +468,9 @@ class _Driver:
         s.started = time.time()  # rates and ETA count screening only
         self.progress(s)
 
-        label = self.stage.resource
-        max_in_flight = c.limits.max_in_flight or 2 * self.engine.workers(label)
-        pending: dict[Future, Chunk] = {}
+        label = self.pre.spec.resource
+        labels = {t.spec.resource for t in self.tracks.values()}
+        max_in_flight = c.limits.max_in_flight or 2 * sum(self.engine.workers(x) for x in labels)
         last_report = 0.0
         for chunk in chunks(
             source,
@@ -310,67 +482,66 @@ class _Driver:
             if chunk.index in self.store.done:
                 continue
             self._ensure_references(chunk.elements)
-            while len(pending) >= max_in_flight:
-                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for f in finished:
-                    self._collect(f, pending.pop(f))
-                s.in_flight = len(pending)
-                self.progress(s)
-            pending[
-                self.engine.submit(
-                    label, run_prefilter, chunk.index, chunk.candidates, self.stage, c.seed
-                )
-            ] = chunk
-            s.in_flight = len(pending)
+            if self.re is not None:
+                self._submit_rescore()
+            self._drain(max_in_flight - 1)
+            fut = self.engine.submit(
+                label, run_stage, chunk.index, chunk.candidates, self.pre.spec, c.seed
+            )
+            self.pending[fut] = ("prefilter", chunk)
+            s.in_flight = len(self.pending)
             if time.time() - last_report > 0.5:
                 self.progress(s)
                 last_report = time.time()
-        while pending:
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for f in finished:
-                self._collect(f, pending.pop(f))
-            s.in_flight = len(pending)
-            self.progress(s)
+        if self.re is not None:
+            s.phase = "screening; teacher rescoring the survivors"
+        self._drain(0)
+        if self.re is not None:
+            self._submit_rescore(flush=True)
+            self._drain(0)
         self._finalize()
         return s
 
     def _finalize(self) -> None:
-        """Score everything once more against the final hull and write the final values."""
+        """Score everything once more against each stage's final hull and write the final values."""
         s = self.stats
         if self.store.finalized:
             return
         s.phase = "final hull pass"
         self.progress(s)
-        self.hull.clear_cache()
-        kept_total = 0
-        names = ["formula", "status", "energy_per_atom", "n_atoms", "converged"]
-        for start, b in self.store.iter_blocks(names):
-            e_col = b["energy_per_atom"][:, 0]
-            ehull = np.full(len(e_col), np.nan)
-            eform = np.full(len(e_col), np.nan)
-            kept = np.zeros(len(e_col), dtype=bool)
-            for i, (f, st) in enumerate(zip(b["formula"], b["status"], strict=True)):
-                if st != STATUS_OK:
-                    continue
-                try:
-                    ehull[i] = self.hull.e_above_hull(str(f), float(e_col[i]))
-                    eform[i] = self.hull.formation_energy(str(f), float(e_col[i]))
-                except MissingReferenceError:
-                    continue
-                kept[i] = self.stage.keep(
-                    {
-                        "e_above_hull": ehull[i],
-                        "energy_per_atom": e_col[i],
-                        "n_atoms": int(b["n_atoms"][i]),
-                        "converged": bool(b["converged"][i, 0]),
-                    }
-                )
-            self.store.write_stage_column("e_above_hull", "prefilter", start, ehull)
-            self.store.write_stage_column("kept", "prefilter", start, kept)
-            self.store.write_stage_column("formation_energy", "prefilter", start, eform)
-            self.hull.clear_cache()
-            kept_total += int(kept.sum())
-        s.kept = kept_total
+        names = ["formula", "energy_per_atom", "n_atoms", "converged"]
+        for t in self.tracks.values():
+            t.hull.clear_cache()
+            kept_total = 0
+            for start, b in self.store.iter_blocks(names):
+                e_col = b["energy_per_atom"][:, t.k]
+                ehull = np.full(len(e_col), np.nan)
+                eform = np.full(len(e_col), np.nan)
+                kept = np.zeros(len(e_col), dtype=bool)
+                for i in np.flatnonzero(np.isfinite(e_col)):
+                    f, e = str(b["formula"][i]), float(e_col[i])
+                    try:
+                        ehull[i] = t.hull.e_above_hull(f, e)
+                        eform[i] = t.hull.formation_energy(f, e)
+                    except MissingReferenceError:
+                        continue
+                    kept[i] = t.spec.keep(
+                        {
+                            "e_above_hull": ehull[i],
+                            "energy_per_atom": e,
+                            "n_atoms": int(b["n_atoms"][i]),
+                            "converged": bool(b["converged"][i, t.k]),
+                        }
+                    )
+                self.store.write_stage_column("e_above_hull", t.name, start, ehull)
+                self.store.write_stage_column("kept", t.name, start, kept)
+                self.store.write_stage_column("formation_energy", t.name, start, eform)
+                t.hull.clear_cache()
+                kept_total += int(kept.sum())
+            if t is self.pre:
+                s.kept = kept_total
+            else:
+                s.rescore_kept = kept_total
         self.store.set_finalized(True)
         self.store.consolidate()
         s.phase = "done"
@@ -388,7 +559,7 @@ def open_store(campaign: Campaign, store_path: str | Path | None = None) -> Stor
         campaign_yaml=yaml.safe_dump(
             campaign.model_dump(mode="json", exclude={"base_dir"}), sort_keys=False
         ),
-        stages=STAGES,
+        stages=campaign.stages.names(),
     )
 
 

@@ -109,7 +109,7 @@ class _Display:
             self._last = now
             eta = s.eta_s
             console.print(
-                f"[{self.name}] {s.phase}: done {s.done + s.resumed}"
+                f"\\[{self.name}] {s.phase}: done {s.done + s.resumed}"
                 f"{'/' + str(s.total_estimate) if s.total_estimate else ''} ok {s.ok} failed {s.failed} "
                 f"kept {s.kept} | {s.rate:.2f} cand/s | ETA {_hms(eta) if eta is not None else '?'}",
                 highlight=False,
@@ -124,6 +124,11 @@ def _quiet_logging() -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     logging.getLogger("parsl").propagate = False
+    import warnings
+
+    # TorchScript compiling e3nn/sevenn modules in worker threads: noise, not a problem
+    warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+    warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
 
 
 def _hms(seconds: float) -> str:
@@ -199,12 +204,17 @@ def _print_status(store_path: Path, top: int = 10) -> None:
 
     s = summarize(store_path, top=top)
     funnel = Table(title=f"funnel — {s['campaign']} ({store_path})")
-    for col in ("stage", "in", "ok", "failed", "kept"):
-        funnel.add_column(col, justify="right" if col != "stage" else "left")
-    funnel.add_row("candidates", str(s["rows"]), "", "", "")
+    for col in ("stage", "model", "in", "ok", "failed", "kept"):
+        funnel.add_column(col, justify="left" if col in ("stage", "model") else "right")
+    funnel.add_row("candidates", "", str(s["rows"]), "", "", "")
     for st in s["stages"]:
         funnel.add_row(
-            st["stage"], str(st["in"]), str(st["ok"]), str(st["failed"]), str(st["kept"])
+            st["stage"],
+            st["model"],
+            str(st["in"]),
+            str(st["ok"]),
+            str(st["failed"]),
+            str(st["kept"]),
         )
     out.print(funnel)
     if s["wall_s"]:
@@ -222,9 +232,10 @@ def _print_status(store_path: Path, top: int = 10) -> None:
             t.add_row(str(f["count"]), f["reason"], ", ".join(f["ids"]))
         out.print(t)
     if s["best"]:
-        t = Table(title=f"most stable candidates (prefilter, {s['model']}; energies in eV/atom)")
+        names = s["stage_names"]
+        t = Table(title="most stable candidates (deepest stage first; energies in eV/atom)")
         t.add_column("id", no_wrap=True, min_width=16)
-        for col in ("formula", "prototype", "E_form", "E_hull", "kept"):
+        for col in ("formula", "prototype", "E_form", *(f"E_hull {n}" for n in names), "kept"):
             t.add_column(col, no_wrap=True)
         for b in s["best"]:
             t.add_row(
@@ -232,8 +243,13 @@ def _print_status(store_path: Path, top: int = 10) -> None:
                 b["formula"],
                 b["prototype"] or b["source"],
                 f"{b['formation_energy']:.3f}",
-                f"{b['e_above_hull']:.3f}",
-                "yes" if b["kept"] else "",
+                *(
+                    ""
+                    if b["e_above_hull_by_stage"][n] is None
+                    else f"{b['e_above_hull_by_stage'][n]:.3f}"
+                    for n in names
+                ),
+                f"yes ({b['stage']})" if b["kept"] else "",
             )
         out.print(t)
 

@@ -46,17 +46,24 @@ def summarize(path: str | Path, top: int = 10) -> dict:
     status = ds.status.values.astype(object)
     reasons = ds.reason.values.astype(object)
     ids = ds.id.values.astype(object)
+    names = list(ds.stage.values.astype(object))
+    ehull_all = ds.e_above_hull.values
     stages = []
-    for k, st in enumerate(ds.stage.values.astype(object)):
-        n_in = len(status) if k == 0 else int(ds.kept.values[:, k - 1].sum())
-        ok = status == "ok"
+    for k, st in enumerate(names):
+        scored = np.isfinite(ehull_all[:, k])
+        if k == 0:
+            n_in = len(status)
+        else:  # attempted: a teacher value, or a failure this stage recorded
+            tried = np.char.startswith(reasons.astype(str), f"{st}:")
+            n_in = int((np.isfinite(ds.energy_per_atom.values[:, k]) | tried).sum())
         stages.append(
             {
                 "stage": st,
                 "in": n_in,
-                "ok": int(ok.sum()),
-                "failed": int((~ok).sum()),
+                "ok": int(scored.sum()),
+                "failed": n_in - int(scored.sum()),
                 "kept": int(ds.kept.values[:, k].sum()),
+                "model": str(ds.stage_model.values[k]),
             }
         )
     groups: dict[str, list[str]] = defaultdict(list)
@@ -71,21 +78,29 @@ def summarize(path: str | Path, top: int = 10) -> dict:
     failures = [
         {"reason": examples[k], "count": c, "ids": groups[k]} for k, c in counts.most_common(15)
     ]
-    ehull = ds.e_above_hull.values[:, 0]
-    eform = ds.formation_energy.values[:, 0]
+    # rank by the deepest stage a candidate reached: teacher values before student values
+    k_last = len(names) - 1
+    depth = np.zeros(len(status), dtype=int)
+    for k in range(len(names)):
+        depth[np.isfinite(ehull_all[:, k])] = k
+    ehull = ehull_all[np.arange(len(status)), depth] if len(status) else np.zeros(0)
+    eform = ds.formation_energy.values[np.arange(len(status)), depth] if len(status) else ehull
     finite = np.flatnonzero(np.isfinite(ehull))
-    # most stable: on (or nearest) the hull first, then the most negative formation energy
-    order = finite[np.lexsort((eform[finite], np.round(ehull[finite], 4)))][:top]
+    order = finite[np.lexsort((eform[finite], np.round(ehull[finite], 4), k_last - depth[finite]))][
+        :top
+    ]
     best = [
         {
             "id": ids[i],
             "formula": str(ds.formula.values[i]),
             "prototype": str(ds.prototype.values[i]),
             "source": str(ds.source.values[i]),
-            "energy_per_atom": float(ds.energy_per_atom.values[i, 0]),
+            "stage": names[depth[i]],
+            "energy_per_atom": float(ds.energy_per_atom.values[i, depth[i]]),
             "e_above_hull": float(ehull[i]),
             "formation_energy": float(eform[i]),
-            "kept": bool(ds.kept.values[i, 0]),
+            "e_above_hull_by_stage": {st: _num(ehull_all[i, k]) for k, st in enumerate(names)},
+            "kept": bool(ds.kept.values[i, depth[i]]),
         }
         for i in order
     ]
@@ -98,7 +113,12 @@ def summarize(path: str | Path, top: int = 10) -> dict:
         "wall_s": float(ledger.get("wall_s", 0.0)),
         "finalized": bool(ledger.get("finalized", False)),
         "model": str(ds.stage_model.values[0]) if ds.sizes["stage"] else "",
+        "stage_names": names,
     }
+
+
+def _num(x) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 def plot_store(ds, png: Path) -> Path:
@@ -113,13 +133,15 @@ def plot_store(ds, png: Path) -> Path:
     eform = ds.formation_energy.values[ok, 0]
     kept = ds.kept.values[ok, 0]
     protos = ds.prototype.values.astype(object)[ok]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = list(ds.stage.values.astype(object))
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(5.5 * (len(names) + 1), 4.2))
+    a, b = axes[0], axes[1]
     finite = np.isfinite(ehull)
     hi = float(np.nanpercentile(ehull[finite], 98)) if finite.any() else 1.0
     bins = np.linspace(0, max(hi, 0.05), 40)
     a.hist(np.clip(ehull[finite], 0, bins[-1]), bins=bins, color="0.75", label="all scored")
     a.hist(np.clip(ehull[finite & kept], 0, bins[-1]), bins=bins, color="tab:green", label="kept")
-    a.set_xlabel("e_above_hull (eV/atom)")
+    a.set_xlabel("prefilter e_above_hull (eV/atom)")
     a.set_ylabel("candidates")
     a.set_title(f"prefilter: {int(kept.sum())} kept of {int(ok.sum())} scored")
     a.legend()
@@ -130,6 +152,24 @@ def plot_store(ds, png: Path) -> Path:
     b.set_ylabel("e_above_hull (eV/atom)")
     b.set_title(f"{ds.attrs.get('campaign_name', '')} — {ds.stage_model.values[0]}")
     b.legend(fontsize=7, markerscale=1.5)
+    if "rescore" in names:
+        k = names.index("rescore")
+        c = axes[2]
+        eh = ds.e_above_hull.values
+        m = np.isfinite(eh[:, 0]) & np.isfinite(eh[:, k])
+        kept_t = ds.kept.values[:, k]
+        c.scatter(
+            eh[m & ~kept_t, k], eh[m & ~kept_t, 0], s=12, color="0.6", label="teacher: not kept"
+        )
+        c.scatter(
+            eh[m & kept_t, k], eh[m & kept_t, 0], s=12, color="tab:green", label="teacher: kept"
+        )
+        lim = float(np.nanmax(eh[m][:, [0, k]])) if m.any() else 1.0
+        c.plot([0, lim], [0, lim], "k--", lw=0.8)
+        c.set_xlabel(f"teacher e_above_hull ({ds.stage_model.values[k]})")
+        c.set_ylabel(f"student e_above_hull ({ds.stage_model.values[0]})")
+        c.set_title(f"rescore: {int(kept_t.sum())} kept of {int(m.sum())} rescored")
+        c.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)

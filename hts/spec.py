@@ -19,11 +19,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "AutoKeep",
     "Campaign",
     "CampaignError",
     "KeepRule",
     "ModelSpec",
+    "PrefilterStage",
     "RelaxSettings",
+    "RescoreStage",
     "load_campaign",
 ]
 
@@ -227,8 +230,20 @@ class KeepRule(_Strict):
         return True
 
 
-class PrefilterStage(_Strict):
-    """Relax every candidate with a fast MLIP, score it against the hull, keep the promising ones."""
+class AutoKeep(_Strict):
+    """Where ``keep: auto`` takes its prefilter threshold from: a distillation report."""
+
+    report: str = Field(description="report.json written by `hts distill` for this student.")
+    target_recall: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Fraction of teacher-stable held-out candidates the prefilter must keep.",
+    )
+
+
+class _RelaxStage(_Strict):
+    """A stage that relaxes each candidate with an MLIP and scores it against its own hull."""
 
     model: ModelSpec
     relax: RelaxSettings = RelaxSettings()
@@ -240,11 +255,60 @@ class PrefilterStage(_Strict):
     @field_validator("keep", mode="before")
     @classmethod
     def _parse_rule(cls, v: object) -> object:
+        if v == "auto":
+            return v
         return KeepRule.parse(v) if isinstance(v, str) else v
+
+
+class PrefilterStage(_RelaxStage):
+    """Relax every candidate with a fast MLIP (the student), keep the promising ones.
+
+    ``keep: auto`` sets ``e_above_hull <= t`` with the smallest ``t`` that, in the
+    distillation report, keeps ``auto_keep.target_recall`` of the candidates the
+    teacher finds stable.
+    """
+
+    keep: KeepRule | Literal["auto"] = KeepRule.parse("e_above_hull <= 0.1")
+    auto_keep: AutoKeep | None = None
+
+    @model_validator(mode="after")
+    def _auto_needs_report(self) -> PrefilterStage:
+        if self.keep == "auto" and self.auto_keep is None:
+            raise ValueError(
+                "keep: 'auto' needs auto_keep.report (the report.json of `hts distill`)"
+            )
+        return self
+
+
+class RescoreStage(_RelaxStage):
+    """Relax the prefilter's survivors again with the accurate MLIP (the teacher).
+
+    The teacher's hull is built from its own elemental references and every
+    rescored candidate; its keep rule decides what goes on to DFT.
+    """
+
+    keep: KeepRule = KeepRule.parse("e_above_hull <= 0.05")
+    chunk_size: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Survivors per task; default chunk_size."
+    )
 
 
 class Stages(_Strict):
     prefilter: PrefilterStage
+    rescore: RescoreStage | None = None
+
+    @model_validator(mode="after")
+    def _auto_needs_rescore(self) -> Stages:
+        if self.prefilter.keep == "auto" and self.rescore is None:
+            raise ValueError(
+                "prefilter.keep: 'auto' picks a threshold for the teacher's stable candidates; "
+                "add a rescore stage with the teacher"
+            )
+        return self
+
+    def names(self) -> list[str]:
+        """The stages this campaign runs, in funnel order (the store's stage coordinate)."""
+        return [n for n in ("prefilter", "rescore") if getattr(self, n) is not None]
 
 
 # --------------------------------------------------------------------------- the campaign
@@ -348,4 +412,4 @@ def load_campaign(path: str | Path) -> Campaign:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise CampaignError(f"{path}: not valid YAML: {err}") from None
-    return parse_campaign(data, source=str(path), base_dir=str(path.parent.resolve()))
+    return parse_campaign(data, source=str(path), base_dir=str(path.resolve().parent))

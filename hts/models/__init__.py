@@ -17,6 +17,9 @@ from hts.models.base import CalculatorModel, Model, Prediction, configure_thread
 __all__ = ["Model", "Prediction", "get_model", "load_model"]
 
 _local = threading.local()
+# Loading compiles TorchScript (e3nn, sevenn), and torch.jit's compiler is not
+# thread-safe: two worker threads loading at once fail in its overload table.
+_load_lock = threading.Lock()
 
 
 def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
@@ -30,6 +33,7 @@ def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*weights_only.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="e3nn")
+        warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
         import sevenn
         from sevenn.sevennet_calculator import SevenNetCalculator
 
@@ -77,6 +81,7 @@ def get_model(spec) -> Model:
     if cache is None:
         cache = _local.models = {}
     if key not in cache:
-        cache[key] = load_model(spec)
+        with _load_lock:
+            cache[key] = load_model(spec)
     configure_threads(spec.threads)
     return cache[key]

@@ -12,7 +12,7 @@ from hts.models.base import Prediction, _symbols, voigt
 if TYPE_CHECKING:
     from ase import Atoms
 
-__all__ = ["ChgnetModel", "MaceModel"]
+__all__ = ["ChgnetModel", "MaceModel", "ModelFileError"]
 
 _GPA_TO_EV_PER_A3 = 1.0 / 160.21766208
 
@@ -61,21 +61,62 @@ class ChgnetModel:
         return out
 
 
+class ModelFileError(ValueError):
+    """A model file that is missing or cannot be read as a MACE model; the message names it."""
+
+
+def _load_mace_file(path: str, device: str):
+    """A MACE model from a TorchScript file (``*_compiled.model``) or a pickled module.
+
+    TorchScript is what ``hts distill`` ships: it loads across e3nn versions,
+    where a pickled module only loads under the e3nn it was saved with.
+    """
+    import warnings
+    import zipfile
+    from pathlib import Path
+
+    import torch
+
+    with warnings.catch_warnings():  # e3nn 0.4.4's import-time torch.load notice
+        warnings.simplefilter("ignore")
+        import mace.modules  # noqa: F401  (registers the classes a pickled model needs)
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        with zipfile.ZipFile(p) as zf:
+            scripted = any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+    except zipfile.BadZipFile:
+        scripted = False  # very old torch pickle format; torch.load decides
+    try:
+        if scripted:
+            model = torch.jit.load(str(p), map_location=device)
+        else:
+            model = torch.load(str(p), map_location=device, weights_only=False)
+    except Exception as err:
+        raise ModelFileError(
+            f"{path}: cannot load as a MACE model ({type(err).__name__}: {str(err)[:200]}); "
+            "is the file complete, and saved by mace-torch (a .model or *_compiled.model)?"
+        ) from None
+    for attr in ("atomic_numbers", "r_max"):
+        if not hasattr(model, attr):
+            raise ModelFileError(f"{path}: loads, but is not a MACE model (no {attr!r})")
+    return model.to(device)
+
+
 class MaceModel:
     """A MACE model file (a foundation model or a distilled student), batched forward passes."""
 
     name = "mace"
 
     def __init__(self, path: str, device: str, batch_size: int, dtype: str) -> None:
-        import torch
 
         self.path = path
         self.device = device
         self.batch_size = batch_size
         self.dtype = dtype
-        model = torch.load(path, map_location=device, weights_only=False)
-        if hasattr(model, "to"):
-            model = model.to(device)
+        model = _load_mace_file(path, device)
         model = model.double() if dtype == "float64" else model.float()
         model.eval()
         for p in model.parameters():

@@ -36,6 +36,8 @@ class RelaxOutcome:
     n_steps: int = 0
     error: str = ""
     model_time_s: float = 0.0
+    # (positions, cell, prediction) at every evaluated step when asked for a trajectory
+    frames: list | None = None
 
 
 def _eig3(a: np.ndarray):
@@ -160,19 +162,22 @@ def relax_batch(
     cell: bool,
     cell_filter: str = "frechet",
     batch_size: int = 64,
+    trajectory: bool = False,
 ) -> list[RelaxOutcome]:
     """Relax every structure; one failing structure never fails the others.
 
     Each iteration predicts the active structures in slices of ``batch_size``
     (the model may split further).  If a slice fails, its structures are
-    retried one by one so the culprit is isolated and marked failed.
+    retried one by one so the culprit is isolated and marked failed.  With
+    ``trajectory`` every evaluated step is kept in ``frames`` (distillation
+    samples the relaxation path, not only its end).
     """
     import time
 
     from ase.filters import FrechetCellFilter, UnitCellFilter
 
     make_filter = {"frechet": FrechetCellFilter, "unit": UnitCellFilter}[cell_filter]
-    outcomes = [RelaxOutcome(atoms=a.copy()) for a in structures]
+    outcomes = [RelaxOutcome(atoms=a.copy(), frames=[] if trajectory else None) for a in structures]
     handles = [make_filter(o.atoms) if cell else o.atoms for o in outcomes]
     if cell:
         for h in handles:
@@ -212,6 +217,8 @@ def relax_batch(
                 continue
             o.atoms.calc = _Frozen(p)
             o.energy = float(p.energy)
+            if o.frames is not None:
+                o.frames.append((o.atoms.positions.copy(), o.atoms.cell[:].copy(), p))
             h = handles[k]
             f = np.asarray(h.get_forces())
             if float((f**2).sum(axis=1).max()) < fmax**2:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hts.store.writer import Row, Store, StoreMismatchError
+from hts.store.writer import Row, StageUpdate, Store, StoreMismatchError
 
-__all__ = ["Row", "Store", "StoreMismatchError", "open_dataset", "structure_of"]
+__all__ = ["Row", "StageUpdate", "Store", "StoreMismatchError", "open_dataset", "structure_of"]
 
 
 def open_dataset(path: str | Path, variables: list[str] | None = None, retries: int = 20):

@@ -2,7 +2,7 @@
 
 Dimensions
     candidate   one row per unique candidate, in the order results arrived
-    stage       the campaign's stages (``prefilter`` now; ``rescore``, ``validate`` later)
+    stage       the campaign's stages in funnel order (``prefilter``, ``rescore`` when present)
     atom        all atoms of all candidates, concatenated (ragged layout, below)
     vector, xyz 3 × 3 for cells and 3 for positions
 

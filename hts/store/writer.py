@@ -19,7 +19,7 @@ import numpy as np
 
 from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES, SCHEMA_VERSION
 
-__all__ = ["Row", "Store", "StoreMismatchError"]
+__all__ = ["Row", "StageUpdate", "Store", "StoreMismatchError"]
 
 _CAND_CHUNK = 4096
 _ATOM_CHUNK = 32768
@@ -48,6 +48,19 @@ class Row:
     stage: dict[str, dict[str, float | bool | int]] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class StageUpdate:
+    """A later stage's result for one existing row."""
+
+    row: int
+    values: dict[str, float | bool | int]
+    status: str
+    reason: str
+    stage_reached: str
+    positions: np.ndarray | None = None
+    cell: np.ndarray | None = None
+
+
 def _ranges(indices: set[int]) -> list[list[int]]:
     """Compress chunk indices to inclusive ranges for the ledger."""
     out: list[list[int]] = []
@@ -74,6 +87,8 @@ class Store:
         self.n_rows = int(ledger.get("n_rows", 0))
         self.n_atom_rows = int(ledger.get("n_atom_rows", 0))
         self.done = _expand(ledger.get("chunks_done", []))
+        # rows whose later-stage results (rescore, …) are committed, per stage
+        self.stage_done = {k: _expand(v) for k, v in ledger.get("stage_rows", {}).items()}
         self.finalized = bool(ledger.get("finalized", False))
         self._wall_before = float(ledger.get("wall_s", 0.0))
         self._opened = time.time()
@@ -247,10 +262,70 @@ class Store:
             "n_rows": self.n_rows,
             "n_atom_rows": self.n_atom_rows,
             "chunks_done": _ranges(self.done),
+            "stage_rows": {k: _ranges(v) for k, v in self.stage_done.items()},
             "finalized": self.finalized,
             "wall_s": round(self._wall_before + time.time() - self._opened, 3),
             "updated_at": time.time(),
         }
+
+    def update(self, stage: str, updates: Sequence[StageUpdate]) -> None:
+        """Write a later stage's results into rows that already exist, then commit them.
+
+        The structure is replaced by the stage's relaxed one (same atoms, so it
+        fits the ragged layout in place).  Rows written but not committed when
+        the driver dies are simply computed again on resume.
+        """
+        if not updates:
+            return
+        k = self.stages.index(stage)
+        rows = np.array([u.row for u in updates], dtype=np.int64)
+        order = np.argsort(rows)
+        rows = rows[order]
+        ups = [updates[i] for i in order]
+        if rows.max() >= self.n_rows:
+            raise IndexError(f"row {int(rows.max())} is not committed (store has {self.n_rows})")
+        for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
+            if dims != ("stage",) or not any(name in u.values for u in ups):
+                continue
+            col = np.array([u.values.get(name, fill) for u in ups], dtype=dtype)
+            self._arrays[name].oindex[rows, k] = col
+        for name in ("status", "reason", "stage_reached"):
+            self._arrays[name].oindex[rows] = np.array(
+                [getattr(u, name) for u in ups], dtype=object
+            )
+        with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
+        if with_structure:
+            idx = np.array([r for r, _ in with_structure])
+            self._arrays["cell"].oindex[idx] = np.array([u.cell for _, u in with_structure])
+            starts = self._arrays["atom_start"].oindex[idx]
+            counts = self._arrays["n_atoms"].oindex[idx]
+            pos = self._arrays["positions"]
+            for (_, u), a0, n in zip(with_structure, starts, counts, strict=True):
+                if len(u.positions) != n:
+                    raise ValueError(
+                        f"{stage}: structure has {len(u.positions)} atoms, row has {n}"
+                    )
+                pos[int(a0) : int(a0) + int(n)] = u.positions
+        self.stage_done.setdefault(stage, set()).update(int(r) for r in rows)
+        self.finalized = False
+        self._commit()
+
+    def structures(self, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(numbers, positions, cell) of committed rows, read in as few slices as possible."""
+        if not len(rows):
+            return []
+        idx = np.asarray(rows, dtype=np.int64)
+        starts = self._arrays["atom_start"].oindex[idx]
+        counts = self._arrays["n_atoms"].oindex[idx]
+        cells = self._arrays["cell"].oindex[idx]
+        lo, hi = int(starts.min()), int((starts + counts).max())
+        species = self._arrays["species"][lo:hi]
+        positions = self._arrays["positions"][lo:hi]
+        out = []
+        for a0, n, cell in zip(starts - lo, counts, cells, strict=True):
+            sl = slice(int(a0), int(a0 + n))
+            out.append((species[sl].astype(np.int64), positions[sl], cell))
+        return out
 
     # -- the final pass --------------------------------------------------------
 

@@ -133,3 +133,28 @@ def test_cuda_device_is_used():
     model = load_model(ModelSpec(name="sevennet-0", device="auto"))
     assert model.device == "cuda"
     _matches_calculator(model, _structures()[:2], atol_e=1e-3, atol_f=1e-3, atol_s=1e-4)
+
+
+def test_missing_or_corrupt_model_file_names_the_file(tmp_path):
+    from hts.models.batched import ModelFileError
+
+    missing = tmp_path / "student.model"
+    with pytest.raises(ModelFileError, match=f"{missing}: model file not found"):
+        load_model(ModelSpec(name="mace", path=str(missing)))
+    corrupt = tmp_path / "corrupt.model"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a complete model" * 10)
+    with pytest.raises(ModelFileError, match=f"{corrupt}: cannot load as a MACE model"):
+        load_model(ModelSpec(name="mace", path=str(corrupt)))
+    # a truncated copy of a real model file (an interrupted download or copy)
+    real = tiny_mace(tmp_path / "tiny.model")
+    truncated = tmp_path / "truncated.model"
+    truncated.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match=f"{truncated}: cannot load"):
+        load_model(ModelSpec(name="mace", path=str(truncated)))
+    # something torch can load that is not a MACE model
+    import torch
+
+    other = tmp_path / "other.model"
+    torch.save(torch.nn.Linear(2, 2), other)
+    with pytest.raises(ModelFileError, match="not a MACE model"):
+        load_model(ModelSpec(name="mace", path=str(other)))

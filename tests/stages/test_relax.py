@@ -83,7 +83,7 @@ def test_prefilter_matches_ase_with_sevennet(name):
     """The issue's correctness bar: 2 meV/atom and 1 % volume against plain ASE FIRE."""
     from hts.candidates import Candidate
     from hts.spec import PrefilterStage
-    from hts.stages.prefilter import run_prefilter
+    from hts.stages.screen import run_stage
 
     atoms = {
         "Si": bulk("Si", "diamond", a=5.50),
@@ -103,7 +103,7 @@ def test_prefilter_matches_ase_with_sevennet(name):
         positions=atoms.positions,
         cell=atoms.cell[:],
     )
-    rec = run_prefilter(0, [cand], stage, model=model).records[0]
+    rec = run_stage(0, [cand], stage, model=model).records[0]
     e_ref, v_ref = _ase_relax(atoms, model.calculator(), 0.02, steps=400)
     assert rec.status == "ok" and rec.converged
     assert abs(rec.energy_per_atom - e_ref) < 2e-3

@@ -1,5 +1,8 @@
-"""The prefilter stage: relax a chunk of candidates with a fast MLIP.
+"""The MLIP stages: relax a chunk of candidates with a model and return records.
 
+The prefilter (the fast student, every candidate) and the rescore stage (the
+accurate teacher, the prefilter's survivors) are the same computation with a
+different model and relaxation settings, so both run :func:`run_stage`.
 Science only: this takes a batch and returns typed records.  It knows nothing
 of Parsl, MPI or the store and runs serially in a test.  Hull scoring needs
 every result so far, so it happens where the results meet (the driver), not
@@ -17,7 +20,7 @@ import numpy as np
 
 from hts.candidates.record import Candidate
 
-__all__ = ["ChunkResult", "StageRecord", "run_prefilter"]
+__all__ = ["ChunkResult", "StageRecord", "run_stage"]
 
 
 @dataclass(slots=True)
@@ -59,12 +62,12 @@ def _rattled(c: Candidate, amplitude: float, seed: int):
     return atoms
 
 
-def run_prefilter(
+def run_stage(
     index: int, candidates: Sequence[Candidate], stage, seed: int = 0, model=None
 ) -> ChunkResult:
     """Relax a chunk with the stage's model; failed inputs become failed records.
 
-    ``stage`` is a :class:`hts.spec.PrefilterStage`.  ``model`` may be passed in
+    ``stage`` is a :class:`hts.spec.PrefilterStage` or :class:`hts.spec.RescoreStage`.  ``model`` may be passed in
     (tests, benchmarks); by default the worker's cached model is used.
     """
     from hts.models import get_model

@@ -1,0 +1,124 @@
+"""The teacher-labelled dataset on disk, reusable and extendable.
+
+``<output>/dataset/<teacher>-<hash>/`` holds one extxyz file per labelling
+task (``labels-00000.extxyz``, mace's own input format: ``REF_energy``,
+``REF_forces``, ``REF_stress``) and ``index.json``: per candidate, its file,
+group and the teacher's relaxed energy; the teacher's isolated-atom energies
+and elemental references.  The hash covers the teacher and the per-candidate
+sampling settings, so a later run with more candidates labels only the new
+ones, and a run with other settings starts a new folder.  The index is replaced
+atomically after each task's file is complete, so an interrupted labelling
+loses at most the tasks in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from hts.distill.sample import Frame, LabelResult
+
+__all__ = ["LabelStore"]
+
+
+class LabelStore:
+    def __init__(self, root: Path, meta: dict) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        index = self.root / "index.json"
+        data = json.loads(index.read_text()) if index.exists() else {}
+        self.meta = data.get("meta", meta)
+        self.candidates: dict[str, dict] = data.get("candidates", {})
+        self.isolated: dict[str, float] = data.get("isolated", {})
+        self.references: dict[str, dict] = data.get("references", {})
+        self.n_files = int(data.get("n_files", 0))
+        # files written by a task whose index update never happened are orphans: ignored
+
+    def _save(self) -> None:
+        tmp = self.root / "index.json.tmp"
+        tmp.write_text(
+            json.dumps(
+                {
+                    "meta": self.meta,
+                    "n_files": self.n_files,
+                    "isolated": self.isolated,
+                    "references": self.references,
+                    "candidates": self.candidates,
+                },
+                indent=1,
+            )
+        )
+        os.replace(tmp, self.root / "index.json")
+
+    def add(self, result: LabelResult, info: dict[str, dict]) -> None:
+        """Write one task's frames, then record its candidates (``info``: id → formula, group, split)."""
+        from ase import Atoms
+        from ase.io import write
+
+        name = f"labels-{self.n_files:05d}.extxyz"
+        frames = []
+        for f in result.frames:
+            a = Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=True)
+            a.info = {
+                "REF_energy": f.energy,
+                "REF_stress": f.stress,
+                "hts_id": f.candidate,
+                "config_type": f.kind,
+            }
+            a.arrays["REF_forces"] = f.forces
+            frames.append(a)
+        if frames:
+            write(self.root / name, frames, format="extxyz")
+        self.n_files += 1
+        for r in result.relaxed:
+            self.candidates[r.id] = {
+                **info[r.id],
+                "file": name if frames else "",
+                "energy_per_atom": r.energy_per_atom,
+                "converged": r.converged,
+                "error": r.error,
+            }
+        self._save()
+
+    def set_isolated(self, energies: dict[str, float]) -> None:
+        self.isolated.update(energies)
+        self._save()
+
+    def set_references(self, refs: dict[str, dict]) -> None:
+        self.references.update(refs)
+        self._save()
+
+    def frames(self, ids: set[str] | None = None) -> Iterator:
+        """ASE Atoms of every labelled frame (of the given candidates), with their labels attached."""
+        from ase.io import iread
+
+        for name in sorted({v["file"] for v in self.candidates.values() if v["file"]}):
+            for a in iread(self.root / name, index=":", format="extxyz"):
+                if ids is None or a.info.get("hts_id") in ids:
+                    yield a
+
+    def write_split(self, path: Path, ids: set[str]) -> int:
+        from ase.io import write
+
+        frames = list(self.frames(ids))
+        if frames:
+            write(path, frames, format="extxyz")
+        return len(frames)
+
+
+def frame_labels(a) -> Frame:
+    """Labels back from an extxyz frame (for evaluation)."""
+    return Frame(
+        str(a.info.get("hts_id", "")),
+        str(a.info.get("config_type", "")),
+        np.asarray(a.numbers),
+        np.asarray(a.positions),
+        np.asarray(a.cell[:]),
+        float(a.info["REF_energy"]),
+        np.asarray(a.arrays["REF_forces"]),
+        np.asarray(a.info["REF_stress"], dtype=float),
+    )

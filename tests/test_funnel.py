@@ -1,0 +1,135 @@
+"""Prefilter → rescore on a real Parsl thread pool and a real Zarr store (analytic potential)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+from pymatgen.core import Composition
+
+from hts.campaign import run_campaign
+from hts.execution import make_engine
+from hts.spec import CampaignError, parse_campaign
+from hts.store import open_dataset
+from tests.conftest import lj_campaign
+
+
+def _funnel(tmp_path, **kw):
+    data = lj_campaign(tmp_path, **kw)
+    data["stages"] = {
+        # a loose, cheap prefilter and a tight teacher: same potential, different settings
+        "prefilter": {
+            "model": {"name": "lennard-jones"},
+            "relax": {"fmax": 0.3, "max_steps": 30, "cell_filter": "unit"},
+            "keep": "e_above_hull <= 0.15",
+        },
+        "rescore": {
+            "model": {"name": "lennard-jones"},
+            "relax": {"fmax": 0.01, "max_steps": 400},
+            "keep": "e_above_hull <= 0.02 and converged",
+            "chunk_size": 3,
+        },
+    }
+    return parse_campaign(data)
+
+
+def _run(c, tmp_path):
+    eng = make_engine("parsl", c.site, tmp_path / "runinfo")
+    try:
+        return run_campaign(c, eng)
+    finally:
+        eng.close()
+
+
+def test_survivors_are_rescored_on_the_teachers_hull(tmp_path):
+    c = _funnel(tmp_path)
+    stats = _run(c, tmp_path)
+    ds = open_dataset(c.store)
+    assert list(ds.stage.values.astype(object)) == ["prefilter", "rescore"]
+    pre_kept = ds.kept.values[:, 0]
+    e_re = ds.energy_per_atom.values[:, 1]
+    rescored = np.isfinite(e_re)
+    assert 0 < pre_kept.sum() < ds.sizes["candidate"]
+    # every final survivor was rescored (streaming may rescore a few more, never fewer)
+    assert rescored[pre_kept].all()
+    assert stats.rescored == rescored.sum()
+    assert set(np.flatnonzero(rescored)) == {
+        i for a, b in ds.attrs["ledger"]["stage_rows"]["rescore"] for i in range(a, b + 1)
+    }
+    assert (ds.stage_reached.values.astype(object)[rescored] == "rescore").all()
+    # the teacher relaxes further: never higher than where the prefilter stopped
+    assert (e_re[rescored] <= ds.energy_per_atom.values[rescored, 0] + 1e-6).all()
+    # rescore e_above_hull is the teacher's own hull: its references and rescored candidates only
+    refs = ds.attrs["references"]["rescore"]
+    entries = [PDEntry(Composition(el), r["energy_per_atom"]) for el, r in refs.items()]
+    f = ds.formula.values.astype(object)
+    idx = np.flatnonzero(rescored)
+    cand = [PDEntry(Composition(f[i]), e_re[i] * Composition(f[i]).num_atoms) for i in idx]
+    pd = PhaseDiagram(entries + cand)
+    for i, entry in zip(idx, cand, strict=True):
+        expected = pd.get_e_above_hull(entry, allow_negative=True)
+        assert ds.e_above_hull.values[i, 1] == pytest.approx(expected, abs=1e-8)
+    kept_re = ds.kept.values[:, 1]
+    expect = rescored & (ds.e_above_hull.values[:, 1] <= 0.02) & ds.converged.values[:, 1]
+    assert np.array_equal(kept_re, expect)
+    assert stats.rescore_kept == kept_re.sum() > 0
+    assert str(ds.stage_model.values[1]) == "lennard-jones"
+
+
+def test_interrupted_rescore_resumes(tmp_path):
+    """Survivors whose teacher result never reached the ledger are rescored on the next run."""
+    c = _funnel(tmp_path, limits={"max_candidates": 40})
+    _run(c, tmp_path)
+    before = open_dataset(c.store)
+    group = zarr.open_group(c.store, mode="r+")
+    ledger = dict(group.attrs["ledger"])
+    ledger["stage_rows"] = {}
+    ledger["finalized"] = False
+    group.attrs["ledger"] = ledger
+    for name in ("energy_per_atom", "e_above_hull", "kept"):
+        a = group[name]
+        a[:, 1] = np.full(a.shape[0], a.fill_value)
+    stats = _run(c, tmp_path)
+    assert stats.done == 0 and stats.resumed == before.sizes["candidate"]
+    after = open_dataset(c.store)
+    assert stats.rescored == int(before.kept.values[:, 0].sum()) > 0
+    for name in ("energy_per_atom", "e_above_hull", "kept"):
+        a, b = before[name].values[:, 1], after[name].values[:, 1]
+        m = before.kept.values[:, 0]
+        np.testing.assert_allclose(a[m].astype(float), b[m].astype(float), atol=1e-6)
+
+
+def test_auto_keep_needs_a_report_and_a_teacher(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["stages"]["prefilter"]["keep"] = "auto"
+    with pytest.raises(CampaignError, match="auto_keep.report"):
+        parse_campaign(data)
+    data["stages"]["prefilter"]["auto_keep"] = {"report": "nope.json"}
+    with pytest.raises(CampaignError, match="rescore stage"):
+        parse_campaign(data)
+
+
+def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
+    from hts.campaign import _resolved_stage, preflight
+
+    c = _funnel(tmp_path)
+    data = c.model_dump(mode="json")
+    data["stages"]["prefilter"]["keep"] = "auto"
+    data["stages"]["prefilter"]["auto_keep"] = {"report": "report.json", "target_recall": 0.9}
+    c = parse_campaign(data, base_dir=str(tmp_path))
+    with pytest.raises(CampaignError, match=r"report.json: no such distillation report"):
+        preflight(c)
+    curve = {
+        "threshold": [0.0, 0.05, 0.1, 0.15],
+        "recall": [0.5, 0.85, 0.92, 1.0],
+        "discarded": [0.9, 0.7, 0.6, 0.5],
+    }
+    (tmp_path / "report.json").write_text(json.dumps({"screening": {"held_out": {"curve": curve}}}))
+    rule = _resolved_stage(c, "prefilter").keep
+    assert rule.text == "e_above_hull <= 0.1"
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(CampaignError, match="not a readable hts distillation report"):
+        preflight(c)
