@@ -108,14 +108,18 @@ def _resolved_stage(campaign: Campaign, name: str):
         if not p.is_file():
             raise CampaignError(f"stages.{name}.model.path: no such model file {p}")
         update["model"] = stage.model.model_copy(update={"path": str(p)})
-    if stage.keep == "auto":
-        from hts.distill.evaluate import ReportError, auto_keep_rule
+    link = getattr(stage, "distillation", None)
+    if link is not None:
+        from hts.distill.evaluate import ReportError, auto_keep_rule, fitted_references
 
-        report = campaign.resolve_input(stage.auto_keep.report)
+        report = campaign.resolve_input(link.report)
         try:
-            update["keep"] = auto_keep_rule(report, stage.auto_keep.target_recall)
+            if stage.keep == "auto":
+                update["keep"] = auto_keep_rule(report, link.target_recall)
+            if link.references == "fitted":
+                fitted_references(report)  # readable now, not after the first chunk
         except ReportError as err:
-            raise CampaignError(f"stages.{name}.auto_keep.report: {err}") from None
+            raise CampaignError(f"stages.{name}.distillation.report: {err}") from None
     return stage.model_copy(update=update) if update else stage
 
 
@@ -201,6 +205,11 @@ class _Driver:
             missing = sorted(set(elements) - set(cached))
             if not missing:
                 continue
+            fitted = self._fitted(t, missing)
+            if fitted is not None:
+                refs[t.name] = {**cached, **fitted}
+                self._add_references(t, fitted)
+                continue
             label = t.spec.resource
             n = max(1, min(len(missing), self.engine.workers(label)))
             for g in (missing[i::n] for i in range(n)):
@@ -233,6 +242,27 @@ class _Driver:
                 self._add_references(t, new[t.name])
         self.store.set_references(refs)
         self.stats.phase = "screening"
+
+    def _fitted(self, t: _Track, elements: list[str]) -> dict[str, dict] | None:
+        """A distilled student's references from its report, or None to relax them."""
+        link = getattr(t.spec, "distillation", None)
+        if link is None or link.references != "fitted":
+            return None
+        from hts.distill.evaluate import fitted_references
+
+        table = fitted_references(self.c.resolve_input(link.report))
+        out = {}
+        for el in elements:
+            e = table.get(el)
+            ok = e is not None and math.isfinite(e)
+            out[el] = {
+                "energy_per_atom": float(e) if ok else float("nan"),
+                "structure": "fitted (distillation report)",
+                "reason": ""
+                if ok
+                else f"{el} is not in the distillation report's fitted references",
+            }
+        return out
 
     @staticmethod
     def _add_references(t: _Track, table: dict[str, dict]) -> None:

@@ -255,6 +255,90 @@ def _print_status(store_path: Path, top: int = 10) -> None:
 
 
 @app.command()
+def distill(
+    config: Annotated[
+        Path, typer.Argument(help="Distillation YAML file (see workflows/distill-demo.yaml).")
+    ],
+    engine: Annotated[
+        str, typer.Option(help="parsl (default) or serial (in-process, for debugging).")
+    ] = "parsl",
+    site: Annotated[
+        str | None, typer.Option(help="Site name or file; overrides the campaign's.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
+) -> None:
+    """Train a fast MACE student from the teacher on a campaign's chemistry, and report how good it is."""
+    from hts.distill.config import load_distill
+    from hts.distill.pipeline import run_distill
+    from hts.distill.train import TrainingError
+    from hts.execution import make_engine
+    from hts.execution.sites import SiteError
+    from hts.models.batched import ModelFileError
+    from hts.spec import CampaignError
+
+    try:
+        cfg = load_distill(config)
+        campaign = cfg.load_campaign()
+    except CampaignError as err:
+        console.print(f"[bold red]invalid distillation[/]\n{err}", highlight=False)
+        raise typer.Exit(2) from None
+    # one thread per worker; training sets its own count in its subprocess
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    _quiet_logging()
+    out_dir = cfg.path(cfg.output)
+    console.print(f"distillation [bold]{cfg.name}[/] ({config}) → {out_dir}", highlight=False)
+    try:
+        eng = make_engine(
+            engine, site or campaign.site, out_dir / "parsl", retries=campaign.limits.task_retries
+        )
+    except (SiteError, ValueError) as err:
+        _fail(str(err))
+    last = [0.0, ""]
+
+    def show(p) -> None:
+        now = time.time()
+        if quiet or (now - last[0] < 5 and p.phase == last[1]):
+            return
+        last[0], last[1] = now, p.phase
+        count = f" {p.done}/{p.total}" if p.total else ""
+        console.print(f"\\[{cfg.name}] {p.phase}{count} {p.detail}", highlight=False)
+
+    t0 = time.time()
+    try:
+        report = run_distill(cfg, eng, show)
+    except (CampaignError, TrainingError, ModelFileError, ValueError) as err:
+        _fail(str(err))
+    finally:
+        eng.close()
+    ho = report["screening"]["held_out"]
+    ff = report["force_field"]["test"]
+    sp = report["speed"]
+
+    def pct(x) -> str:
+        return "n/a" if x is None else f"{100 * x:.0f} %"
+
+    out.print(
+        f"finished in {_hms(time.time() - t0)}\n"
+        f"held-out: energy MAE {ff['energy_mae_mev_per_atom']:.1f} meV/atom, force MAE "
+        f"{ff['force_mae_mev_per_A']:.0f} meV/Å, Spearman ρ(e_above_hull) {ho['spearman_e_above_hull']:.2f}\n"
+        f"prefilter threshold {ho['threshold']} eV/atom: keeps {pct(ho['recall_at_threshold'])} of "
+        f"teacher-stable, discards {pct(ho['discarded_at_threshold'])}\n"
+        f"speed: student {sp['ratio_batched']:.1f}× faster than the teacher "
+        f"({sp['atoms_min']}–{sp['atoms_max']} atoms, {report['device']})",
+        highlight=False,
+    )
+    out.print(
+        f"student: {out_dir / 'student.model'}\nreport:  {out_dir / 'report.md'}\n"
+        "use it in a campaign:\n  prefilter:\n    model: {name: mace, path: "
+        f"{out_dir / 'student.model'}, dtype: {cfg.training.dtype}}}\n    keep: auto\n"
+        f"    distillation: {{report: {out_dir / 'report.json'}}}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
 def status(
     store: Annotated[Path, typer.Argument(help="A campaign's Zarr store.")],
     top: Annotated[int, typer.Option(help="Most stable candidates to list.")] = 10,

@@ -19,9 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
-    "AutoKeep",
     "Campaign",
     "CampaignError",
+    "Distillation",
     "KeepRule",
     "ModelSpec",
     "PrefilterStage",
@@ -230,15 +230,20 @@ class KeepRule(_Strict):
         return True
 
 
-class AutoKeep(_Strict):
-    """Where ``keep: auto`` takes its prefilter threshold from: a distillation report."""
+class Distillation(_Strict):
+    """Links a prefilter to the ``hts distill`` report of its student model."""
 
     report: str = Field(description="report.json written by `hts distill` for this student.")
     target_recall: float = Field(
         default=0.95,
         gt=0,
         le=1,
-        description="Fraction of teacher-stable held-out candidates the prefilter must keep.",
+        description="keep: auto keeps this fraction of the teacher-stable held-out candidates.",
+    )
+    references: Literal["fitted", "relaxed"] = Field(
+        default="fitted",
+        description="Elemental references: fitted to the teacher's formation energies (the report's), "
+        "or relaxed with the student (which never saw elemental phases).",
     )
 
 
@@ -263,19 +268,21 @@ class _RelaxStage(_Strict):
 class PrefilterStage(_RelaxStage):
     """Relax every candidate with a fast MLIP (the student), keep the promising ones.
 
-    ``keep: auto`` sets ``e_above_hull <= t`` with the smallest ``t`` that, in the
-    distillation report, keeps ``auto_keep.target_recall`` of the candidates the
-    teacher finds stable.
+    With ``distillation`` naming the student's report, its elemental
+    references are the report's fitted ones, and ``keep: auto`` sets
+    ``e_above_hull <= t`` with the smallest ``t`` that keeps
+    ``distillation.target_recall`` of the held-out candidates the teacher
+    finds stable.
     """
 
     keep: KeepRule | Literal["auto"] = KeepRule.parse("e_above_hull <= 0.1")
-    auto_keep: AutoKeep | None = None
+    distillation: Distillation | None = None
 
     @model_validator(mode="after")
     def _auto_needs_report(self) -> PrefilterStage:
-        if self.keep == "auto" and self.auto_keep is None:
+        if self.keep == "auto" and self.distillation is None:
             raise ValueError(
-                "keep: 'auto' needs auto_keep.report (the report.json of `hts distill`)"
+                "keep: 'auto' needs distillation.report (the report.json of `hts distill`)"
             )
         return self
 

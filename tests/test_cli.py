@@ -12,9 +12,12 @@ from tests.conftest import lj_campaign, write_campaign
 
 
 def _hts(*args, cwd):
+    import os
+
     return subprocess.run(
         [sys.executable, "-m", "hts.cli", *args],
         cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},  # rich wraps tables to the terminal width
         capture_output=True,
         text=True,
         timeout=600,
@@ -49,3 +52,33 @@ def test_run_reports_campaign_errors(tmp_path):
     assert "chunk_size" in res.stderr
     res = _hts("status", str(tmp_path / "nothing.zarr"), cwd=tmp_path)
     assert res.returncode == 2 and "no hts store" in res.stderr
+
+
+def test_two_stage_funnel_in_status_and_export(tmp_path):
+    data = lj_campaign(tmp_path, limits={"max_candidates": 24})
+    data["stages"]["rescore"] = {
+        "model": {"name": "lennard-jones"},
+        "relax": {"fmax": 0.01},
+        "keep": "e_above_hull <= 0.01",
+    }
+    path = write_campaign(tmp_path, data)
+    res = _hts("run", str(path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "rescore" in res.stdout and "E_hull rescore" in res.stdout
+    res = _hts("export", str(tmp_path / "lj.zarr"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    teacher_kept = [r for r in rows if r["rescore_kept"] == "True"]
+    assert len(list((tmp_path / "out" / "structures").glob("*.cif"))) == len(teacher_kept) > 0
+    assert all(r["prefilter_kept"] == "True" for r in teacher_kept)
+
+
+def test_distill_reports_bad_fields(tmp_path):
+    bad = tmp_path / "distill.yaml"
+    bad.write_text("name: x\ncampaign: nowhere.yaml\noutput: out\ntraining: {epochs: -1}\n")
+    res = _hts("distill", str(bad), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "training.epochs" in res.stderr and str(bad) in res.stderr
+    bad.write_text("name: x\ncampaign: nowhere.yaml\noutput: out\n")
+    res = _hts("distill", str(bad), cwd=tmp_path)
+    assert res.returncode == 2 and "nowhere.yaml" in res.stderr

@@ -105,9 +105,9 @@ def test_interrupted_rescore_resumes(tmp_path):
 def test_auto_keep_needs_a_report_and_a_teacher(tmp_path):
     data = lj_campaign(tmp_path)
     data["stages"]["prefilter"]["keep"] = "auto"
-    with pytest.raises(CampaignError, match="auto_keep.report"):
+    with pytest.raises(CampaignError, match="distillation.report"):
         parse_campaign(data)
-    data["stages"]["prefilter"]["auto_keep"] = {"report": "nope.json"}
+    data["stages"]["prefilter"]["distillation"] = {"report": "nope.json"}
     with pytest.raises(CampaignError, match="rescore stage"):
         parse_campaign(data)
 
@@ -118,7 +118,11 @@ def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
     c = _funnel(tmp_path)
     data = c.model_dump(mode="json")
     data["stages"]["prefilter"]["keep"] = "auto"
-    data["stages"]["prefilter"]["auto_keep"] = {"report": "report.json", "target_recall": 0.9}
+    data["stages"]["prefilter"]["distillation"] = {
+        "report": "report.json",
+        "target_recall": 0.9,
+        "references": "relaxed",
+    }
     c = parse_campaign(data, base_dir=str(tmp_path))
     with pytest.raises(CampaignError, match=r"report.json: no such distillation report"):
         preflight(c)
@@ -133,3 +137,46 @@ def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
     (tmp_path / "report.json").write_text("{not json")
     with pytest.raises(CampaignError, match="not a readable hts distillation report"):
         preflight(c)
+
+
+def test_prefilter_takes_fitted_references_from_the_report(tmp_path):
+    c = _funnel(tmp_path, limits={"max_candidates": 16})
+    data = c.model_dump(mode="json")
+    fitted = {
+        "Li": -1.5,
+        "Na": -1.2,
+        "K": -1.0,
+        "Mg": -1.4,
+        "Ca": -1.9,
+        "Sr": -1.7,
+        "O": -4.0,
+        "S": -3.0,
+        "F": -2.0,
+    }  # no Cl: its candidates fail with a reason
+    curve = {"threshold": [0.0, 0.5], "recall": [0.2, 1.0], "discarded": [0.9, 0.1]}
+    (tmp_path / "report.json").write_text(
+        json.dumps(
+            {
+                "screening": {"held_out": {"curve": curve}},
+                "references": {"student_fitted": {**fitted, "Cl": None}},
+            }
+        )
+    )
+    data["stages"]["prefilter"]["keep"] = "auto"
+    data["stages"]["prefilter"]["distillation"] = {"report": "report.json"}
+    c = parse_campaign(data, base_dir=str(tmp_path))
+    _run(c, tmp_path)
+    ds = open_dataset(c.store)
+    refs = ds.attrs["references"]["prefilter"]
+    assert {el: refs[el]["energy_per_atom"] for el in fitted} == fitted
+    assert refs["F"]["structure"] == "fitted (distillation report)"
+    # the teacher still relaxes its own
+    assert ds.attrs["references"]["rescore"]["F"]["structure"] != refs["F"]["structure"]
+    reasons = ds.reason.values.astype(object)
+    has_cl = np.array(["Cl" in f for f in ds.formula.values.astype(object)])
+    assert has_cl.any()
+    assert all("Cl is not in the distillation report" in r for r in reasons[has_cl])
+    assert np.isfinite(ds.e_above_hull.values[~has_cl, 0]).all()
+    assert ds.kept.values[~has_cl, 0].all() == bool(
+        (ds.e_above_hull.values[~has_cl, 0] <= 0.5).all()
+    )

@@ -17,10 +17,30 @@ def _error(data: dict) -> str:
 
 
 def test_shipped_campaigns_validate():
+    from hts.distill.config import load_distill
+
     for path in (REPO / "workflows").glob("*.yaml"):
+        if path.name.startswith("distill"):
+            d = load_distill(path)
+            assert d.load_campaign().name
+            continue
         c = load_campaign(path)
         assert c.name
         assert len(c.content_hash()) == 16
+
+
+def test_demo_ships_its_student_and_validates():
+    """`hts run` with no argument must work on a fresh checkout: the student and its report ship."""
+    from hts.campaign import _resolved_stage, preflight
+    from hts.cli import DEMO
+    from hts.models import load_model
+
+    c = load_campaign(DEMO)
+    preflight(c)
+    stage = _resolved_stage(c, "prefilter")
+    assert stage.keep.terms[0][0] == "e_above_hull"
+    model = load_model(stage.model)
+    assert model.name == "mace" and model.unsupported([11, 17]) is None
 
 
 def test_embedded_default_is_the_demo():
@@ -28,7 +48,8 @@ def test_embedded_default_is_the_demo():
 
     assert DEMO.resolve() == (REPO / "workflows" / "demo.yaml").resolve()
     c = load_campaign(DEMO)
-    assert c.stages.prefilter.model.name == "sevennet-0"
+    assert c.stages.prefilter.model.name == "mace"
+    assert c.stages.rescore.model.name == "sevennet-0"
 
 
 def test_unknown_field_is_named(tmp_path):

@@ -53,7 +53,10 @@ class Sampling(_Strict):
     rattle_sigma: float = Field(default=0.05, ge=0, le=0.5, description="Å, Gaussian.")
     strained: int = Field(default=1, ge=0, le=50, description="Strained (and rattled) copies.")
     max_strain: float = Field(default=0.04, ge=0, le=0.3, description="Largest strain component.")
-    relax: RelaxSettings = RelaxSettings(fmax=0.05, max_steps=150)
+    relax: RelaxSettings | None = Field(
+        default=None,
+        description="The teacher's relaxation; default: the campaign's rescore stage settings.",
+    )
 
 
 class Split(_Strict):
@@ -74,6 +77,10 @@ class Student(_Strict):
     interactions: int = Field(default=2, ge=1, le=4)
     r_max: float = Field(default=5.0, gt=1, le=10)
     radial_mlp: list[int] = Field(default=[32, 32, 32], min_length=1)
+    pair_repulsion: bool = Field(
+        default=True,
+        description="ZBL repulsion at short range, so the student cannot collapse where it saw no data.",
+    )
 
 
 class Training(_Strict):
@@ -91,9 +98,17 @@ class Training(_Strict):
         description="mace's second stage (SWA): last ~25%% of epochs with energy weighted 1000, lower lr.",
     )
     ema: bool = Field(default=True, description="Exponential moving average of the weights.")
-    e0s: Literal["teacher", "average"] = Field(
-        default="teacher",
-        description="Isolated-atom energies: the teacher's own (so the student's energy zero is the teacher's) or a least-squares fit.",
+    e0s: Literal["average", "teacher"] = Field(
+        default="average",
+        description="Per-element energy baseline: a least-squares fit to the teacher's labels, or the teacher's isolated-atom energies.",
+    )
+    energy_window: float = Field(
+        default=1.0,
+        gt=0,
+        description="eV/atom: labelled frames further above their relaxed minimum are not used.",
+    )
+    max_stress_gpa: float = Field(
+        default=50.0, gt=0, description="Labelled frames under a larger stress are not used."
     )
     dtype: Literal["float32", "float64"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -76,7 +76,7 @@ class LabelStore:
         self.n_files += 1
         for r in result.relaxed:
             self.candidates[r.id] = {
-                **info[r.id],
+                **info.get(r.id, {}),
                 "file": name if frames else "",
                 "energy_per_atom": r.energy_per_atom,
                 "converged": r.converged,
@@ -101,13 +101,33 @@ class LabelStore:
                 if ids is None or a.info.get("hts_id") in ids:
                     yield a
 
-    def write_split(self, path: Path, ids: set[str]) -> int:
+    def write_split(
+        self,
+        path: Path,
+        ids: set[str],
+        energy_window: float = float("inf"),
+        max_stress_gpa: float = float("inf"),
+    ) -> int:
+        """Write the frames of ``ids`` that are near their relaxed minimum; return how many.
+
+        Frames more than ``energy_window`` eV/atom above their candidate's relaxed
+        energy, or under more than ``max_stress_gpa``, are left out: the first
+        steps from a badly guessed trial lattice (a compressed fcc Se at
+        +1.5 eV/atom and 250 GPa) teach a screening student nothing and, under
+        a squared loss, drown out the energy differences that matter.
+        """
         from ase.io import write
 
-        frames = list(self.frames(ids))
-        if frames:
-            write(path, frames, format="extxyz")
-        return len(frames)
+        keep = []
+        for a in self.frames(ids):
+            e_min = self.candidates[a.info["hts_id"]]["energy_per_atom"]
+            de = a.info["REF_energy"] / len(a) - e_min
+            stress = 160.21766 * float(np.abs(np.asarray(a.info["REF_stress"])).max())
+            if de <= energy_window and stress <= max_stress_gpa:
+                keep.append(a)
+        if keep:
+            write(path, keep, format="extxyz")
+        return len(keep)
 
 
 def frame_labels(a) -> Frame:

@@ -24,7 +24,10 @@ import numpy as np
 __all__ = [
     "ReportError",
     "auto_keep_rule",
+    "fitted_references",
+    "fit_references",
     "force_field_errors",
+    "formation_energies",
     "hull_energies",
     "screening_metrics",
     "speed_ratio",
@@ -89,6 +92,72 @@ def hull_energies(items: Sequence[tuple[str, float]], references: dict[str, floa
     return out
 
 
+def fit_references(
+    formulas: Sequence[str],
+    student_e: Sequence[float],
+    teacher_formation: Sequence[float],
+    teacher_refs: dict[str, float],
+    ridge: float = 1e-3,
+) -> dict[str, float]:
+    """Student elemental reference energies fitted so its formation energies match the teacher's.
+
+    A student trained on a campaign's compounds never sees the elemental
+    phases, and relaxing them with it gives nonsense (an O2 crystal collapsing
+    to -10⁹ eV/atom).  As with fitted elemental-phase reference energies
+    (Stevanović et al., PRB 85, 115104 (2012)), we instead solve, over the
+    training candidates, ``Σ x_el μ_el = E_student − ΔH_teacher`` for the
+    chemical potentials μ, written as the teacher's reference plus an offset
+    with a small ridge penalty (elements that only ever occur together are then
+    split evenly, not arbitrarily).  Systematic per-element errors of the
+    student cancel in its formation energies.  An element no training
+    candidate contains keeps the prior, the teacher's own reference.
+    """
+    from pymatgen.core import Composition
+
+    rows, rhs = [], []
+    elements = sorted(teacher_refs)
+    col = {el: k for k, el in enumerate(elements)}
+    for f, e, h in zip(formulas, student_e, teacher_formation, strict=True):
+        if not (math.isfinite(e) and math.isfinite(h)):
+            continue
+        comp = Composition(f).fractional_composition
+        x = np.zeros(len(elements))
+        base = 0.0
+        try:
+            for el, frac in comp.items():
+                x[col[el.symbol]] = frac
+                base += frac * teacher_refs[el.symbol]
+        except KeyError:
+            continue
+        if not math.isfinite(base):
+            continue
+        rows.append(x)
+        rhs.append(e - h - base)
+    out = dict(teacher_refs)
+    if not rows:
+        return out
+    a = np.array(rows)
+    b = np.array(rhs)
+    seen = a.sum(axis=0) > 0
+    a_s = a[:, seen]
+    delta = np.linalg.solve(a_s.T @ a_s + ridge * np.eye(a_s.shape[1]), a_s.T @ b)
+    for el, d in zip(np.array(elements)[seen], delta, strict=True):
+        out[str(el)] = float(teacher_refs[str(el)] + d)
+    return out
+
+
+def formation_energies(items: Sequence[tuple[str, float]], refs: dict[str, float]) -> np.ndarray:
+    """Energy per atom relative to the elemental references (NaN where one is missing)."""
+    from pymatgen.core import Composition
+
+    out = np.full(len(items), np.nan)
+    for i, (f, e) in enumerate(items):
+        comp = Composition(f).fractional_composition
+        base = sum(frac * refs.get(el.symbol, float("nan")) for el, frac in comp.items())
+        out[i] = e - base
+    return out
+
+
 def screening_metrics(
     teacher_ehull: np.ndarray,
     student_ehull: np.ndarray,
@@ -150,6 +219,20 @@ def auto_keep_rule(report: str | Path, target_recall: float):
             f"{path}: no threshold up to {curve['threshold'][-1]} eV/atom reaches recall {target_recall}"
         )
     return KeepRule.parse(f"e_above_hull <= {t:g}")
+
+
+def fitted_references(report: str | Path) -> dict[str, float]:
+    """The student's fitted elemental references from a distillation report (eV/atom)."""
+    path = Path(report)
+    try:
+        table = json.loads(path.read_text())["references"]["student_fitted"]
+    except FileNotFoundError:
+        raise ReportError(
+            f"{path}: no such distillation report (run `hts distill` first)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReportError(f"{path}: not a readable hts distillation report ({err})") from None
+    return {el: float("nan") if e is None else float(e) for el, e in table.items()}
 
 
 def speed_ratio(teacher, student, cells: Sequence, repeats: int = 3) -> dict:

@@ -32,7 +32,9 @@ from hts.candidates import chunks, open_source
 from hts.distill.config import DistillConfig
 from hts.distill.dataset import LabelStore
 from hts.distill.evaluate import (
+    fit_references,
     force_field_errors,
+    formation_energies,
     hull_energies,
     markdown,
     plot_report,
@@ -40,7 +42,12 @@ from hts.distill.evaluate import (
     speed_cells,
     speed_ratio,
 )
-from hts.distill.sample import isolated_atom_energies, label_chunk, split_of, stratified
+from hts.distill.sample import (
+    isolated_atom_energies,
+    label_chunk,
+    split_of,
+    stratified,
+)
 from hts.distill.train import epochs_logged, train_student
 from hts.spec import ModelSpec, PrefilterStage, RescoreStage
 from hts.stages.references import relax_references
@@ -104,6 +111,11 @@ def run_distill(
     t_start = time.time()
     campaign = cfg.load_campaign()
     teacher = cfg.resolved_teacher(campaign)
+    if cfg.sampling.relax is None:  # the teacher relaxes as it will in the campaign's rescore stage
+        stage = campaign.stages.rescore or campaign.stages.prefilter
+        cfg = cfg.model_copy(
+            update={"sampling": cfg.sampling.model_copy(update={"relax": stage.relax})}
+        )
     out = cfg.path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     teacher_label = campaign.stages.rescore.resource if campaign.stages.rescore else "cpu"
@@ -198,7 +210,9 @@ def run_distill(
     for name in ("train", "valid", "test"):
         ids = {cid for cid in usable if split[cid] == name}
         files[name] = str(train_dir / f"{name}.extxyz")
-        split_frames[name] = labels.write_split(Path(files[name]), ids)
+        split_frames[name] = labels.write_split(
+            Path(files[name]), ids, cfg.training.energy_window, cfg.training.max_stress_gpa
+        )
     if split_frames["valid"] == 0:  # tiny runs: validate on the test groups rather than not at all
         shutil.copyfile(files["test"], files["valid"])
     if split_frames["train"] == 0 or split_frames["test"] == 0:
@@ -314,9 +328,7 @@ def evaluate(
 
     # screening: the student relaxes every sampled candidate, as the prefilter would
     pre_relax = campaign.stages.prefilter.relax
-    re_relax = campaign.stages.rescore.relax if campaign.stages.rescore else cfg.sampling.relax
     student_stage = PrefilterStage(model=student_spec, relax=pre_relax)
-    teacher_stage = RescoreStage(model=teacher, relax=re_relax)
     ok_ids = [cid for cid in split if not labels.candidates.get(cid, {}).get("error", "x")]
     batches = [ok_ids[i : i + cfg.chunk_size] for i in range(0, len(ok_ids), cfg.chunk_size)]
     student_e: dict[str, float] = {}
@@ -342,21 +354,31 @@ def evaluate(
     t_refs = dict(labels.references.get("teacher", {}))
     need = [el for el in elements if el not in t_refs]
     if need:
+        rescore = campaign.stages.rescore
+        teacher_stage = RescoreStage(
+            model=teacher, relax=rescore.relax if rescore else cfg.sampling.relax
+        )
         t_refs.update(_references(engine, teacher_label, teacher_stage, need))
         labels.set_references({"teacher": t_refs})
-    s_refs = _references(engine, student_label, student_stage, elements)
     formulas = [labels.candidates[cid]["formula"] for cid in ok_ids]
-    t_eh = hull_energies(
-        [
-            (f, labels.candidates[cid]["energy_per_atom"])
-            for f, cid in zip(formulas, ok_ids, strict=True)
-        ],
-        t_refs,
+    t_items = [
+        (f, labels.candidates[c]["energy_per_atom"]) for f, c in zip(formulas, ok_ids, strict=True)
+    ]
+    s_items = [(f, student_e.get(c, float("nan"))) for f, c in zip(formulas, ok_ids, strict=True)]
+    t_eh = hull_energies(t_items, t_refs)
+    # the student's references: fitted on the training candidates (see fit_references);
+    # relaxed ones are reported for comparison
+    fit = np.array([split[c] != "test" for c in ok_ids])
+    t_form = formation_energies(t_items, t_refs)
+    s_refs = fit_references(
+        [f for f, m in zip(formulas, fit, strict=True) if m],
+        [e for (_, e), m in zip(s_items, fit, strict=True) if m],
+        t_form[fit],
+        {el: t_refs.get(el, float("nan")) for el in elements},
     )
-    s_eh = hull_energies(
-        [(f, student_e.get(cid, float("nan"))) for f, cid in zip(formulas, ok_ids, strict=True)],
-        s_refs,
-    )
+    s_eh = hull_energies(s_items, s_refs)
+    s_relaxed_refs = _references(engine, student_label, student_stage, elements)
+    s_eh_relaxed = hull_energies(s_items, s_relaxed_refs)
     stable = cfg.evaluation.stable_threshold
     if stable is None:
         stable = 0.05
@@ -374,6 +396,9 @@ def evaluate(
     screening = {
         "held_out": screening_metrics(t_eh[held], s_eh[held], stable, target),
         "all": screening_metrics(t_eh, s_eh, stable, target),
+        "held_out_relaxed_references": screening_metrics(
+            t_eh[held], s_eh_relaxed[held], stable, target
+        ),
     }
 
     # speed, side by side in this process, on the hardware the report names
@@ -402,7 +427,11 @@ def evaluate(
         "force_field": ff,
         "screening": screening,
         "speed": speed,
-        "references": {"teacher": t_refs, "student": s_refs},
+        "references": {
+            "teacher": t_refs,
+            "student_fitted": s_refs,
+            "student_relaxed": s_relaxed_refs,
+        },
         "candidates": [
             {
                 "id": cid,

@@ -85,6 +85,8 @@ def mace_arguments(
         "--save_cpu",
         "--restart_latest",
     ]
+    if student.pair_repulsion:
+        args.append("--pair_repulsion")
     if t.ema:
         args += ["--ema", "--ema_decay=0.99"]
     if t.stage_two and t.epochs >= 4:

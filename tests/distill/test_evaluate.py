@@ -36,3 +36,25 @@ def test_auto_keep_rule_errors_name_the_file(tmp_path):
     bad.write_text('{"screening": {}}')
     with pytest.raises(ReportError, match="bad.json: not a readable"):
         auto_keep_rule(bad, 0.95)
+
+
+def test_fitted_references_absorb_per_element_errors():
+    from hts.distill.evaluate import fit_references, formation_energies
+
+    teacher_refs = {"Na": -1.3, "Cl": -1.8, "K": -1.1, "O": -4.9}
+    items = [("ClNa", -3.4), ("ClK", -3.5), ("Na2O", -3.8), ("K2O", -3.6), ("KNaO", -3.7)]
+    t_form = formation_energies(items, teacher_refs)
+    # a student with a systematic error per element: +0.2 eV per Na, -0.1 per O, ...
+    offset = {"Na": 0.2, "Cl": -0.05, "K": 0.1, "O": -0.1}
+    from pymatgen.core import Composition
+
+    student = [
+        e + sum(x * offset[el.symbol] for el, x in Composition(f).fractional_composition.items())
+        for f, e in items
+    ]
+    refs = fit_references([f for f, _ in items], student, t_form, teacher_refs, ridge=1e-8)
+    s_form = formation_energies(list(zip([f for f, _ in items], student, strict=True)), refs)
+    np.testing.assert_allclose(s_form, t_form, atol=1e-5)
+    # an element no training compound contains keeps the prior: the teacher's reference
+    refs = fit_references(["ClNa"], [student[0]], t_form[:1], {**teacher_refs, "Li": -1.9})
+    assert refs["Li"] == -1.9 and refs["Na"] != teacher_refs["Na"]

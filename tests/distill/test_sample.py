@@ -8,7 +8,7 @@ from hts.candidates import open_source
 from hts.distill.config import Sampling
 from hts.distill.sample import label_chunk, split_of, stratified
 from hts.models.analytic import LennardJonesModel
-from hts.spec import ModelSpec, parse_campaign
+from hts.spec import ModelSpec, RelaxSettings, parse_campaign
 from tests.conftest import lj_campaign
 
 
@@ -45,7 +45,7 @@ def test_split_keeps_groups_whole(tmp_path):
 
 def test_label_chunk_samples_the_relaxation_path_and_perturbations(tmp_path):
     cands = _candidates(tmp_path)[:3]
-    sampling = Sampling(trajectory_snapshots=3, rattled=2, strained=1)
+    sampling = Sampling(trajectory_snapshots=3, rattled=2, strained=1, relax=RelaxSettings())
     model = LennardJonesModel()
     res = label_chunk(cands, ModelSpec(name="lennard-jones"), sampling, seed=0, model=model)
     assert [r.id for r in res.relaxed] == [c.id for c in cands]
