@@ -75,7 +75,9 @@ def test_tiny_distillation_gives_a_loadable_student_and_a_report(tmp_path):
     )
     assert report["training"]["n_parameters"] > 1000
     fitted = on_disk["references"]["student_fitted"]
-    assert set(fitted) == {"Cl", "F", "K", "Li", "Mg", "Na", "O"} & set(on_disk["dataset"]["elements"])
+    assert set(fitted) == {"Cl", "F", "K", "Li", "Mg", "Na", "O"} & set(
+        on_disk["dataset"]["elements"]
+    )
     assert "## Screening against the teacher" in (out / "report.md").read_text()
     # the student goes through the same interface as every other model
     student = load_model(ModelSpec(name="mace", path=str(out / "student.model"), dtype="float32"))
