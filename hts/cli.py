@@ -93,9 +93,14 @@ class _Display:
         )
         t.add_row(
             f"done {done}{'/' + str(total) + ' (upper bound)' if total else ''}  "
-            f"ok {s.ok}  failed {s.failed}  kept {s.kept}  in flight {s.in_flight} chunks",
+            f"ok {s.ok}  failed {s.failed}  kept {s.kept}  in flight {s.in_flight} tasks",
             f"{s.rate:.2f} cand/s  ETA {_hms(eta) if eta is not None else '?'}",
         )
+        if s.rescored or s.rescore_waiting:
+            t.add_row(
+                f"teacher: rescored {s.rescored}  kept {s.rescore_kept}  waiting {s.rescore_waiting}",
+                "",
+            )
         return t
 
     def __call__(self, s) -> None:
@@ -111,9 +116,15 @@ class _Display:
             console.print(
                 f"\\[{self.name}] {s.phase}: done {s.done + s.resumed}"
                 f"{'/' + str(s.total_estimate) if s.total_estimate else ''} ok {s.ok} failed {s.failed} "
-                f"kept {s.kept} | {s.rate:.2f} cand/s | ETA {_hms(eta) if eta is not None else '?'}",
+                f"kept {s.kept}{_teacher(s)} | {s.rate:.2f} cand/s | ETA {_hms(eta) if eta is not None else '?'}",
                 highlight=False,
             )
+
+
+def _teacher(s) -> str:
+    if not (s.rescored or s.rescore_waiting):
+        return ""
+    return f" | teacher: rescored {s.rescored} kept {s.rescore_kept} waiting {s.rescore_waiting}"
 
 
 def _quiet_logging() -> None:
