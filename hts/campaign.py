@@ -578,6 +578,28 @@ class _Driver:
         self.progress(s)
 
 
+def results_hash(campaign: Campaign) -> str:
+    """The campaign's content hash, extended by the distillation reports it reads.
+
+    ``keep: auto`` and fitted references come from a report file, so a
+    retrained student's report changes results just as an edited campaign does.
+    """
+    import hashlib
+
+    base = campaign.content_hash()
+    reports = [
+        campaign.resolve_input(link.report)
+        for name in campaign.stages.names()
+        if (link := getattr(getattr(campaign.stages, name), "distillation", None)) is not None
+    ]
+    if not reports:
+        return base
+    h = hashlib.sha256(base.encode())
+    for p in reports:
+        h.update(p.read_bytes() if p.is_file() else b"missing")
+    return h.hexdigest()[:16]
+
+
 def open_store(campaign: Campaign, store_path: str | Path | None = None) -> Store:
     import yaml
 
@@ -585,7 +607,7 @@ def open_store(campaign: Campaign, store_path: str | Path | None = None) -> Stor
     return Store.open(
         path,
         campaign_name=campaign.name,
-        campaign_hash=campaign.content_hash(),
+        campaign_hash=results_hash(campaign),
         campaign_yaml=yaml.safe_dump(
             campaign.model_dump(mode="json", exclude={"base_dir"}), sort_keys=False
         ),

@@ -42,7 +42,7 @@ def _load(path: Path):
 @app.command()
 def validate(campaign: Annotated[Path, typer.Argument(help="Campaign YAML file.")]) -> None:
     """Check a campaign file (fields, candidate source, site) without running it."""
-    from hts.campaign import preflight
+    from hts.campaign import preflight, results_hash
     from hts.candidates import EmptySourceError
     from hts.execution.sites import SiteError, load_site
     from hts.spec import CampaignError
@@ -54,7 +54,7 @@ def validate(campaign: Annotated[Path, typer.Argument(help="Campaign YAML file."
     except (EmptySourceError, CampaignError, SiteError) as err:
         _fail(f"{campaign}: {err}")
     out.print(
-        f"[green]ok[/] {campaign}: campaign {c.name!r}, hash {c.content_hash()}", highlight=False
+        f"[green]ok[/] {campaign}: campaign {c.name!r}, hash {results_hash(c)}", highlight=False
     )
 
 

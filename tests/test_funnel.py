@@ -180,3 +180,13 @@ def test_prefilter_takes_fitted_references_from_the_report(tmp_path):
     assert ds.kept.values[~has_cl, 0].all() == bool(
         (ds.e_above_hull.values[~has_cl, 0] <= 0.5).all()
     )
+    # a retrained student's report changes results: the store refuses to mix them
+    from hts.campaign import open_store
+    from hts.store import StoreMismatchError
+
+    open_store(c).group.store.close()  # the same report reopens
+    report = json.loads((tmp_path / "report.json").read_text())
+    report["references"]["student_fitted"]["F"] = -2.5
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    with pytest.raises(StoreMismatchError, match="settings"):
+        open_store(c)
