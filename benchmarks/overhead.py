@@ -58,7 +58,13 @@ def main() -> None:
     t_end = time.perf_counter()
     order = sorted(marks.items(), key=lambda kv: kv[1])
     for (name, start), nxt in zip(order, [*order[1:], ("end", t_end)], strict=True):
-        key = "references" if name.startswith("relaxing") else name
+        key = (
+            "references"
+            if name.startswith("relaxing")
+            else "screening"  # "screening; teacher rescoring the survivors" too
+            if name.startswith("screening")
+            else name
+        )
         phases[key] = phases.get(key, 0.0) + nxt[1] - start
     screening_wall = phases.get("screening", 0.0)
     outside_worker = 1 - stats.model_s / stats.worker_s
