@@ -35,6 +35,9 @@ __all__ = ["RunStats", "run_campaign"]
 
 log = logging.getLogger("hts.campaign")
 
+# what a stored row and a candidate share besides the structure (a survivor is requeued from either)
+_IDENTITY = ("id", "source", "prototype", "formula", "chemsys")
+
 
 @dataclass
 class RunStats:
@@ -296,28 +299,12 @@ class _Driver:
 
     def _queue_rows(self, rows: list[int]) -> None:
         """Queue committed rows for the teacher, starting from their stored (prefilter-relaxed) structure."""
-        meta = {
-            name: self.store.group[name].oindex[np.asarray(rows)]
-            for name in ("id", "formula", "chemsys", "prototype", "source")
-        }
+        meta = {name: self.store.group[name].oindex[np.asarray(rows)] for name in _IDENTITY}
         for j, (row, (z, pos, cell)) in enumerate(
             zip(rows, self.store.structures(rows), strict=True)
         ):
-            self.queue.append(
-                (
-                    row,
-                    Candidate(
-                        id=str(meta["id"][j]),
-                        source=str(meta["source"][j]),
-                        prototype=str(meta["prototype"][j]),
-                        numbers=z,
-                        positions=pos,
-                        cell=cell,
-                        formula=str(meta["formula"][j]),
-                        chemsys=str(meta["chemsys"][j]),
-                    ),
-                )
-            )
+            ident = {name: str(meta[name][j]) for name in _IDENTITY}
+            self.queue.append((row, Candidate(**ident, numbers=z, positions=pos, cell=cell)))
         self.stats.rescore_waiting = len(self.queue) + sum(
             len(p[0]) for kind, p in self.pending.values() if kind == "rescore"
         )
@@ -391,16 +378,8 @@ class _Driver:
         s.chunks_done += 1
         if self.re is not None:
             for row, r in survivors:
-                cand = Candidate(
-                    id=r.id,
-                    source=r.source,
-                    prototype=r.prototype,
-                    numbers=r.numbers,
-                    positions=r.positions,
-                    cell=r.cell,
-                    formula=r.formula,
-                    chemsys=r.chemsys,
-                )
+                ident = {name: getattr(r, name) for name in _IDENTITY}
+                cand = Candidate(**ident, numbers=r.numbers, positions=r.positions, cell=r.cell)
                 self.queue.append((row, cand))
             s.rescore_waiting += len(survivors)
 

@@ -199,20 +199,27 @@ def _threshold_for(thresholds, recall, target: float) -> float | None:
     return None
 
 
-def auto_keep_rule(report: str | Path, target_recall: float):
-    """``e_above_hull <= t`` with the smallest ``t`` whose held-out recall reaches the target."""
-    from hts.spec import KeepRule
-
-    path = Path(report)
+def _report_section(path: Path, *keys: str):
+    """One section of a distillation report, or a :class:`ReportError` naming the file."""
     try:
         data = json.loads(path.read_text())
-        curve = data["screening"]["held_out"]["curve"]
+        for k in keys:
+            data = data[k]
     except FileNotFoundError:
         raise ReportError(
             f"{path}: no such distillation report (run `hts distill` first)"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ReportError(f"{path}: not a readable hts distillation report ({err})") from None
+    return data
+
+
+def auto_keep_rule(report: str | Path, target_recall: float):
+    """``e_above_hull <= t`` with the smallest ``t`` whose held-out recall reaches the target."""
+    from hts.spec import KeepRule
+
+    path = Path(report)
+    curve = _report_section(path, "screening", "held_out", "curve")
     t = _threshold_for(curve["threshold"], curve["recall"], target_recall)
     if t is None:
         raise ReportError(
@@ -223,15 +230,7 @@ def auto_keep_rule(report: str | Path, target_recall: float):
 
 def fitted_references(report: str | Path) -> dict[str, float]:
     """The student's fitted elemental references from a distillation report (eV/atom)."""
-    path = Path(report)
-    try:
-        table = json.loads(path.read_text())["references"]["student_fitted"]
-    except FileNotFoundError:
-        raise ReportError(
-            f"{path}: no such distillation report (run `hts distill` first)"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ReportError(f"{path}: not a readable hts distillation report ({err})") from None
+    table = _report_section(Path(report), "references", "student_fitted")
     return {el: float("nan") if e is None else float(e) for el, e in table.items()}
 
 

@@ -66,6 +66,32 @@ class DistillProgress:
     detail: str = ""
 
 
+@dataclass
+class _Run:
+    """What every phase of one distillation needs."""
+
+    cfg: DistillConfig
+    campaign: object
+    teacher: ModelSpec
+    engine: object
+    labels: LabelStore
+    split: dict[str, str]  # candidate id -> train | valid | test
+    by_id: dict[str, object]  # the sampled candidates
+
+    @property
+    def teacher_label(self) -> str:
+        rescore = self.campaign.stages.rescore
+        return rescore.resource if rescore else "cpu"
+
+    @property
+    def student_label(self) -> str:
+        return self.campaign.stages.prefilter.resource
+
+    @property
+    def elements(self) -> list[str]:
+        return sorted({el for c in self.by_id.values() for el in c.chemsys.split("-")})
+
+
 def _run_tasks(
     engine, label: str, jobs: list[tuple], on_done: Callable, progress: Callable
 ) -> None:
@@ -118,8 +144,6 @@ def run_distill(
         )
     out = cfg.path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_label = campaign.stages.rescore.resource if campaign.stages.rescore else "cpu"
-    student_label = campaign.stages.prefilter.resource
 
     # -- sample ------------------------------------------------------------------
     st.phase = "sampling candidates"
@@ -159,6 +183,7 @@ def run_distill(
             "sampling": cfg.sampling.model_dump(mode="json"),
         },
     )
+    run = _Run(cfg, campaign, teacher, engine, labels, split, by_id)
     todo = [c for c in picked if c.id not in labels.candidates]
     st.phase, st.done, st.total = "teacher labelling", len(picked) - len(todo), len(picked)
     st.detail = f"{st.done} reused from {labels.root}" if st.done else ""
@@ -186,16 +211,16 @@ def run_distill(
 
     _run_tasks(
         engine,
-        teacher_label,
+        run.teacher_label,
         [(label_chunk, b, teacher, cfg.sampling, cfg.seed) for b in batches],
         labelled,
         lambda: progress(st),
     )
-    elements = sorted({el for c in picked for el in c.chemsys.split("-")})
+    elements = run.elements
     missing = [el for el in elements if el not in labels.isolated]
     if missing:
         labels.set_isolated(
-            engine.submit(teacher_label, isolated_atom_energies, missing, teacher).result()
+            engine.submit(run.teacher_label, isolated_atom_energies, missing, teacher).result()
         )
 
     # -- train ----------------------------------------------------------------------
@@ -256,21 +281,7 @@ def run_distill(
     # -- evaluate -------------------------------------------------------------------
     st.phase, st.done, st.total, st.detail = "evaluating", 0, 0, ""
     progress(st)
-    report = evaluate(
-        cfg,
-        campaign,
-        teacher,
-        labels,
-        picked,
-        split,
-        by_id,
-        student_file,
-        engine,
-        teacher_label,
-        student_label,
-        files,
-        split_frames,
-    )
+    report = evaluate(run, student_file, files, split_frames)
     report["training"] = {
         "epochs": trained.epochs,
         "wall_s": trained.wall_s,
@@ -286,22 +297,17 @@ def run_distill(
     return report
 
 
-def evaluate(
-    cfg,
-    campaign,
-    teacher,
-    labels,
-    picked,
-    split,
-    by_id,
-    student_file,
-    engine,
-    teacher_label,
-    student_label,
-    files,
-    split_frames,
-) -> dict:
+def evaluate(run: _Run, student_file: Path, files: dict[str, str], split_frames: dict) -> dict:
     """Force-field errors, screening metrics and speed; plots next to the report."""
+    cfg, campaign, teacher, labels, split, by_id, engine = (
+        run.cfg,
+        run.campaign,
+        run.teacher,
+        run.labels,
+        run.split,
+        run.by_id,
+        run.engine,
+    )
     from ase.io import read
 
     from hts.models import load_model
@@ -342,7 +348,7 @@ def evaluate(
 
     _run_tasks(
         engine,
-        student_label,
+        run.student_label,
         [
             (run_stage, i, [by_id[c] for c in b], student_stage, campaign.seed)
             for i, b in enumerate(batches)
@@ -350,7 +356,7 @@ def evaluate(
         relaxed,
         lambda: None,
     )
-    elements = sorted({el for c in picked for el in c.chemsys.split("-")})
+    elements = run.elements
     t_refs = dict(labels.references.get("teacher", {}))
     need = [el for el in elements if el not in t_refs]
     if need:
@@ -358,7 +364,7 @@ def evaluate(
         teacher_stage = RescoreStage(
             model=teacher, relax=rescore.relax if rescore else cfg.sampling.relax
         )
-        t_refs.update(_references(engine, teacher_label, teacher_stage, need))
+        t_refs.update(_references(engine, run.teacher_label, teacher_stage, need))
         labels.set_references({"teacher": t_refs})
     formulas = [labels.candidates[cid]["formula"] for cid in ok_ids]
     t_items = [
@@ -377,7 +383,7 @@ def evaluate(
         {el: t_refs.get(el, float("nan")) for el in elements},
     )
     s_eh = hull_energies(s_items, s_refs)
-    s_relaxed_refs = _references(engine, student_label, student_stage, elements)
+    s_relaxed_refs = _references(engine, run.student_label, student_stage, elements)
     s_eh_relaxed = hull_energies(s_items, s_relaxed_refs)
     stable = cfg.evaluation.stable_threshold
     if stable is None:

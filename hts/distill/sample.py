@@ -149,7 +149,7 @@ def label_chunk(
     recorded with its reason and contributes no frames.
     """
     from hts.models import get_model
-    from hts.stages.relax import relax_batch
+    from hts.stages.relax import relax_with
 
     if model is None:
         model = get_model(teacher)
@@ -162,17 +162,8 @@ def label_chunk(
             out.relaxed.append(Relaxed(c.id, error=why))
         else:
             todo.append(c)
-    r = sampling.relax
-    outcomes = relax_batch(
-        model,
-        [c.to_atoms() for c in todo],
-        fmax=r.fmax,
-        max_steps=r.max_steps,
-        max_step=r.max_step,
-        cell=r.cell,
-        cell_filter=r.cell_filter,
-        batch_size=teacher.batch_size,
-        trajectory=True,
+    outcomes = relax_with(
+        model, [c.to_atoms() for c in todo], sampling.relax, teacher.batch_size, trajectory=True
     )
     extra: list[tuple[str, str, object]] = []
     for c, o in zip(todo, outcomes, strict=True):

@@ -103,12 +103,14 @@ def trial_structures(element: str) -> list[tuple[str, object]]:
 def relax_references(elements: list[str], stage, model=None) -> list[ReferenceResult]:
     """Lowest relaxed energy per atom of each element's trial structures."""
     from hts.models import get_model
-    from hts.stages.relax import relax_batch
+    from hts.stages.relax import relax_with
 
     if model is None:
         model = get_model(stage.model)
     out = []
+    # references always relax the cell, and get at least 200 steps
     r = stage.relax
+    settings = r.model_copy(update={"cell": True, "max_steps": max(r.max_steps, 200)})
     for el in elements:
         from ase.data import atomic_numbers
 
@@ -117,16 +119,7 @@ def relax_references(elements: list[str], stage, model=None) -> list[ReferenceRe
             out.append(ReferenceResult(el, float("nan"), "", why))
             continue
         names, atoms = zip(*trial_structures(el), strict=True)
-        res = relax_batch(
-            model,
-            list(atoms),
-            fmax=r.fmax,
-            max_steps=max(r.max_steps, 200),
-            max_step=r.max_step,
-            cell=True,
-            cell_filter=r.cell_filter,
-            batch_size=stage.model.batch_size,
-        )
+        res = relax_with(model, list(atoms), settings, stage.model.batch_size)
         ok = [(o.energy / len(o.atoms), n) for o, n in zip(res, names, strict=True) if not o.error]
         if not ok:
             out.append(ReferenceResult(el, float("nan"), "", "; ".join(o.error for o in res)[:300]))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from hts.models.base import Model
 
-__all__ = ["RelaxOutcome", "relax_batch"]
+__all__ = ["RelaxOutcome", "relax_batch", "relax_with"]
 
 # FIRE constants as in ASE's FIRE (and the paper).
 _DT0, _DTMAX, _NMIN, _FINC, _FDEC, _ASTART, _FA = 0.1, 1.0, 5, 1.1, 0.5, 0.1, 0.99
@@ -235,3 +235,24 @@ def relax_batch(
     for o in outcomes:
         o.atoms.calc = None
     return outcomes
+
+
+def relax_with(
+    model: Model,
+    structures: Sequence[Atoms],
+    settings,
+    batch_size: int,
+    trajectory: bool = False,
+) -> list[RelaxOutcome]:
+    """:func:`relax_batch` with a campaign's :class:`hts.spec.RelaxSettings`."""
+    return relax_batch(
+        model,
+        structures,
+        fmax=settings.fmax,
+        max_steps=settings.max_steps,
+        max_step=settings.max_step,
+        cell=settings.cell,
+        cell_filter=settings.cell_filter,
+        batch_size=batch_size,
+        trajectory=trajectory,
+    )

@@ -71,7 +71,7 @@ def run_stage(
     (tests, benchmarks); by default the worker's cached model is used.
     """
     from hts.models import get_model
-    from hts.stages.relax import relax_batch
+    from hts.stages.relax import relax_with
 
     if model is None:
         model = get_model(stage.model)  # loaded once per worker; not part of this task's cost
@@ -86,16 +86,11 @@ def run_stage(
             )
         else:
             todo.append(c)
-    r = stage.relax
-    outcomes = relax_batch(
+    outcomes = relax_with(
         model,
-        [_rattled(c, r.rattle, seed) for c in todo],
-        fmax=r.fmax,
-        max_steps=r.max_steps,
-        max_step=r.max_step,
-        cell=r.cell,
-        cell_filter=r.cell_filter,
-        batch_size=stage.model.batch_size,
+        [_rattled(c, stage.relax.rattle, seed) for c in todo],
+        stage.relax,
+        stage.model.batch_size,
     )
     model_s = 0.0
     for c, o in zip(todo, outcomes, strict=True):
