@@ -24,10 +24,11 @@ import numpy as np
 
 from hts.candidates import Chunk, chunks, ensure_not_empty, open_source
 from hts.candidates.record import Candidate
-from hts.spec import Campaign, CampaignError
+from hts.spec import Campaign, CampaignError, ValidateStage
 from hts.stages.hull import HullTracker, MissingReferenceError
 from hts.stages.references import relax_references
 from hts.stages.screen import ChunkResult, StageRecord, run_stage
+from hts.stages.validate import DftRecord, DftTask
 from hts.store import Row, StageUpdate, Store
 from hts.store.schema import STATUS_FAILED, STATUS_OK
 
@@ -52,6 +53,10 @@ class RunStats:
     rescored: int = 0  # survivors rescored by the teacher, this run
     rescore_kept: int = 0
     rescore_waiting: int = 0  # survivors queued or in flight for the teacher
+    validated: int = 0  # DFT jobs finished this run (candidates)
+    validate_failed: int = 0
+    validate_kept: int = 0
+    validate_waiting: int = 0  # DFT jobs (candidates and references) queued or running
     chunks_done: int = 0
     in_flight: int = 0
     started: float = field(default_factory=time.time)
@@ -104,7 +109,7 @@ def _source_elements(campaign: Campaign) -> list[str]:
 
 def _resolved_stage(campaign: Campaign, name: str):
     """A stage with its model file made absolute (workers may run elsewhere) and ``keep: auto`` set."""
-    stage = getattr(campaign.stages, name)
+    stage = campaign.stages.get(name)
     update: dict = {}
     if stage.model.path:
         p = campaign.resolve_input(stage.model.path).resolve()
@@ -130,7 +135,7 @@ def preflight(campaign: Campaign) -> None:
     """Every check that needs no model and no worker: run by ``hts validate`` and before a run."""
     ensure_not_empty(campaign)
     _load_user_entries(campaign)
-    for name in campaign.stages.names():
+    for name in campaign.stages.mlip_names():
         _resolved_stage(campaign, name)
 
 
@@ -183,7 +188,7 @@ class _Driver:
         self.c = campaign
         self.tracks = {
             name: _Track(name, k, _resolved_stage(campaign, name))
-            for k, name in enumerate(campaign.stages.names())
+            for k, name in enumerate(campaign.stages.mlip_names())
         }
         self.pre = self.tracks["prefilter"]
         self.re = self.tracks.get("rescore")
@@ -509,6 +514,10 @@ class _Driver:
             self._submit_rescore(flush=True)
             self._drain(0)
         self._finalize()
+        if self.c.stages.validate_ is not None:
+            self._validate(self.c.stages.validate_)
+        s.phase = "done"
+        self.progress(s)
         return s
 
     def _finalize(self) -> None:
@@ -553,8 +562,173 @@ class _Driver:
                 s.rescore_kept = kept_total
         self.store.set_finalized(True)
         self.store.consolidate()
-        s.phase = "done"
+
+    # -- the validate stage (DFT) ----------------------------------------------
+
+    def _validate(self, v: ValidateStage) -> None:
+        """DFT for the best of the last MLIP stage, once its final hull is known.
+
+        Candidates and missing elemental references run side by side; each
+        result is committed as it arrives (a restart redoes only what was not),
+        and the DFT hull is rebuilt from everything validated at the end.
+        """
+        from hts.stages.validate import reference_task, select_rows, validate_one
+
+        s, store = self.stats, self.store
+        prev = list(self.tracks.values())[-1]
+        done = store.stage_done.get("validate", set())
+        cols: dict[str, list[np.ndarray]] = {n: [] for n in ("e", "f", "kept", "ok", "formula")}
+        for start, b in store.iter_blocks(
+            ["e_above_hull", "formation_energy", "kept", "status", "formula"]
+        ):
+            rows = np.arange(start, start + len(b["status"]))
+            cols["e"].append(b["e_above_hull"][:, prev.k])
+            cols["f"].append(b["formation_energy"][:, prev.k])
+            cols["kept"].append(b["kept"][:, prev.k])
+            # a row DFT already failed stays selected, so a restart picks the same rows
+            cols["ok"].append((b["status"] == STATUS_OK) | np.isin(rows, list(done)))
+            cols["formula"].append(b["formula"])
+        if not store.n_rows:
+            return
+        col = {n: np.concatenate(x) for n, x in cols.items()}
+        chosen = select_rows(col["e"], col["f"], col["kept"], col["ok"], v)
+        todo = [r for r in chosen if r not in done]
+        elements = sorted(
+            {el for r in chosen for el in re.findall(r"[A-Z][a-z]?", col["formula"][r])}
+        )
+        refs = dict(store.references)
+        cached = refs.get("validate", {})
+        missing = [el for el in elements if el not in cached]
+        root = str(Path(str(store.path) + ".dft").resolve())
+        launcher = self.engine.launcher(v.resource, v.ranks)
+        pending: dict[Future, tuple[str, object]] = {}
+        for el in missing:
+            task = reference_task(el, self._reference_phase(el))
+            pending[
+                self.engine.submit(
+                    v.resource, validate_one, task, v, root + "/references", launcher
+                )
+            ] = ("ref", el)
+        structures = store.structures(todo)
+        for r, (z, pos, cell) in zip(todo, structures, strict=True):
+            cid = str(store.group["id"][r])
+            task = DftTask(cid, str(col["formula"][r]), z, pos, cell)
+            pending[
+                self.engine.submit(
+                    v.resource, validate_one, task, v, root + "/candidates", launcher
+                )
+            ] = ("row", r)
+        s.validate_waiting = len(pending)
+        s.phase = f"DFT validation ({v.code}): {len(todo)} candidates, {len(missing)} references"
         self.progress(s)
+        while pending:
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for f in finished:
+                kind, key = pending.pop(f)
+                try:
+                    rec = f.result()
+                except Exception as err:  # the task itself died, not the DFT job
+                    rec = DftRecord(
+                        str(key), STATUS_FAILED, f"task failed: {type(err).__name__}: {err}"[:300]
+                    )
+                if kind == "ref":
+                    cached[key] = {
+                        "energy_per_atom": rec.energy_per_atom
+                        if rec.status == STATUS_OK
+                        else float("nan"),
+                        "structure": rec.job_dir,
+                        "reason": rec.reason,
+                    }
+                    refs["validate"] = cached
+                    store.set_references(refs)
+                else:
+                    self._commit_dft(int(key), rec)
+                s.validate_waiting = len(pending)
+                self.progress(s)
+        store.set_stage_model("validate", v.code, _code_version(v.code))
+        self._finalize_validate(v, cached)
+
+    def _reference_phase(self, element: str) -> str:
+        """The trial structure an MLIP stage found lowest for an element ('' if none relaxed it)."""
+        for t in reversed(list(self.tracks.values())):
+            name = self.store.references.get(t.name, {}).get(element, {}).get("structure", "")
+            if name and not name.startswith("fitted"):
+                return name
+        return ""
+
+    def _commit_dft(self, row: int, rec: DftRecord) -> None:
+        s = self.stats
+        has_values = math.isfinite(rec.energy)
+        values: dict[str, float | bool | int] = {"time_s": rec.time_s}
+        if has_values:
+            values.update(
+                energy=rec.energy,
+                energy_per_atom=rec.energy_per_atom,
+                converged=rec.converged,
+                n_steps=rec.n_steps,
+            )
+        ok = rec.status == STATUS_OK
+        prev = list(self.tracks)[-1]
+        self.store.update(
+            "validate",
+            [
+                StageUpdate(
+                    row=row,
+                    values=values,
+                    status=STATUS_OK if ok else STATUS_FAILED,
+                    reason="" if ok else f"validate: {rec.reason}",
+                    stage_reached="validate" if ok else prev,
+                    positions=rec.positions if has_values else None,
+                    cell=rec.cell if has_values else None,
+                    dft_dir=rec.job_dir,
+                )
+            ],
+        )
+        s.validated += 1
+        s.validate_failed += not ok
+
+    def _finalize_validate(self, v: ValidateStage, refs: dict[str, dict]) -> None:
+        """DFT formation energies and e_above_hull: DFT references plus every validated candidate."""
+        store = self.store
+        k = store.stages.index("validate")
+        rows = np.array(sorted(store.stage_done.get("validate", set())), dtype=np.int64)
+        if not len(rows):
+            return
+        t = _Track("validate", k, v)
+        self._add_references(t, refs)
+        formulas = store.group["formula"].oindex[rows]
+        e = store.group["energy_per_atom"].oindex[rows, k]
+        conv = store.group["converged"].oindex[rows, k]
+        n_atoms = store.group["n_atoms"].oindex[rows]
+        t.hull.add((str(f), float(x)) for f, x in zip(formulas, e, strict=True) if math.isfinite(x))
+        ehull = np.full(len(rows), np.nan)
+        eform = np.full(len(rows), np.nan)
+        kept = np.zeros(len(rows), dtype=bool)
+        for i in np.flatnonzero(np.isfinite(e)):
+            ehull[i], eform[i], why = t.score(str(formulas[i]), float(e[i]))
+            kept[i] = not why and v.keep(
+                {
+                    "e_above_hull": ehull[i],
+                    "energy_per_atom": float(e[i]),
+                    "n_atoms": int(n_atoms[i]),
+                    "converged": bool(conv[i]),
+                }
+            )
+        store.write_stage_rows("e_above_hull", "validate", rows, ehull)
+        store.write_stage_rows("formation_energy", "validate", rows, eform)
+        store.write_stage_rows("kept", "validate", rows, kept)
+        self.stats.validate_kept = int(kept.sum())
+        store.set_finalized(True)
+        store.consolidate()
+
+
+def _code_version(code: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{code} {version(code)}, atomate2 {version('atomate2')}"
+    except PackageNotFoundError:
+        return f"atomate2 {version('atomate2')}"
 
 
 def results_hash(campaign: Campaign) -> str:
@@ -568,8 +742,8 @@ def results_hash(campaign: Campaign) -> str:
     base = campaign.content_hash()
     reports = [
         campaign.resolve_input(link.report)
-        for name in campaign.stages.names()
-        if (link := getattr(getattr(campaign.stages, name), "distillation", None)) is not None
+        for name in campaign.stages.mlip_names()
+        if (link := getattr(campaign.stages.get(name), "distillation", None)) is not None
     ]
     if not reports:
         return base

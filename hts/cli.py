@@ -101,6 +101,11 @@ class _Display:
                 f"teacher: rescored {s.rescored}  kept {s.rescore_kept}  waiting {s.rescore_waiting}",
                 "",
             )
+        if s.validated or s.validate_waiting:
+            t.add_row(
+                f"DFT: finished {s.validated}  failed {s.validate_failed}  waiting {s.validate_waiting}",
+                "",
+            )
         return t
 
     def __call__(self, s) -> None:
@@ -122,9 +127,14 @@ class _Display:
 
 
 def _teacher(s) -> str:
-    if not (s.rescored or s.rescore_waiting):
-        return ""
-    return f" | teacher: rescored {s.rescored} kept {s.rescore_kept} waiting {s.rescore_waiting}"
+    text = ""
+    if s.rescored or s.rescore_waiting:
+        text += (
+            f" | teacher: rescored {s.rescored} kept {s.rescore_kept} waiting {s.rescore_waiting}"
+        )
+    if s.validated or s.validate_waiting:
+        text += f" | DFT: finished {s.validated} failed {s.validate_failed} waiting {s.validate_waiting}"
+    return text
 
 
 def _quiet_logging() -> None:
@@ -242,6 +252,8 @@ def _print_status(store_path: Path, top: int = 10) -> None:
         for f in s["failures"]:
             t.add_row(str(f["count"]), f["reason"], ", ".join(f["ids"]))
         out.print(t)
+    if s.get("dft"):
+        _print_dft(s["dft"])
     if s["best"]:
         names = s["stage_names"]
         t = Table(title="most stable candidates (deepest stage first; energies in eV/atom)")
@@ -263,6 +275,40 @@ def _print_status(store_path: Path, top: int = 10) -> None:
                 f"yes ({b['stage']})" if b["kept"] else "",
             )
         out.print(t)
+
+
+def _print_dft(d: dict) -> None:
+    """The validated candidates, DFT next to each MLIP stage, and the MLIP-vs-DFT error."""
+
+    def f(x) -> str:
+        return "" if x is None else f"{x:.3f}"
+
+    mlip = [st for st in d["mae"]]
+    t = Table(title=f"DFT validation ({d['code']}): formation energy and e_above_hull, eV/atom")
+    for col in ("id", "formula", "prototype", *(f"E_form {st}" for st in mlip), "E_form DFT"):
+        t.add_column(col, no_wrap=True)
+    for col in ("E_hull DFT", "converged", "time", "status"):
+        t.add_column(col, no_wrap=True)
+    for c in d["candidates"]:
+        t.add_row(
+            c["id"],
+            c["formula"],
+            c["prototype"],
+            *(f(c["formation_energy"][st]) for st in mlip),
+            f(c["formation_energy"]["validate"]),
+            f(c["e_above_hull"]["validate"]),
+            "yes" if c["converged"] else "no",
+            "" if c["time_s"] is None else _hms(c["time_s"]),
+            c["status"] if c["status"] == "ok" else c["reason"][:80],
+        )
+    out.print(t)
+    for st, m in d["mae"].items():
+        if m["n"]:
+            out.print(
+                f"MLIP vs DFT, {st}: formation energy MAE {1000 * m['formation_energy']:.0f} meV/atom, "
+                f"e_above_hull MAE {1000 * m['e_above_hull']:.0f} meV/atom over {m['n']} candidates",
+                highlight=False,
+            )
 
 
 @app.command()

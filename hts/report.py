@@ -15,7 +15,7 @@ import numpy as np
 
 from hts.store import open_dataset, structure_of
 
-__all__ = ["export_store", "summarize"]
+__all__ = ["dft_parity", "export_store", "summarize"]
 
 
 def _reason_key(reason: str) -> str:
@@ -37,6 +37,9 @@ _SUMMARY_VARS = [
     "formation_energy",
     "e_above_hull",
     "stage_model",
+    "converged",
+    "time_s",
+    "dft_dir",
 ]
 
 
@@ -105,6 +108,7 @@ def summarize(path: str | Path, top: int = 10) -> dict:
         for i in order
     ]
     return {
+        "dft": dft_parity(ds) if "validate" in names else None,
         "campaign": ds.attrs.get("campaign_name", "?"),
         "rows": int(ds.sizes["candidate"]),
         "stages": stages,
@@ -115,6 +119,51 @@ def summarize(path: str | Path, top: int = 10) -> dict:
         "model": str(ds.stage_model.values[0]) if ds.sizes["stage"] else "",
         "stage_names": names,
     }
+
+
+def dft_parity(ds) -> dict:
+    """MLIP against DFT on the validated candidates: per-candidate values and MAE per MLIP stage.
+
+    Formation energies are compared, not totals: each code's total energies
+    have their own zero (GPAW's are relative to its atomic references).
+    """
+    names = list(ds.stage.values.astype(object))
+    k = names.index("validate")
+    e_dft = ds.energy_per_atom.values[:, k]
+    rows = np.flatnonzero(np.isfinite(e_dft))
+    reasons = ds.reason.values.astype(object)
+    failed = [
+        i for i in range(len(reasons)) if str(reasons[i]).startswith("validate:") and i not in rows
+    ]
+    eform, ehull = ds.formation_energy.values, ds.e_above_hull.values
+    mlip = names[:k]
+    mae = {}
+    for j, st in enumerate(mlip):
+        m = rows[np.isfinite(eform[rows, k]) & np.isfinite(eform[rows, j])]
+        mae[st] = {
+            "n": int(len(m)),
+            "formation_energy": float(np.mean(np.abs(eform[m, j] - eform[m, k])))
+            if len(m)
+            else None,
+            "e_above_hull": float(np.mean(np.abs(ehull[m, j] - ehull[m, k]))) if len(m) else None,
+        }
+    dft_dir = ds.dft_dir.values.astype(object) if "dft_dir" in ds else np.full(len(reasons), "")
+    candidates = [
+        {
+            "id": str(ds.id.values[i]),
+            "formula": str(ds.formula.values[i]),
+            "prototype": str(ds.prototype.values[i]),
+            "formation_energy": {st: _num(eform[i, j]) for j, st in enumerate(names)},
+            "e_above_hull": {st: _num(ehull[i, j]) for j, st in enumerate(names)},
+            "converged": bool(ds.converged.values[i, k]),
+            "time_s": _num(ds.time_s.values[i, k]),
+            "status": str(ds.status.values[i]),
+            "reason": str(reasons[i]),
+            "job_dir": str(dft_dir[i]),
+        }
+        for i in [*rows, *failed]
+    ]
+    return {"code": str(ds.stage_model.values[k]), "mae": mae, "candidates": candidates}
 
 
 def _num(x) -> float | None:
@@ -170,10 +219,46 @@ def plot_store(ds, png: Path) -> Path:
         c.set_ylabel(f"student e_above_hull ({ds.stage_model.values[0]})")
         c.set_title(f"rescore: {int(kept_t.sum())} kept of {int(m.sum())} rescored")
         c.legend(fontsize=7)
+    if "validate" in names:
+        _plot_dft_parity(axes[-1], ds, names)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
+
+
+def _plot_dft_parity(ax, ds, names: list[str]) -> None:
+    """MLIP formation energy of each MLIP stage against DFT's, validated candidates only."""
+    k = names.index("validate")
+    eform = ds.formation_energy.values
+    rows = np.flatnonzero(np.isfinite(eform[:, k]))
+    markers = {"prefilter": ("o", "tab:blue"), "rescore": ("s", "tab:orange")}
+    lo, hi = [], []
+    for j, st in enumerate(names[:k]):
+        m = rows[np.isfinite(eform[rows, j])]
+        if not len(m):
+            continue
+        mae = float(np.mean(np.abs(eform[m, j] - eform[m, k])))
+        marker, color = markers.get(st, ("^", None))
+        ax.scatter(
+            eform[m, k],
+            eform[m, j],
+            marker=marker,
+            color=color,
+            s=30,
+            label=f"{st} ({ds.stage_model.values[j]}): MAE {1000 * mae:.0f} meV/atom",
+        )
+        lo.append(min(eform[m, k].min(), eform[m, j].min()))
+        hi.append(max(eform[m, k].max(), eform[m, j].max()))
+    for i in rows:
+        ax.annotate(str(ds.formula.values[i]), (eform[i, k], eform[i, k]), fontsize=7, alpha=0.7)
+    if lo:
+        a, b = min(lo) - 0.1, max(hi) + 0.1
+        ax.plot([a, b], [a, b], "k--", lw=0.8)
+    ax.set_xlabel(f"DFT formation energy ({ds.stage_model.values[k]}), eV/atom")
+    ax.set_ylabel("MLIP formation energy (eV/atom)")
+    ax.set_title(f"validate: {len(rows)} candidates with DFT")
+    ax.legend(fontsize=7)
 
 
 def export_store(
@@ -213,6 +298,7 @@ def export_store(
     csv_path = out_dir / "summary.csv"
     stages = list(ds.stage.values.astype(object))
     cols = ["id", "formula", "chemsys", "prototype", "source", "n_atoms", "status", "reason"]
+    cols += ["dft_dir"] if "dft_dir" in ds else []
     per_stage = [
         "energy_per_atom",
         "formation_energy",

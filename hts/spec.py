@@ -27,6 +27,7 @@ __all__ = [
     "PrefilterStage",
     "RelaxSettings",
     "RescoreStage",
+    "ValidateStage",
     "load_campaign",
 ]
 
@@ -300,9 +301,108 @@ class RescoreStage(_RelaxStage):
     )
 
 
+class GpawSettings(_Strict):
+    """GPAW plane-wave DFT, run through an atomate2 ASE maker."""
+
+    xc: Literal["PBE", "PBEsol", "LDA"] = "PBE"
+    ecut: float = Field(
+        default=600.0,
+        ge=200,
+        le=2000,
+        description="Plane-wave cutoff (eV); oxides and fluorides need >= 600 or the stress is useless.",
+    )
+    kpoint_density: float = Field(
+        default=3.5, gt=0, le=20, description="k-points per reciprocal Å (GPAW's kpts density)."
+    )
+    smearing: float = Field(default=0.05, ge=0, le=1, description="Fermi-Dirac width (eV).")
+    spinpol: bool = Field(
+        default=False, description="Spin-polarised candidates (the O2 reference always is)."
+    )
+    maxiter: int = Field(default=300, ge=1, le=10_000, description="SCF iterations per step.")
+
+
+class VaspSettings(_Strict):
+    """VASP through atomate2's Materials-Project-compatible makers (the production path)."""
+
+    input_set: Literal["mp-gga", "atomate2"] = Field(
+        default="mp-gga",
+        description="mp-gga: MPGGARelaxMaker/MPGGAStaticMaker (PBE(+U), comparable with the "
+        "Materials Project); atomate2: RelaxMaker/StaticMaker (atomate2's PBEsol defaults).",
+    )
+    incar_updates: dict[str, str | int | float | bool | list[float]] = Field(
+        default_factory=dict, description="INCAR tags set on top of the input set."
+    )
+    command: str = Field(
+        default="vasp_std",
+        description="VASP binary; the site's MPI launcher and the ranks are put in front of it.",
+    )
+
+
+class DftRelax(_Strict):
+    """The DFT relaxation before the static, when ``workflow: relax_static``."""
+
+    fmax: float = Field(default=0.05, gt=0, le=10, description="eV/Å.")
+    max_steps: int = Field(default=60, ge=2, le=10_000)
+    cell: bool = True
+
+
+class ValidateStage(_Strict):
+    """DFT for the best few: each a per-candidate atomate2 flow on the site's DFT executor.
+
+    The candidates are the previous stage's survivors with the lowest
+    ``e_above_hull`` (ties: lowest formation energy).  DFT formation energies
+    and ``e_above_hull`` use elemental references computed with the same code
+    and settings, once per campaign.
+    """
+
+    code: Literal["gpaw", "vasp"] = Field(
+        default="gpaw", description="gpaw runs anywhere pip runs; vasp on clusters with a licence."
+    )
+    workflow: Literal["static", "relax_static"] = "relax_static"
+    top: int = Field(default=3, ge=1, le=100_000, description="Validate at most this many.")
+    max_e_above_hull: float | None = Field(
+        default=None,
+        ge=0,
+        description="Only candidates at most this far above the previous stage's hull.",
+    )
+    relax: DftRelax = DftRelax()
+    gpaw: GpawSettings = GpawSettings()
+    vasp: VaspSettings = VaspSettings()
+    ranks: int | None = Field(
+        default=None, ge=1, le=100_000, description="MPI ranks per DFT job; default the site's."
+    )
+    walltime_s: float = Field(
+        default=3600, gt=0, description="A job running longer is killed and failed."
+    )
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=5,
+        description="Re-runs with adjusted settings after an SCF or relaxation failure.",
+    )
+    keep: KeepRule = KeepRule.parse("e_above_hull <= 0.05")
+    resource: Literal["dft", "cpu"] = Field(
+        default="dft", description="Executor label the site must supply for this stage."
+    )
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _parse_rule(cls, v: object) -> object:
+        return KeepRule.parse(v) if isinstance(v, str) else v
+
+    def code_settings(self) -> GpawSettings | VaspSettings:
+        return getattr(self, self.code)
+
+
 class Stages(_Strict):
+    # ``validate`` would shadow BaseModel.validate: the field is validate_, spelled validate in files
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
+    )
+
     prefilter: PrefilterStage
     rescore: RescoreStage | None = None
+    validate_: ValidateStage | None = Field(default=None, alias="validate")
 
     @model_validator(mode="after")
     def _auto_needs_rescore(self) -> Stages:
@@ -315,6 +415,14 @@ class Stages(_Strict):
 
     def names(self) -> list[str]:
         """The stages this campaign runs, in funnel order (the store's stage coordinate)."""
+        return [*self.mlip_names(), *(["validate"] if self.validate_ is not None else [])]
+
+    def get(self, name: str):
+        """A stage by its name in the file (``validate`` is stored as ``validate_``)."""
+        return self.validate_ if name == "validate" else getattr(self, name)
+
+    def mlip_names(self) -> list[str]:
+        """The stages that relax with an MLIP and keep their own hull."""
         return [n for n in ("prefilter", "rescore") if getattr(self, n) is not None]
 
 

@@ -34,6 +34,9 @@ class SerialEngine:
             fut.set_exception(err)
         return fut
 
+    def launcher(self, label: str, ranks: int | None = None) -> list[str]:
+        return ["mpiexec", "-n", str(ranks)] if ranks and ranks > 1 else []
+
     def close(self) -> None:
         pass
 
@@ -65,6 +68,10 @@ class ParslEngine:
 
     def workers(self, label: str) -> int:
         return self.site.executor(label).n_workers()
+
+    def launcher(self, label: str, ranks: int | None = None) -> list[str]:
+        """How tasks on this label start a parallel code (``mpiexec -n 4``, ``srun …``)."""
+        return self.site.executor(label).launch_prefix(ranks)
 
     def submit(self, label: str, fn: Callable, *args) -> Future:
         from parsl import python_app

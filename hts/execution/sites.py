@@ -34,6 +34,30 @@ class ExecutorSpec(BaseModel):
     )
     threads_per_worker: int = Field(default=1, ge=1, le=256)
     worker_init: str = Field(default="", description="Shell lines run before HTEX workers start.")
+    mpi_launcher: Literal["none", "mpiexec", "srun"] = Field(
+        default="none",
+        description="How a task starts a parallel code (DFT): none runs it as one process.",
+    )
+    ranks_per_task: int = Field(
+        default=1,
+        ge=1,
+        le=100_000,
+        description="MPI ranks of a parallel code, unless the campaign says.",
+    )
+
+    def launch_prefix(self, ranks: int | None = None) -> list[str]:
+        """The words put in front of a parallel code's command line."""
+        n = ranks or self.ranks_per_task
+        if self.mpi_launcher == "none":
+            if n > 1:
+                raise SiteError(
+                    f"{n} MPI ranks asked for, but this executor's mpi_launcher is 'none': "
+                    "set mpi_launcher (mpiexec or srun) in the site file"
+                )
+            return []
+        if self.mpi_launcher == "srun":
+            return ["srun", "--ntasks", str(n), "--cpus-per-task", "1", "--exact"]
+        return ["mpiexec", "-n", str(n)]
 
     def n_workers(self) -> int:
         if self.workers == "auto":
@@ -46,7 +70,7 @@ class Site(BaseModel):
 
     name: str
     description: str = ""
-    executors: dict[Literal["cpu", "gpu"], ExecutorSpec] = Field(min_length=1)
+    executors: dict[Literal["cpu", "gpu", "dft"], ExecutorSpec] = Field(min_length=1)
 
     def executor(self, label: str) -> ExecutorSpec:
         if label not in self.executors:

@@ -2,7 +2,8 @@
 
 Dimensions
     candidate   one row per unique candidate, in the order results arrived
-    stage       the campaign's stages in funnel order (``prefilter``, ``rescore`` when present)
+    stage       the campaign's stages in funnel order (``prefilter``, then ``rescore`` and
+                ``validate`` when present)
     atom        all atoms of all candidates, concatenated (ragged layout, below)
     vector, xyz 3 × 3 for cells and 3 for positions
 
@@ -45,6 +46,7 @@ CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
     "status": ((), str, "", "ok | failed"),
     "reason": ((), str, "", "why it failed ('' when ok)"),
     "stage_reached": ((), str, "", "last stage that produced a result"),
+    "dft_dir": ((), str, "", "job directory of the DFT validation (atomate2 documents inside)"),
     "cell": (("vector", "xyz"), np.float64, np.nan, "relaxed cell, rows are lattice vectors (Å)"),
     "energy": (("stage",), np.float64, np.nan, "total energy (eV)"),
     "energy_per_atom": (("stage",), np.float64, np.nan, "energy per atom (eV/atom)"),

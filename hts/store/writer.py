@@ -59,6 +59,7 @@ class StageUpdate:
     stage_reached: str
     positions: np.ndarray | None = None
     cell: np.ndarray | None = None
+    dft_dir: str | None = None
 
 
 def _ranges(indices: set[int]) -> list[list[int]]:
@@ -92,6 +93,10 @@ class Store:
         self.finalized = bool(ledger.get("finalized", False))
         self._wall_before = float(ledger.get("wall_s", 0.0))
         self._opened = time.time()
+        for name, (dims, dtype, fill, doc) in CANDIDATE_VARS.items():
+            if name not in group:  # a variable added since the store was written
+                self._create(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
+                group[name].resize((self.n_rows, *group[name].shape[1:]))
         self._arrays = {name: group[name] for name in (*CANDIDATE_VARS, *ATOM_VARS)}
 
     # -- opening ---------------------------------------------------------------
@@ -225,6 +230,7 @@ class Store:
             "status": np.array([r.status for r in rows], dtype=object),
             "reason": np.array([r.reason for r in rows], dtype=object),
             "stage_reached": np.array([r.stage_reached for r in rows], dtype=object),
+            "dft_dir": np.full(m, "", dtype=object),
             "cell": np.array([r.cell for r in rows], dtype=np.float64).reshape(m, 3, 3),
         }
         for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
@@ -293,6 +299,11 @@ class Store:
             self._arrays[name].oindex[rows] = np.array(
                 [getattr(u, name) for u in ups], dtype=object
             )
+        with_dir = [(r, u.dft_dir) for r, u in zip(rows, ups, strict=True) if u.dft_dir is not None]
+        if with_dir:
+            self._arrays["dft_dir"].oindex[np.array([r for r, _ in with_dir])] = np.array(
+                [d for _, d in with_dir], dtype=object
+            )
         with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
         if with_structure:
             idx = np.array([r for r, _ in with_structure])
@@ -340,6 +351,12 @@ class Store:
     def write_stage_column(self, name: str, stage: str, start: int, values: np.ndarray) -> None:
         k = self.stages.index(stage)
         self._arrays[name][start : start + len(values), k] = values
+
+    def write_stage_rows(self, name: str, stage: str, rows: np.ndarray, values: np.ndarray) -> None:
+        """A stage column at scattered rows (the few rows a late stage computed)."""
+        self._arrays[name].oindex[np.asarray(rows, dtype=np.int64), self.stages.index(stage)] = (
+            values
+        )
 
     def set_finalized(self, value: bool) -> None:
         self.finalized = value
