@@ -137,6 +137,16 @@ def preflight(campaign: Campaign) -> None:
     _load_user_entries(campaign)
     for name in campaign.stages.mlip_names():
         _resolved_stage(campaign, name)
+    v = campaign.stages.validate_
+    if v is not None and v.code == "gpaw":
+        import importlib.util
+
+        if importlib.util.find_spec("gpaw") is None:
+            raise CampaignError(
+                "stages.validate.code: gpaw is not installed in this environment "
+                "(`make setup` builds it; by hand: apt-get install libxc-dev libopenblas-dev "
+                "libfftw3-dev, then GPAW_CONFIG=containers/gpaw/siteconfig.py pip install '.[dft]')"
+            )
 
 
 @dataclass

@@ -147,3 +147,29 @@ def test_unreadable_campaign_file(tmp_path):
     p.write_text("name: [unclosed")
     with pytest.raises(CampaignError, match="not valid YAML"):
         load_campaign(p)
+
+
+def test_validate_stage_fields_are_checked(tmp_path):
+    data = lj_campaign(tmp_path)
+    data["stages"]["validate"] = {"code": "abinit", "gpaw": {"ecut": 50}, "top": 0}
+    msg = _error(data)
+    assert "stages.validate.code" in msg and "'gpaw' or 'vasp'" in msg
+    assert "stages.validate.gpaw.ecut" in msg and "stages.validate.top" in msg
+    data["stages"]["validate"] = {"vasp": {"incar": {}}}
+    assert "stages.validate.vasp.incar: unknown field" in _error(data)
+
+
+def test_validate_stage_round_trips_through_the_store_yaml(tmp_path):
+    import yaml
+
+    data = lj_campaign(tmp_path)
+    data["stages"]["validate"] = {"code": "vasp", "top": 5, "keep": "e_above_hull <= 0.1"}
+    c = parse_campaign(data)
+    assert c.stages.names() == ["prefilter", "validate"]
+    assert c.stages.get("validate").top == 5
+    dumped = yaml.safe_load(yaml.safe_dump(c.model_dump(mode="json", exclude={"base_dir"})))
+    assert "validate" in dumped["stages"] and "validate_" not in dumped["stages"]
+    again = parse_campaign(dumped)
+    assert again.content_hash() == c.content_hash()
+    data["stages"]["validate"]["top"] = 6
+    assert parse_campaign(data).content_hash() != c.content_hash()
