@@ -32,8 +32,11 @@ def test_bad_site_names_the_field(tmp_path):
 
 def test_parsl_config_has_one_executor_per_label(tmp_path):
     cfg = build_parsl_config(load_site("workstation"), tmp_path)
-    assert [e.label for e in cfg.executors] == ["cpu"]
+    assert [e.label for e in cfg.executors] == ["cpu", "dft"]
+    assert type(cfg.executors[0]).__name__ == "HighThroughputExecutor"
     assert "OMP_NUM_THREADS=1" in cfg.executors[0].provider.worker_init
+    # DFT tasks only wait on their job process: threads in the driver
+    assert type(cfg.executors[1]).__name__ == "ThreadPoolExecutor"
 
 
 def test_campaign_on_local_htex(tmp_path):
