@@ -26,8 +26,9 @@ $(BIN)/hts: pyproject.toml
 	$(MAKE) --no-print-directory sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	GPAW_CONFIG=$(CURDIR)/containers/gpaw/siteconfig.py $(BIN)/pip install --quiet -e ".[test,dft]"
+	$(BIN)/pip install --quiet "$(TORCH)" mpich==5.0.2
+	GPAW_CONFIG=$(CURDIR)/containers/gpaw/siteconfig.py GPAW_MPICXX=$(CURDIR)/$(BIN)/mpicxx \
+	  $(BIN)/pip install --quiet -e ".[test,dft]"
 	touch $@
 
 setup: $(BIN)/hts

@@ -710,19 +710,24 @@ class _Driver:
         e = store.group["energy_per_atom"].oindex[rows, k]
         conv = store.group["converged"].oindex[rows, k]
         n_atoms = store.group["n_atoms"].oindex[rows]
+        ok = store.group["status"].oindex[rows] == STATUS_OK
         t.hull.add((str(f), float(x)) for f, x in zip(formulas, e, strict=True) if math.isfinite(x))
         ehull = np.full(len(rows), np.nan)
         eform = np.full(len(rows), np.nan)
         kept = np.zeros(len(rows), dtype=bool)
         for i in np.flatnonzero(np.isfinite(e)):
             ehull[i], eform[i], why = t.score(str(formulas[i]), float(e[i]))
-            kept[i] = not why and v.keep(
-                {
-                    "e_above_hull": ehull[i],
-                    "energy_per_atom": float(e[i]),
-                    "n_atoms": int(n_atoms[i]),
-                    "converged": bool(conv[i]),
-                }
+            kept[i] = (
+                not why
+                and bool(ok[i])
+                and v.keep(
+                    {
+                        "e_above_hull": ehull[i],
+                        "energy_per_atom": float(e[i]),
+                        "n_atoms": int(n_atoms[i]),
+                        "converged": bool(conv[i]),
+                    }
+                )
             )
         store.write_stage_rows("e_above_hull", "validate", rows, ehull)
         store.write_stage_rows("formation_energy", "validate", rows, eform)
@@ -792,5 +797,8 @@ def run_campaign(
     submitted.
     """
     preflight(campaign)
+    v = campaign.stages.validate_
+    if v is not None:  # a site that cannot launch the DFT code fails now, not hours later
+        engine.launcher(v.resource, v.ranks)
     store = open_store(campaign, store_path)
     return _Driver(campaign, engine, store, progress).run()

@@ -68,21 +68,40 @@ def _result(doc, relax_doc, elapsed: float) -> dict:
     }
 
 
+def _rank() -> int:
+    """This process's MPI rank as the launcher set it (0 without a launcher)."""
+    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
 def main(directory: str) -> int:
     d = Path(directory).resolve()
     request = json.loads((d / "request.json").read_text())
     t0 = time.time()
+    rank = _rank()
+    # Every rank runs the same flow (the DFT code's calls are collective); only rank 0
+    # keeps documents and the result, the others work in a scratch folder of their own.
+    root = d if rank == 0 else d / "ranks" / str(rank)
+    root.mkdir(parents=True, exist_ok=True)
     try:
-        from jobflow import run_locally
+        from jobflow import JobStore, run_locally
+        from maggma.stores import MemoryStore
 
         from hts.dft.codes import flow
 
         f = flow(request)
+        store = (
+            job_store(d)
+            if rank == 0
+            else JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+        )
         responses = run_locally(
             f,
-            store=job_store(d),
+            store=store,
             create_folders=True,
-            root_dir=str(d),
+            root_dir=str(root),
             raise_immediately=True,
             log=False,
         )
@@ -97,6 +116,11 @@ def main(directory: str) -> int:
             text = f"the SCF did not converge within {maxiter} iterations"
         result = {"ok": False, "kind": kind, "message": f"{name}: {text}"[:500]}
     result["elapsed_s"] = time.time() - t0
+    # what the launcher told this process (mpiexec's PMI, srun's Slurm), for the record
+    keys = ("PMI_SIZE", "PMI_RANK", "SLURM_NTASKS", "SLURM_PROCID", "OMPI_COMM_WORLD_SIZE")
+    result["launcher_env"] = {k: os.environ[k] for k in keys if k in os.environ}
+    if rank != 0:
+        return 0
     tmp = d / "result.json.tmp"
     tmp.write_text(json.dumps(result))
     tmp.replace(d / "result.json")
@@ -126,7 +150,9 @@ def run_job(
     (directory / "request.json").write_text(json.dumps(request))
     # one thread per rank: two threads on two busy cores ran 5-15x slower
     threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    full_env = {**os.environ, **threads, **(env or {})}
+    # GPAW's own MPI (the one it was built with), unless a cluster's module says otherwise
+    backend = {"GPAW_MPI_BACKEND": os.environ.get("GPAW_MPI_BACKEND", "cgpaw")}
+    full_env = {**os.environ, **threads, **backend, **(env or {})}
     cmd = [*launcher, sys.executable, "-m", "hts.dft.job", str(directory)]
     t0 = time.time()
     with open(directory / "job.log", "wb") as log:

@@ -117,17 +117,10 @@ def validate_one(task: DftTask, stage: ValidateStage, root: str, launcher: list[
     why = ""
     for attempt in range(stage.retries + 1):
         d = base / f"attempt-{attempt + 1}"
-        done = d / "result.json"
-        if done.is_file() and json.loads(done.read_text()).get("ok"):
-            res = json.loads(done.read_text())  # finished before a restart: reuse it
-        else:
-            res = run_job(
-                d,
-                _request(task, stage, attempt, structure),
-                launcher=job_launcher,
-                walltime_s=stage.walltime_s,
-                env=env,
-            )
+        request = _request(task, stage, attempt, structure)
+        res = _finished(d, request)  # done before a restart, with these very inputs
+        if res is None:
+            res = run_job(d, request, launcher=job_launcher, walltime_s=stage.walltime_s, env=env)
         total += float(res.get("elapsed_s", 0.0))
         if res.get("ok"):
             s = Structure.from_dict(res["structure"])
@@ -164,6 +157,20 @@ def validate_one(task: DftTask, stage: ValidateStage, root: str, launcher: list[
         attempts=attempt + 1,
         job_dir=str(d),
     )
+
+
+def _finished(d: Path, request: dict) -> dict | None:
+    """The result of an attempt that already ran with the same request, else None.
+
+    A crash or a walltime kill is not reused: the restart may be the fix
+    (a node that died, a longer walltime).
+    """
+    try:
+        same = json.loads((d / "request.json").read_text()) == json.loads(json.dumps(request))
+        res = json.loads((d / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return res if same and res.get("kind") not in ("crash", "timeout") else None
 
 
 def reference_task(element: str, prefer: str = "") -> DftTask:

@@ -8,6 +8,7 @@ test's time is the DFT's: a few statics of a few seconds each.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -117,3 +118,54 @@ def test_failed_dft_is_recorded_and_the_campaign_completes(tmp_path):
     assert all("SCF did not converge" in r["reason"] for r in refs.values())
     s = summarize(c.store)
     assert any(f["reason"].startswith("validate:") for f in s["failures"])
+
+
+def test_dft_runs_on_two_mpi_ranks_behind_the_sites_launcher(tmp_path):
+    """mpiexec (the environment's MPICH) starts the job; GPAW splits the work over 2 ranks."""
+    from hts.stages.validate import DftTask, validate_one
+
+    site = tmp_path / "mpi-site.yaml"
+    site.write_text(
+        "name: mpi-site\n"
+        "executors:\n"
+        "  cpu: {kind: threads, workers: 1}\n"
+        "  dft: {kind: threads, workers: 1, mpi_launcher: mpiexec, ranks_per_task: 2}\n"
+    )
+    c = _campaign(tmp_path).model_copy(update={"site": str(site)})
+    stats = _run(c, tmp_path)
+    assert stats.validated == 1 and stats.validate_failed == 0
+    ds = open_dataset(c.store)
+    i = int(np.flatnonzero(ds.stage_reached.values.astype(object) == "validate")[0])
+    job_dir = tmp_path / str(ds.dft_dir.values[i])
+    result = json.loads((job_dir / "result.json").read_text())
+    assert result["launcher_env"]["PMI_SIZE"] == "2"
+    (txt,) = job_dir.glob("job_*/gpaw.txt")
+    assert re.search(r"^cores: +2$", txt.read_text(), re.M)  # GPAW's header: the ranks it used
+    # the same static on one rank, without a launcher: the same energy
+    k = list(ds.stage.values.astype(object)).index("validate")
+    s, n = int(ds.atom_start.values[i]), int(ds.n_atoms.values[i])
+    task = DftTask(
+        "serial",
+        "NaCl",
+        ds.species.values[s : s + n],
+        ds.positions.values[s : s + n],
+        ds.cell.values[i],
+    )
+    serial = validate_one(task, c.stages.validate_, str(tmp_path / "serial"), [])
+    assert serial.energy_per_atom == pytest.approx(ds.energy_per_atom.values[i, k], abs=1e-5)
+
+
+def test_ranks_the_site_cannot_launch_fail_before_any_work(tmp_path):
+    from hts.execution.sites import SiteError
+
+    c = _campaign(tmp_path)
+    c = c.model_copy(
+        update={
+            "stages": c.stages.model_copy(
+                update={"validate_": c.stages.validate_.model_copy(update={"ranks": 4})}
+            )
+        }
+    )
+    with pytest.raises(SiteError, match="mpi_launcher is 'none'"):
+        _run(c, tmp_path)
+    assert not (tmp_path / "lj.zarr").exists()  # nothing screened, no store

@@ -58,3 +58,38 @@ def test_launchers():
     assert srun[:3] == ["srun", "--ntasks", "8"]
     with pytest.raises(SiteError, match="mpi_launcher is 'none'"):
         ExecutorSpec(kind="threads").launch_prefix(2)
+
+
+def test_a_restart_reuses_finished_attempts_with_the_same_inputs(tmp_path):
+    """A driver killed while DFT ran: finished jobs are not paid for twice, changed inputs are."""
+    import json
+
+    from ase.build import bulk
+
+    from hts.stages.validate import DftTask, _finished, _request, _structure_dict, validate_one
+
+    a = bulk("NaCl", "rocksalt", a=5.6)
+    task = DftTask("c1", "NaCl", a.numbers, a.positions, np.asarray(a.cell[:]))
+    stage = ValidateStage(workflow="static", retries=0)
+    request = _request(task, stage, 0, _structure_dict(a.numbers, a.positions, a.cell[:]))
+    d = tmp_path / "c1" / "attempt-1"
+    d.mkdir(parents=True)
+    (d / "request.json").write_text(json.dumps(request))
+    result = {
+        "ok": True,
+        "energy": -7.25,
+        "n_atoms": 2,
+        "structure": request["structure"],
+        "relax_converged": True,
+        "n_steps": 1,
+        "elapsed_s": 4.0,
+    }
+    (d / "result.json").write_text(json.dumps(result))
+    rec = validate_one(task, stage, str(tmp_path), [])
+    assert rec.status == "ok" and rec.energy_per_atom == -3.625 and rec.time_s == 4.0
+    other = _request(
+        task, ValidateStage(workflow="static", gpaw={"ecut": 700}), 0, request["structure"]
+    )
+    assert _finished(d, other) is None
+    (d / "result.json").write_text(json.dumps({"ok": False, "kind": "crash", "message": "x"}))
+    assert _finished(d, request) is None
