@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 # The CPU build of torch installs from the machine's wheel store; on a GPU machine
 # install the CUDA build of the same version first (see README) and this step is a no-op.
 TORCH  ?= torch==2.13.0
+# GPAW is built from source here, against this environment's MPICH (never a cached serial
+# wheel); the pin matches pyproject.toml's dft extra.
+GPAW   ?= gpaw==26.7.0
 
 # GPAW (the DFT code of the validate stage) compiles against these Debian packages.
 SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
@@ -28,7 +31,8 @@ $(BIN)/hts: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)" mpich==5.0.2
 	GPAW_CONFIG=$(CURDIR)/containers/gpaw/siteconfig.py GPAW_MPICXX=$(CURDIR)/$(BIN)/mpicxx \
-	  $(BIN)/pip install --quiet -e ".[test,dft]"
+	  $(BIN)/pip install --quiet --no-cache-dir --no-binary gpaw "$(GPAW)"
+	$(BIN)/pip install --quiet -e ".[test,dft]"
 	touch $@
 
 setup: $(BIN)/hts

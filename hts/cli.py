@@ -399,10 +399,19 @@ def distill(
 def status(
     store: Annotated[Path, typer.Argument(help="A campaign's Zarr store.")],
     top: Annotated[int, typer.Option(help="Most stable candidates to list.")] = 10,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Also write the funnel plot (with the MLIP-vs-DFT parity) to this PNG."),
+    ] = None,
 ) -> None:
     """Funnel counts, rates, failures by reason and the best candidates of a store (safe while it runs)."""
     try:
         _print_status(store, top=top)
+        if plot is not None:
+            from hts.report import plot_store
+            from hts.store import open_dataset
+
+            out.print(f"plot: {plot_store(open_dataset(store), plot)}", highlight=False)
     except FileNotFoundError as err:
         _fail(str(err))
 

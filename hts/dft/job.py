@@ -150,9 +150,9 @@ def run_job(
     (directory / "request.json").write_text(json.dumps(request))
     # one thread per rank: two threads on two busy cores ran 5-15x slower
     threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    # GPAW's own MPI (the one it was built with), unless a cluster's module says otherwise
-    backend = {"GPAW_MPI_BACKEND": os.environ.get("GPAW_MPI_BACKEND", "cgpaw")}
-    full_env = {**os.environ, **threads, **backend, **(env or {})}
+    full_env = {**os.environ, **threads, **(env or {})}
+    if launcher:  # GPAW's own MPI (the one it was built with), unless the environment says otherwise
+        full_env.setdefault("GPAW_MPI_BACKEND", "cgpaw")
     cmd = [*launcher, sys.executable, "-m", "hts.dft.job", str(directory)]
     t0 = time.time()
     with open(directory / "job.log", "wb") as log:

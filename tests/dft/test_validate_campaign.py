@@ -86,6 +86,18 @@ def test_dft_static_through_the_stage(tmp_path):
     s = summarize(c.store)
     assert s["dft"]["mae"]["prefilter"]["n"] == 1
     assert [x["id"] for x in s["dft"]["candidates"]] == [str(ds.id.values[i])]
+    # the same in `hts status`, with the parity plot
+    from typer.testing import CliRunner
+
+    from hts.cli import app
+
+    png = tmp_path / "funnel.png"
+    res = CliRunner().invoke(
+        app, ["status", str(c.store), "--plot", str(png)], env={"COLUMNS": "250"}
+    )
+    assert res.exit_code == 0, res.output
+    assert "DFT validation (gpaw" in res.output and "MLIP vs DFT, prefilter" in res.output
+    assert png.stat().st_size > 10_000
     # a second run finds everything committed: no DFT job runs again
     mtime = (job_dir / "result.json").stat().st_mtime
     stats = _run(c, tmp_path)
