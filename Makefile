@@ -14,7 +14,7 @@ GPAW   ?= gpaw==26.7.0
 # GPAW (the DFT code of the validate stage) compiles against these Debian packages.
 SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
 
-.PHONY: setup sysdeps demo demo-dft test test-dft test-all lint bench clean
+.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-browser test-all lint bench clean
 
 # Installs the system libraries GPAW builds against when run as root on Debian/Ubuntu;
 # elsewhere it says what is missing (install them, or the equivalents, yourself).
@@ -25,6 +25,14 @@ sysdeps:
 	  else echo "GPAW needs: sudo apt-get install $(SYSDEPS)"; exit 1; fi; \
 	fi
 
+# The dashboard's end-to-end test drives a headless Chromium (only that test needs it).
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "the browser test needs: sudo apt-get install chromium chromium-driver"; exit 1; fi; \
+	fi
+
 $(BIN)/hts: pyproject.toml
 	$(MAKE) --no-print-directory sysdeps
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +40,7 @@ $(BIN)/hts: pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)" mpich==5.0.2
 	GPAW_CONFIG=$(CURDIR)/containers/gpaw/siteconfig.py GPAW_MPICXX=$(CURDIR)/$(BIN)/mpicxx \
 	  $(BIN)/pip install --quiet --no-cache-dir --no-binary gpaw "$(GPAW)"
-	$(BIN)/pip install --quiet -e ".[test,dft]"
+	$(BIN)/pip install --quiet -e ".[test,dft,browser]"
 	touch $@
 
 setup: $(BIN)/hts
@@ -50,6 +58,10 @@ test: setup
 # real DFT (GPAW) through the validate stage: slow for a unit test, so selected apart; CI runs it
 test-dft: setup
 	$(BIN)/python -m pytest -m dft
+
+# the dashboard in a real headless Chromium against a running campaign; CI runs it
+test-browser: setup browser-deps
+	$(BIN)/python -m pytest -m browser
 
 test-all: setup
 	$(BIN)/python -m pytest -m ""

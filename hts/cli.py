@@ -436,6 +436,52 @@ def export(
     )
 
 
+@app.command()
+def dashboard(
+    store: Annotated[Path, typer.Argument(help="A campaign's Zarr store (running or finished).")],
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8050,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback requires the token.")
+    ] = "127.0.0.1",
+    token: Annotated[
+        str | None,
+        typer.Option(help="Access token for a non-loopback bind (default: a random one)."),
+    ] = None,
+) -> None:
+    """Serve a live web dashboard of a store: funnel, throughput, failures, plots, best candidates."""
+    from hts.dashboard.server import Dashboard
+
+    try:
+        d = Dashboard(store, host=host, port=port, token=token)
+    except (FileNotFoundError, OSError) as err:
+        _fail(str(err))
+    out.print(f"dashboard of {store}: {d.url}", highlight=False, soft_wrap=True)
+    if d.token:
+        out.print("bound beyond loopback: requests without the token are refused", highlight=False)
+    try:
+        d.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        d.close()
+
+
+@app.command()
+def report(
+    store: Annotated[Path, typer.Argument(help="A campaign's Zarr store.")],
+    html: Annotated[Path, typer.Option("--html", help="Write the dashboard as one HTML file.")],
+    top: Annotated[int, typer.Option(help="Best candidates in the table.")] = 50,
+) -> None:
+    """The dashboard's views as one self-contained, offline HTML file to share."""
+    from hts.dashboard.html import write_html
+
+    try:
+        path = write_html(store, html, top=top)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
+
+
 def main() -> None:
     try:
         app()

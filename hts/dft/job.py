@@ -151,7 +151,9 @@ def run_job(
     # one thread per rank: two threads on two busy cores ran 5-15x slower
     threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     full_env = {**os.environ, **threads, **(env or {})}
-    if launcher:  # GPAW's own MPI (the one it was built with), unless the environment says otherwise
+    if (
+        launcher
+    ):  # GPAW's own MPI (the one it was built with), unless the environment says otherwise
         full_env.setdefault("GPAW_MPI_BACKEND", "cgpaw")
     cmd = [*launcher, sys.executable, "-m", "hts.dft.job", str(directory)]
     t0 = time.time()

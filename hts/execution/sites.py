@@ -71,6 +71,14 @@ class Site(BaseModel):
     name: str
     description: str = ""
     executors: dict[Literal["cpu", "gpu", "dft"], ExecutorSpec] = Field(min_length=1)
+    monitoring: bool = Field(
+        default=False,
+        description="Parsl monitoring into <store>.parsl/monitoring.db: tasks, workers and blocks "
+        "for `hts dashboard`.",
+    )
+    monitoring_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between resource samples of each task."
+    )
 
     def executor(self, label: str) -> ExecutorSpec:
         if label not in self.executors:
@@ -147,8 +155,17 @@ def build_parsl_config(site: Site, run_dir: Path, retries: int = 0):
                     ),
                 )
             )
+    monitoring = None
+    if site.monitoring:
+        from parsl.monitoring import MonitoringHub
+
+        monitoring = MonitoringHub(
+            logging_endpoint=f"sqlite:///{Path(run_dir).resolve() / 'monitoring.db'}",
+            resource_monitoring_interval=site.monitoring_interval,
+        )
     return Config(
         executors=executors,
+        monitoring=monitoring,
         run_dir=str(run_dir),
         retries=retries,
         usage_tracking=0,

@@ -46,6 +46,7 @@ CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
     "status": ((), str, "", "ok | failed"),
     "reason": ((), str, "", "why it failed ('' when ok)"),
     "stage_reached": ((), str, "", "last stage that produced a result"),
+    "committed_at": ((), np.float64, np.nan, "when the row was committed (Unix time, s)"),
     "dft_dir": ((), str, "", "job directory of the DFT validation (atomate2 documents inside)"),
     "cell": (("vector", "xyz"), np.float64, np.nan, "relaxed cell, rows are lattice vectors (Å)"),
     "energy": (("stage",), np.float64, np.nan, "total energy (eV)"),

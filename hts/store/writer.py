@@ -231,6 +231,7 @@ class Store:
             "reason": np.array([r.reason for r in rows], dtype=object),
             "stage_reached": np.array([r.stage_reached for r in rows], dtype=object),
             "dft_dir": np.full(m, "", dtype=object),
+            "committed_at": np.full(m, time.time()),
             "cell": np.array([r.cell for r in rows], dtype=np.float64).reshape(m, 3, 3),
         }
         for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():

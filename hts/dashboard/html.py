@@ -1,0 +1,50 @@
+"""``hts report STORE --html FILE``: the dashboard's views as one self-contained HTML file.
+
+The same page, script and stylesheet as the live dashboard, with the
+snapshot, the plots (SVG data URIs) and the best candidates' structures
+embedded, so the file can be mailed or attached to a lab notebook and opened
+anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from hts.dashboard.server import static_file
+from hts.dashboard.views import PLOTS, StoreViews
+
+__all__ = ["write_html"]
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def write_html(store: str | Path, out: str | Path, top: int = 50) -> Path:
+    views = StoreViews(store, top=top)
+    snap = views.snapshot()
+    plots = {name: _data_uri(views.plot(name), "image/svg+xml") for name in PLOTS}
+    structures = {
+        b["id"]: {
+            "cif": _data_uri(views.structure(b["id"], "cif"), "chemical/x-cif"),
+            "extxyz": _data_uri(views.structure(b["id"], "extxyz"), "text/plain"),
+        }
+        for b in snap["best"]
+    }
+    payload = json.dumps({"snapshot": snap, "plots": plots, "structures": structures}, default=str)
+    payload = payload.replace("</", "<\\/")  # no early </script> inside the data
+    page = static_file("index.html").decode()
+    css = static_file("style.css").decode()
+    js = static_file("app.js").decode()
+    page = page.replace(
+        '<link rel="stylesheet" href="static/style.css">', f"<style>\n{css}</style>"
+    )
+    page = page.replace(
+        '<script src="static/app.js"></script>',
+        f"<script>window.HTS_STATIC = {payload};</script>\n<script>\n{js}</script>",
+    )
+    out = Path(out)
+    out.write_text(page)
+    return out

@@ -1,0 +1,241 @@
+// hts dashboard: polls the server's snapshot, or shows the one embedded by `hts report --html`.
+"use strict";
+
+const STATIC = window.HTS_STATIC || null; // {snapshot, plots: {name: dataURI}, structures: {id: {cif, extxyz}}}
+const POLL_MS = 2000;
+let lastKey = null;
+let sortState = { col: null, dir: 1 };
+let current = null;
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function fmt(x, digits = 3) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "";
+  return typeof x === "number" ? x.toFixed(digits) : String(x);
+}
+
+function hms(s) {
+  if (!s && s !== 0) return "";
+  s = Math.round(s);
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  return `${h}:${String(m).padStart(2, "0")}:${String(r).padStart(2, "0")}`;
+}
+
+function renderHeader(s) {
+  document.title = `hts — ${s.campaign}`;
+  document.getElementById("title").textContent = `hts — ${s.campaign}`;
+  document.getElementById("subtitle").textContent = `${s.description || ""}  ·  ${s.store}`;
+  const st = document.getElementById("state");
+  const finished = s.finalized;
+  st.className = "state " + (finished ? "done" : "running");
+  const when = s.updated_at ? new Date(s.updated_at * 1000).toLocaleTimeString() : "";
+  st.textContent = (finished ? "finished" : "running") + (when ? ` · last commit ${when}` : "");
+}
+
+function renderFunnel(s) {
+  const box = document.getElementById("funnel");
+  box.replaceChildren();
+  const rows = [{ label: "candidates stored", n: s.rows, nums: `${s.rows} candidates` }];
+  for (const st of s.stages) {
+    const name = { prefilter: "prefiltered", rescore: "rescored", validate: "DFT-validated" }[st.stage] || st.stage;
+    rows.push({
+      label: `${name} (${st.model || st.stage})`,
+      n: st.kept,
+      nums: `in ${st.in} · ok ${st.ok} · failed ${st.failed} · kept ${st.kept}`,
+      stage: st.stage,
+    });
+  }
+  const top = Math.max(1, ...rows.map((r) => r.n));
+  for (const r of rows) {
+    const bar = el("div", { class: "bar" });
+    bar.style.width = `${(100 * r.n) / top}%`;
+    const row = el("div", { class: "row" }, el("div", { class: "label", text: r.label }), el("div", {}, bar),
+      el("div", { class: "nums", text: r.nums }));
+    if (r.stage) row.dataset.stage = r.stage;
+    row.dataset.count = r.n;
+    box.append(row);
+  }
+  document.getElementById("rates").textContent =
+    `${fmt(s.rate_overall, 2)} candidates/s over ${hms(s.wall_s)} of run time · ` +
+    `${fmt(s.rate_last_minute, 2)} candidates/s in the last minute`;
+  box.dataset.rows = s.rows;
+}
+
+function renderTimes(s) {
+  const t = document.getElementById("stage-times");
+  t.replaceChildren(el("tr", {}, el("th", { text: "stage" }), el("th", { text: "candidates" }),
+    el("th", { text: "mean s/candidate" }), el("th", { text: "worker time" })));
+  for (const [st, v] of Object.entries(s.time_per_stage)) {
+    t.append(el("tr", {}, el("td", { text: st }), el("td", { class: "num", text: v.n }),
+      el("td", { class: "num", text: fmt(v.mean_s, 2) }), el("td", { class: "num", text: hms(v.total_s) })));
+  }
+}
+
+function renderFailures(s) {
+  const t = document.getElementById("failures");
+  t.replaceChildren(el("tr", {}, el("th", { text: "count" }), el("th", { text: "reason" }), el("th", { text: "example ids" })));
+  if (!s.failures.length) t.append(el("tr", {}, el("td", { colspan: 3, text: "none" })));
+  for (const f of s.failures) {
+    t.append(el("tr", {}, el("td", { class: "num", text: f.count }), el("td", { text: f.reason }),
+      el("td", { class: "ids", text: f.ids.join(", ") })));
+  }
+}
+
+function structureLinks(id) {
+  const span = el("span");
+  for (const fmtName of ["cif", "extxyz"]) {
+    let href = `structure/${id}.${fmtName}`;
+    if (STATIC) {
+      const s = (STATIC.structures || {})[id];
+      if (!s) continue;
+      href = s[fmtName];
+    }
+    span.append(el("a", { class: "dl", href, download: `${id}.${fmtName}`, text: fmtName }));
+  }
+  return span;
+}
+
+function bestColumns(s) {
+  const cols = [
+    { key: "id", label: "id" },
+    { key: "formula", label: "formula" },
+    { key: "prototype", label: "prototype" },
+    { key: "formation_energy", label: "E_form (eV/atom)", num: true },
+  ];
+  for (const st of s.stage_names) cols.push({ key: `hull:${st}`, label: `E_hull ${st}`, num: true });
+  cols.push({ key: "stage", label: "deepest stage" }, { key: "kept", label: "kept" });
+  return cols;
+}
+
+function cell(b, key) {
+  if (key.startsWith("hull:")) return b.e_above_hull_by_stage[key.slice(5)];
+  return b[key];
+}
+
+function renderBest(s) {
+  const t = document.getElementById("best");
+  const cols = bestColumns(s);
+  const head = el("tr");
+  cols.forEach((c, i) => {
+    const th = el("th", { text: c.label });
+    if (sortState.col === i) th.className = sortState.dir > 0 ? "asc" : "desc";
+    th.addEventListener("click", () => {
+      sortState = { col: i, dir: sortState.col === i ? -sortState.dir : 1 };
+      renderBest(current);
+    });
+    head.append(th);
+  });
+  head.append(el("th", { text: "structure" }));
+  t.replaceChildren(head);
+  let rows = s.best.slice();
+  if (sortState.col !== null) {
+    const c = cols[sortState.col];
+    rows.sort((a, b) => {
+      const x = cell(a, c.key), y = cell(b, c.key);
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : x > y ? 1 : 0) * sortState.dir;
+    });
+  }
+  for (const b of rows) {
+    const tr = el("tr");
+    for (const c of cols) {
+      const v = cell(b, c.key);
+      tr.append(el("td", { class: c.num ? "num" : "", text: c.key === "kept" ? (v ? "yes" : "") : c.num ? fmt(v) : v ?? "" }));
+    }
+    tr.append(el("td", {}, structureLinks(b.id)));
+    t.append(tr);
+  }
+}
+
+function renderDft(s) {
+  const box = document.getElementById("dft");
+  box.replaceChildren();
+  if (!s.dft) return;
+  const d = s.dft;
+  const mlip = Object.keys(d.mae);
+  const parts = mlip.filter((st) => d.mae[st].n).map((st) =>
+    `${st}: formation-energy MAE ${fmt(1000 * d.mae[st].formation_energy, 0)} meV/atom (${d.mae[st].n})`);
+  box.append(el("p", { text: `DFT (${d.code}) vs MLIP — ${parts.join(" · ") || "no validated candidates yet"}` }));
+  const t = el("table");
+  const head = el("tr");
+  for (const h of ["id", "formula", "prototype", ...mlip.map((m) => `E_form ${m}`), "E_form DFT", "E_hull DFT", "converged", "time", "status"])
+    head.append(el("th", { text: h }));
+  t.append(head);
+  for (const c of d.candidates) {
+    const tr = el("tr");
+    tr.append(el("td", { class: "ids", text: c.id }), el("td", { text: c.formula }), el("td", { text: c.prototype }));
+    for (const m of mlip) tr.append(el("td", { class: "num", text: fmt(c.formation_energy[m]) }));
+    tr.append(el("td", { class: "num", text: fmt(c.formation_energy.validate) }),
+      el("td", { class: "num", text: fmt(c.e_above_hull.validate) }),
+      el("td", { text: c.converged ? "yes" : "no" }), el("td", { text: hms(c.time_s) }),
+      el("td", { text: c.status === "ok" ? "ok" : c.reason }));
+    t.append(tr);
+  }
+  box.append(t);
+}
+
+function renderParsl(s) {
+  const sec = document.getElementById("parsl-section");
+  const box = document.getElementById("parsl");
+  if (!s.parsl) { sec.hidden = true; return; }
+  sec.hidden = false;
+  box.replaceChildren();
+  const p = s.parsl;
+  if (p.error) { box.append(el("p", { text: p.error })); return; }
+  const states = Object.entries(p.task_states).map(([k, v]) => `${k} ${v}`).join(" · ");
+  box.append(el("p", { text: `run ${p.run_id} · began ${p.began} · tasks: ${states}` }));
+  const tb = el("table");
+  tb.append(el("tr", {}, ...["executor", "block", "job id", "status", "at"].map((h) => el("th", { text: h }))));
+  for (const b of p.blocks) tb.append(el("tr", {}, ...[b.executor, b.block, b.job_id ?? "", b.status, b.at].map((v) => el("td", { text: v }))));
+  const tw = el("table");
+  tw.append(el("tr", {}, ...["host", "block", "workers", "cpus", "active", "heartbeat"].map((h) => el("th", { text: h }))));
+  for (const w of p.workers) tw.append(el("tr", {}, ...[w.host, w.block, w.workers, w.cpus, w.active ? "yes" : "no", w.heartbeat].map((v) => el("td", { text: v }))));
+  box.append(el("h2", { text: "blocks" }), tb, el("h2", { text: "workers" }), tw);
+}
+
+function renderPlots(key) {
+  for (const name of ["throughput", "hull", "parity"]) {
+    const img = document.getElementById(`plot-${name}`);
+    img.src = STATIC ? STATIC.plots[name] : `plot/${name}.svg?v=${encodeURIComponent(key)}`;
+  }
+}
+
+function render(s) {
+  current = s;
+  renderHeader(s);
+  renderFunnel(s);
+  renderTimes(s);
+  renderFailures(s);
+  renderBest(s);
+  renderDft(s);
+  renderParsl(s);
+  const key = `${s.rows}-${s.updated_at}-${s.finalized}`;
+  if (key !== lastKey) {
+    renderPlots(key);
+    lastKey = key;
+  }
+  document.body.dataset.rows = s.rows;
+}
+
+async function poll() {
+  try {
+    const r = await fetch("api/snapshot", { cache: "no-store" });
+    if (r.ok) render(await r.json());
+  } catch (e) {
+    document.getElementById("state").textContent = "server not reachable; retrying";
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+if (STATIC) render(STATIC.snapshot);
+else poll();

@@ -1,0 +1,134 @@
+"""The dashboard's data, plots, server and static report on a real store (no browser)."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+
+from hts.campaign import run_campaign
+from hts.dashboard.html import write_html
+from hts.dashboard.server import Dashboard
+from hts.dashboard.views import StoreViews
+from hts.execution import make_engine
+from hts.spec import parse_campaign
+from tests.conftest import lj_campaign
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dash")
+    data = lj_campaign(tmp, limits={"max_candidates": 40, "max_atoms": 2})
+    data["stages"]["rescore"] = {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.05"}
+    c = parse_campaign(data)
+    eng = make_engine("parsl", c.site, tmp / "runinfo")
+    try:
+        run_campaign(c, eng)
+    finally:
+        eng.close()
+    return c.store
+
+
+def _get(url: str, headers: dict | None = None):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+def test_snapshot_has_every_view(store):
+    s = StoreViews(store).snapshot()
+    assert s["rows"] > 0 and [x["stage"] for x in s["stages"]] == ["prefilter", "rescore"]
+    assert s["finalized"] and s["rate_overall"] > 0
+    assert set(s["time_per_stage"]) == {"prefilter", "rescore"}
+    assert s["time_per_stage"]["prefilter"]["n"] == s["rows"]
+    assert s["failures"] and all(
+        f["ids"] for f in s["failures"]
+    )  # max_atoms: 2 fails fluorite cells
+    assert s["best"] and "rescore" in s["best"][0]["e_above_hull_by_stage"]
+    assert s["parsl"] is None  # this run kept no monitoring database
+
+
+def test_plots_and_structures(store):
+    v = StoreViews(store)
+    for name in ("hull", "parity", "throughput"):
+        svg = v.plot(name)
+        assert svg.startswith(b"<?xml") and b"<svg" in svg
+    best = v.snapshot()["best"][0]["id"]
+    cif = v.structure(best, "cif").decode()
+    assert "_cell_length_a" in cif
+    xyz = v.structure(best, "extxyz").decode()
+    assert xyz.splitlines()[0].strip().isdigit()
+    with pytest.raises(KeyError):
+        v.structure("0000000000000000")
+
+
+def test_loopback_needs_no_token(store):
+    d = Dashboard(store, port=0)
+    d.start()
+    try:
+        assert d.token is None
+        code, body, _ = _get(d.url + "api/snapshot")
+        assert code == 200 and json.loads(body)["rows"] > 0
+        code, body, _ = _get(d.url.rstrip("/") + "/static/app.js")
+        assert code == 200 and b"HTS_STATIC" in body
+        assert _get(d.url + "nothing/here")[0] == 404
+    finally:
+        d.close()
+
+
+def test_non_loopback_bind_refuses_requests_without_the_token(store):
+    d = Dashboard(store, host="0.0.0.0", port=0)
+    d.start()
+    base = f"http://127.0.0.1:{d.port}"
+    try:
+        assert d.token and len(d.token) >= 20
+        for path in ("/", "/api/snapshot", "/plot/hull.svg", "/static/app.js"):
+            code, body, _ = _get(base + path)
+            assert code == 403 and b"token" in body
+        assert _get(base + "/api/snapshot?token=wrong")[0] == 403
+        code, _, headers = _get(f"{base}/?token={d.token}")
+        assert code == 200 and "hts_token=" in headers.get("Set-Cookie", "")
+        assert _get(base + "/api/snapshot", {"Cookie": f"hts_token={d.token}"})[0] == 200
+        assert _get(base + "/api/snapshot", {"Authorization": f"Bearer {d.token}"})[0] == 200
+    finally:
+        d.close()
+
+
+def test_static_report_is_one_offline_file(store, tmp_path):
+    out = write_html(store, tmp_path / "report.html")
+    page = out.read_text()
+    assert "window.HTS_STATIC" in page and "<style>" in page
+    # nothing fetched from anywhere: no external scripts, stylesheets or images
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert 'src="static/' not in page and 'href="static/' not in page
+    data = json.loads(
+        page.split("window.HTS_STATIC = ", 1)[1].split(";</script>", 1)[0].replace("<\\/", "</")
+    )
+    assert set(data["plots"]) == {"hull", "parity", "throughput"}
+    assert set(data["structures"]) == {b["id"] for b in data["snapshot"]["best"]}
+
+
+def test_workers_and_blocks_from_parsl_monitoring(tmp_path):
+    """A run on a local HTEX with monitoring on: the dashboard lists its block and workers."""
+    site = tmp_path / "monitored.yaml"
+    site.write_text(
+        "name: monitored\nmonitoring: true\nmonitoring_interval: 1\n"
+        "executors:\n  cpu: {kind: htex, workers: 2}\n"
+    )
+    c = parse_campaign(lj_campaign(tmp_path, limits={"max_candidates": 16}, site=str(site)))
+    eng = make_engine("parsl", c.site, tmp_path / "lj.zarr.parsl")
+    try:
+        run_campaign(c, eng)
+    finally:
+        eng.close()
+    p = StoreViews(c.store).snapshot()["parsl"]
+    assert p is not None, "no monitoring database next to the store"
+    assert p["tasks_completed"] >= 4 and p["task_states"].get("exec_done", 0) >= 4
+    assert any(b["executor"] == "cpu" for b in p["blocks"])
+    assert p["workers"] and p["workers"][0]["workers"] == 2
