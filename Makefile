@@ -14,7 +14,7 @@ GPAW   ?= gpaw==26.7.0
 # GPAW (the DFT code of the validate stage) compiles against these Debian packages.
 SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
 
-.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-browser test-all lint bench clean
+.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-mpi test-browser test-all lint bench clean
 
 # Installs the system libraries GPAW builds against when run as root on Debian/Ubuntu;
 # elsewhere it says what is missing (install them, or the equivalents, yourself).
@@ -58,6 +58,10 @@ test: setup
 # real DFT (GPAW) through the validate stage: slow for a unit test, so selected apart; CI runs it
 test-dft: setup
 	$(BIN)/python -m pytest -m dft
+
+# MPI mode (mpiexec from the environment's MPICH) against the thread pool; CI runs it
+test-mpi: setup
+	$(BIN)/python -m pytest -m mpi
 
 # the dashboard in a real headless Chromium against a running campaign; CI runs it
 test-browser: setup browser-deps

@@ -169,7 +169,10 @@ def run(
         Path | None, typer.Option(help="Store path; overrides the campaign's.")
     ] = None,
     engine: Annotated[
-        str, typer.Option(help="parsl (default) or serial (in-process, for debugging).")
+        str,
+        typer.Option(
+            help="parsl (default), mpi (under mpiexec/srun: rank 0 drives) or serial (in-process)."
+        ),
     ] = "parsl",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
     top: Annotated[int, typer.Option(help="Most stable candidates to list at the end.")] = 10,
@@ -182,6 +185,15 @@ def run(
     from hts.spec import CampaignError
     from hts.store import StoreMismatchError
 
+    if engine == "mpi":  # ranks 1…N-1 only run tasks: no store, no output
+        from hts.execution.mpi import MPIEngine, mpi_rank
+
+        if mpi_rank() != 0:
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
+            os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+            _quiet_logging()
+            MPIEngine().serve()
+            return
     path = campaign or DEMO
     c = _load(path)
     if site:
@@ -317,7 +329,10 @@ def distill(
         Path, typer.Argument(help="Distillation YAML file (see workflows/distill-demo.yaml).")
     ],
     engine: Annotated[
-        str, typer.Option(help="parsl (default) or serial (in-process, for debugging).")
+        str,
+        typer.Option(
+            help="parsl (default), mpi (under mpiexec/srun: rank 0 drives) or serial (in-process)."
+        ),
     ] = "parsl",
     site: Annotated[
         str | None, typer.Option(help="Site name or file; overrides the campaign's.")

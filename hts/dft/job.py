@@ -24,6 +24,7 @@ from pathlib import Path
 
 __all__ = ["job_store", "main", "run_job"]
 
+_MPI_ENV = ("PMI_", "PMIX_", "OMPI_", "MPI_LOCAL", "HYDRA_")
 _SCF_ERRORS = ("KohnShamConvergenceError", "ConvergenceError", "UnconvergedError")
 
 
@@ -151,6 +152,11 @@ def run_job(
     # one thread per rank: two threads on two busy cores ran 5-15x slower
     threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     full_env = {**os.environ, **threads, **(env or {})}
+    if (
+        not launcher
+    ):  # started from an MPI rank (--engine mpi): the job is not part of that MPI world
+        for key in [k for k in full_env if k.startswith(_MPI_ENV)]:
+            del full_env[key]
     if (
         launcher
     ):  # GPAW's own MPI (the one it was built with), unless the environment says otherwise

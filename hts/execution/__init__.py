@@ -8,12 +8,16 @@ __all__ = ["make_engine"]
 
 
 def make_engine(kind: str, site_name: str, run_dir: Path, retries: int = 0):
-    """An engine by kind: ``parsl`` (from the site file) or ``serial``."""
+    """An engine by kind: ``parsl`` (from the site file), ``mpi`` (under mpiexec/srun) or ``serial``."""
     from hts.execution.engine import ParslEngine, SerialEngine
     from hts.execution.sites import load_site
 
     if kind == "serial":
         return SerialEngine()
+    if kind == "mpi":
+        from hts.execution.mpi import MPIEngine
+
+        return MPIEngine()
     if kind == "parsl":
         return ParslEngine(load_site(site_name), run_dir, retries=retries)
-    raise ValueError(f"unknown engine {kind!r} (known: parsl, serial)")
+    raise ValueError(f"unknown engine {kind!r} (known: parsl, mpi, serial)")
