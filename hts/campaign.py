@@ -613,16 +613,15 @@ class _Driver:
         launcher = self.engine.launcher(v.resource, v.ranks)
         pending: dict[Future, tuple[str, object]] = {}
         for el in missing:
-            task = reference_task(el, self._reference_phase(el))
+            task = reference_task(el, self._reference_phase(el, refs))
             pending[
                 self.engine.submit(
                     v.resource, validate_one, task, v, root + "/references", launcher
                 )
             ] = ("ref", el)
-        structures = store.structures(todo)
-        for r, (z, pos, cell) in zip(todo, structures, strict=True):
-            cid = str(store.group["id"][r])
-            task = DftTask(cid, str(col["formula"][r]), z, pos, cell)
+        ids = store.group["id"].oindex[np.asarray(todo, dtype=np.int64)] if todo else []
+        for r, cid, (z, pos, cell) in zip(todo, ids, store.structures(todo), strict=True):
+            task = DftTask(str(cid), str(col["formula"][r]), z, pos, cell)
             pending[
                 self.engine.submit(
                     v.resource, validate_one, task, v, root + "/candidates", launcher
@@ -658,10 +657,10 @@ class _Driver:
         store.set_stage_model("validate", v.code, _code_version(v.code))
         self._finalize_validate(v, cached)
 
-    def _reference_phase(self, element: str) -> str:
+    def _reference_phase(self, element: str, refs: dict) -> str:
         """The trial structure an MLIP stage found lowest for an element ('' if none relaxed it)."""
         for t in reversed(list(self.tracks.values())):
-            name = self.store.references.get(t.name, {}).get(element, {}).get("structure", "")
+            name = refs.get(t.name, {}).get(element, {}).get("structure", "")
             if name and not name.startswith("fitted"):
                 return name
         return ""

@@ -295,7 +295,7 @@ def _print_dft(d: dict) -> None:
     def f(x) -> str:
         return "" if x is None else f"{x:.3f}"
 
-    mlip = [st for st in d["mae"]]
+    mlip = list(d["mae"])
     t = Table(title=f"DFT validation ({d['code']}): formation energy and e_above_hull, eV/atom")
     for col in ("id", "formula", "prototype", *(f"E_form {st}" for st in mlip), "E_form DFT"):
         t.add_column(col, no_wrap=True)

@@ -132,9 +132,8 @@ def dft_parity(ds) -> dict:
     e_dft = ds.energy_per_atom.values[:, k]
     rows = np.flatnonzero(np.isfinite(e_dft))
     reasons = ds.reason.values.astype(object)
-    failed = [
-        i for i in range(len(reasons)) if str(reasons[i]).startswith("validate:") and i not in rows
-    ]
+    tried = np.char.startswith(reasons.astype(str), "validate:")
+    failed = np.flatnonzero(tried & ~np.isfinite(e_dft))
     eform, ehull = ds.formation_energy.values, ds.e_above_hull.values
     mlip = names[:k]
     mae = {}

@@ -248,15 +248,10 @@ class Distillation(_Strict):
     )
 
 
-class _RelaxStage(_Strict):
-    """A stage that relaxes each candidate with an MLIP and scores it against its own hull."""
+class _KeepingStage(_Strict):
+    """A stage with a keep rule, written in the file as its text."""
 
-    model: ModelSpec
-    relax: RelaxSettings = RelaxSettings()
     keep: KeepRule = KeepRule.parse("e_above_hull <= 0.1")
-    resource: Literal["cpu", "gpu"] = Field(
-        default="cpu", description="Executor label the site must supply for this stage."
-    )
 
     @field_validator("keep", mode="before")
     @classmethod
@@ -264,6 +259,16 @@ class _RelaxStage(_Strict):
         if v == "auto":
             return v
         return KeepRule.parse(v) if isinstance(v, str) else v
+
+
+class _RelaxStage(_KeepingStage):
+    """A stage that relaxes each candidate with an MLIP and scores it against its own hull."""
+
+    model: ModelSpec
+    relax: RelaxSettings = RelaxSettings()
+    resource: Literal["cpu", "gpu"] = Field(
+        default="cpu", description="Executor label the site must supply for this stage."
+    )
 
 
 class PrefilterStage(_RelaxStage):
@@ -346,7 +351,7 @@ class DftRelax(_Strict):
     cell: bool = True
 
 
-class ValidateStage(_Strict):
+class ValidateStage(_KeepingStage):
     """DFT for the best few: each a per-candidate atomate2 flow on the site's DFT executor.
 
     The candidates are the previous stage's survivors with the lowest
@@ -384,11 +389,6 @@ class ValidateStage(_Strict):
     resource: Literal["dft", "cpu"] = Field(
         default="dft", description="Executor label the site must supply for this stage."
     )
-
-    @field_validator("keep", mode="before")
-    @classmethod
-    def _parse_rule(cls, v: object) -> object:
-        return KeepRule.parse(v) if isinstance(v, str) else v
 
     def code_settings(self) -> GpawSettings | VaspSettings:
         return getattr(self, self.code)

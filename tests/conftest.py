@@ -34,6 +34,18 @@ def lj_campaign(tmp_path: Path, **overrides) -> dict:
     return data
 
 
+def run_on_parsl(campaign, run_dir: Path):
+    """Run (or resume) a campaign on the real Parsl engine of its site, always closing it."""
+    from hts.campaign import run_campaign
+    from hts.execution import make_engine
+
+    eng = make_engine("parsl", campaign.site, run_dir)
+    try:
+        return run_campaign(campaign, eng)
+    finally:
+        eng.close()
+
+
 def write_campaign(tmp_path: Path, data: dict, name: str = "campaign.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))

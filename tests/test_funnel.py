@@ -10,11 +10,9 @@ import zarr
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition
 
-from hts.campaign import run_campaign
-from hts.execution import make_engine
 from hts.spec import CampaignError, parse_campaign
 from hts.store import open_dataset
-from tests.conftest import lj_campaign
+from tests.conftest import lj_campaign, run_on_parsl
 
 
 def _funnel(tmp_path, **kw):
@@ -36,17 +34,9 @@ def _funnel(tmp_path, **kw):
     return parse_campaign(data)
 
 
-def _run(c, tmp_path):
-    eng = make_engine("parsl", c.site, tmp_path / "runinfo")
-    try:
-        return run_campaign(c, eng)
-    finally:
-        eng.close()
-
-
 def test_survivors_are_rescored_on_the_teachers_hull(tmp_path):
     c = _funnel(tmp_path)
-    stats = _run(c, tmp_path)
+    stats = run_on_parsl(c, tmp_path / "runinfo")
     ds = open_dataset(c.store)
     assert list(ds.stage.values.astype(object)) == ["prefilter", "rescore"]
     pre_kept = ds.kept.values[:, 0]
@@ -82,7 +72,7 @@ def test_survivors_are_rescored_on_the_teachers_hull(tmp_path):
 def test_interrupted_rescore_resumes(tmp_path):
     """Survivors whose teacher result never reached the ledger are rescored on the next run."""
     c = _funnel(tmp_path, limits={"max_candidates": 40})
-    _run(c, tmp_path)
+    run_on_parsl(c, tmp_path / "runinfo")
     before = open_dataset(c.store)
     group = zarr.open_group(c.store, mode="r+")
     ledger = dict(group.attrs["ledger"])
@@ -92,7 +82,7 @@ def test_interrupted_rescore_resumes(tmp_path):
     for name in ("energy_per_atom", "e_above_hull", "kept"):
         a = group[name]
         a[:, 1] = np.full(a.shape[0], a.fill_value)
-    stats = _run(c, tmp_path)
+    stats = run_on_parsl(c, tmp_path / "runinfo")
     assert stats.done == 0 and stats.resumed == before.sizes["candidate"]
     after = open_dataset(c.store)
     assert stats.rescored == int(before.kept.values[:, 0].sum()) > 0
@@ -165,7 +155,7 @@ def test_prefilter_takes_fitted_references_from_the_report(tmp_path):
     data["stages"]["prefilter"]["keep"] = "auto"
     data["stages"]["prefilter"]["distillation"] = {"report": "report.json"}
     c = parse_campaign(data, base_dir=str(tmp_path))
-    _run(c, tmp_path)
+    run_on_parsl(c, tmp_path / "runinfo")
     ds = open_dataset(c.store)
     refs = ds.attrs["references"]["prefilter"]
     assert {el: refs[el]["energy_per_atom"] for el in fitted} == fitted

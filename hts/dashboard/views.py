@@ -69,13 +69,7 @@ class StoreViews:
         )
         self._rows = {str(x): i for i, x in enumerate(ds.id.values.astype(object))}
         names = s["stage_names"]
-        ledger = {}
-        try:
-            import zarr
-
-            ledger = dict(zarr.open_group(self.path, mode="r").attrs.get("ledger", {}))
-        except Exception:  # the snapshot above succeeded; the ledger is only decoration
-            pass
+        ledger = ds.attrs.get("ledger", {})
         committed = ds.committed_at.values if "committed_at" in ds else np.zeros(0)
         times = committed[np.isfinite(committed)]
         now = time.time()
@@ -144,14 +138,6 @@ class StoreViews:
                 "stage_model",
                 "committed_at",
                 "formula",
-                "energy_per_atom",
-                "reason",
-                "status",
-                "id",
-                "prototype",
-                "converged",
-                "time_s",
-                "dft_dir",
             ],
         )
         names = list(ds.stage.values.astype(object))
@@ -170,18 +156,22 @@ class StoreViews:
 
     def structure(self, cid: str, fmt: str = "cif") -> bytes:
         """One candidate's stored structure as CIF or extxyz text."""
+        import zarr
+        from ase import Atoms
         from ase.io import write
-
-        from hts.store import open_dataset, structure_of
 
         self.snapshot()
         if cid not in self._rows:
             raise KeyError(cid)
-        i = self._rows[cid]
-        ds = open_dataset(
-            self.path, variables=["atom_start", "n_atoms", "species", "positions", "cell"]
+        i = self._rows[cid]  # a committed row: its atoms are committed too
+        g = zarr.open_group(self.path, mode="r", use_consolidated=False)
+        s, n = int(g["atom_start"][i]), int(g["n_atoms"][i])  # one slice, not the atom arrays
+        atoms = Atoms(
+            numbers=g["species"][s : s + n].astype(int),
+            positions=g["positions"][s : s + n],
+            cell=g["cell"][i],
+            pbc=True,
         )
-        atoms = structure_of(ds, i)
         if fmt == "cif":  # ase writes CIF as bytes, extxyz as text
             raw = io.BytesIO()
             write(raw, atoms, format="cif")

@@ -9,13 +9,11 @@ import urllib.request
 
 import pytest
 
-from hts.campaign import run_campaign
 from hts.dashboard.html import write_html
 from hts.dashboard.server import Dashboard
 from hts.dashboard.views import StoreViews
-from hts.execution import make_engine
 from hts.spec import parse_campaign
-from tests.conftest import lj_campaign
+from tests.conftest import lj_campaign, run_on_parsl
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +22,7 @@ def store(tmp_path_factory):
     data = lj_campaign(tmp, limits={"max_candidates": 40, "max_atoms": 2})
     data["stages"]["rescore"] = {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.05"}
     c = parse_campaign(data)
-    eng = make_engine("parsl", c.site, tmp / "runinfo")
-    try:
-        run_campaign(c, eng)
-    finally:
-        eng.close()
+    run_on_parsl(c, tmp / "runinfo")
     return c.store
 
 
@@ -122,11 +116,7 @@ def test_workers_and_blocks_from_parsl_monitoring(tmp_path):
         "executors:\n  cpu: {kind: htex, workers: 2}\n"
     )
     c = parse_campaign(lj_campaign(tmp_path, limits={"max_candidates": 16}, site=str(site)))
-    eng = make_engine("parsl", c.site, tmp_path / "lj.zarr.parsl")
-    try:
-        run_campaign(c, eng)
-    finally:
-        eng.close()
+    run_on_parsl(c, tmp_path / "lj.zarr.parsl")
     p = StoreViews(c.store).snapshot()["parsl"]
     assert p is not None, "no monitoring database next to the store"
     assert p["tasks_completed"] >= 4 and p["task_states"].get("exec_done", 0) >= 4

@@ -13,12 +13,10 @@ import re
 import numpy as np
 import pytest
 
-from hts.campaign import run_campaign
-from hts.execution import make_engine
 from hts.report import summarize
 from hts.spec import parse_campaign
 from hts.store import open_dataset
-from tests.conftest import lj_campaign
+from tests.conftest import lj_campaign, run_on_parsl
 
 pytestmark = [pytest.mark.dft, pytest.mark.slow]
 
@@ -42,17 +40,9 @@ def _campaign(tmp_path, **gpaw):
     return parse_campaign(data)
 
 
-def _run(c, tmp_path):
-    eng = make_engine("parsl", c.site, tmp_path / "runinfo")
-    try:
-        return run_campaign(c, eng)
-    finally:
-        eng.close()
-
-
 def test_dft_static_through_the_stage(tmp_path):
     c = _campaign(tmp_path)
-    stats = _run(c, tmp_path)
+    stats = run_on_parsl(c, tmp_path / "runinfo")
     ds = open_dataset(c.store)
     names = list(ds.stage.values.astype(object))
     assert names == ["prefilter", "validate"]
@@ -100,14 +90,14 @@ def test_dft_static_through_the_stage(tmp_path):
     assert png.stat().st_size > 10_000
     # a second run finds everything committed: no DFT job runs again
     mtime = (job_dir / "result.json").stat().st_mtime
-    stats = _run(c, tmp_path)
+    stats = run_on_parsl(c, tmp_path / "runinfo")
     assert stats.validated == 0
     assert (job_dir / "result.json").stat().st_mtime == mtime
 
 
 def test_failed_dft_is_recorded_and_the_campaign_completes(tmp_path):
     c = _campaign(tmp_path, maxiter=1)  # no SCF converges in one iteration, nor in two
-    stats = _run(c, tmp_path)
+    stats = run_on_parsl(c, tmp_path / "runinfo")
     assert stats.phase == "done"
     ds = open_dataset(c.store)
     assert ds.attrs["ledger"]["finalized"]
@@ -144,7 +134,7 @@ def test_dft_runs_on_two_mpi_ranks_behind_the_sites_launcher(tmp_path):
         "  dft: {kind: threads, workers: 1, mpi_launcher: mpiexec, ranks_per_task: 2}\n"
     )
     c = _campaign(tmp_path).model_copy(update={"site": str(site)})
-    stats = _run(c, tmp_path)
+    stats = run_on_parsl(c, tmp_path / "runinfo")
     assert stats.validated == 1 and stats.validate_failed == 0
     ds = open_dataset(c.store)
     i = int(np.flatnonzero(ds.stage_reached.values.astype(object) == "validate")[0])
@@ -179,5 +169,5 @@ def test_ranks_the_site_cannot_launch_fail_before_any_work(tmp_path):
         }
     )
     with pytest.raises(SiteError, match="mpi_launcher is 'none'"):
-        _run(c, tmp_path)
+        run_on_parsl(c, tmp_path / "runinfo")
     assert not (tmp_path / "lj.zarr").exists()  # nothing screened, no store

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hts.campaign import run_campaign
-from hts.execution import make_engine
 from hts.spec import parse_campaign
 from hts.store import open_dataset
-from tests.conftest import lj_campaign, write_campaign
+from tests.conftest import lj_campaign, run_on_parsl, write_campaign
 
 pytestmark = pytest.mark.mpi
 
@@ -49,11 +47,7 @@ def _by_id(path: str) -> dict[str, np.ndarray]:
 
 def test_mpi_store_equals_thread_pool_store(tmp_path):
     ref = parse_campaign(_data(tmp_path, "threads.zarr"))
-    eng = make_engine("parsl", ref.site, tmp_path / "runinfo")
-    try:
-        run_campaign(ref, eng)
-    finally:
-        eng.close()
+    run_on_parsl(ref, tmp_path / "runinfo")
 
     path = write_campaign(tmp_path, _data(tmp_path, "mpi.zarr"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
