@@ -176,6 +176,14 @@ def run(
     ] = "parsl",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress.")] = False,
     top: Annotated[int, typer.Option(help="Most stable candidates to list at the end.")] = 10,
+    allocation: Annotated[
+        bool,
+        typer.Option(
+            "--allocation",
+            help="Inside a batch allocation (hts submit's allocation mode): workers start on the "
+            "job's nodes instead of in new batch jobs.",
+        ),
+    ] = False,
 ) -> None:
     """Run a campaign, or resume it: finished chunks in the store are skipped."""
     from hts.campaign import run_campaign
@@ -203,10 +211,16 @@ def run(
     os.environ.setdefault("OMP_NUM_THREADS", str(c.stages.prefilter.model.threads))
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     _quiet_logging()
+    _stop_on_sigterm()
     console.print(f"campaign [bold]{c.name}[/] ({path}) → store {store_path}", highlight=False)
     try:
         eng = make_engine(
-            engine, c.site, Path(f"{store_path}.parsl"), retries=c.limits.task_retries
+            engine,
+            c.site,
+            Path(f"{store_path}.parsl"),
+            retries=c.limits.task_retries,
+            store=store_path,
+            allocation=allocation,
         )
     except (SiteError, ValueError) as err:
         _fail(str(err))
@@ -230,6 +244,31 @@ def run(
             highlight=False,
         )
     _print_status(store_path, top=top)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (scancel, the walltime's warning signal) stops like Ctrl-C: the engine closes
+    and cancels its worker blocks, and the store keeps everything committed so far."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _print_jobs(store_path: Path) -> None:
+    """The store's batch jobs (hts submit), when it has any."""
+    from hts.execution.submit import job_states, jobs_dir
+
+    if not (jobs_dir(store_path) / "jobs.json").is_file():
+        return
+    t = Table(title="batch jobs of this store")
+    for col in ("job", "role", "state", "name", "elapsed", "nodes / reason"):
+        t.add_column(col)
+    for r in job_states(store_path):
+        t.add_row(r["job_id"], r["role"], r["state"], r["name"], r["elapsed"], r["where"])
+    out.print(t)
 
 
 def _print_status(store_path: Path, top: int = 10) -> None:
@@ -422,6 +461,7 @@ def status(
     """Funnel counts, rates, failures by reason and the best candidates of a store (safe while it runs)."""
     try:
         _print_status(store, top=top)
+        _print_jobs(store)
         if plot is not None:
             from hts.report import plot_store
             from hts.store import open_dataset
@@ -495,6 +535,154 @@ def report(
     except FileNotFoundError as err:
         _fail(str(err))
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
+
+
+@app.command()
+def submit(
+    campaign: Annotated[Path, typer.Argument(help="Campaign YAML file.")],
+    site: Annotated[str | None, typer.Option(help="Site name or file (default: the campaign's).")] = None,
+    store: Annotated[Path | None, typer.Option(help="Store path; overrides the campaign's.")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="pilot | allocation | mpi (default: the site's submit.mode)."),
+    ] = None,
+    nodes: Annotated[int | None, typer.Option(help="Nodes (allocation and mpi modes).")] = None,
+    walltime: Annotated[str | None, typer.Option(help="Driver job walltime, HH:MM:SS.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write and print the batch script, submit nothing.")
+    ] = False,
+) -> None:
+    """Submit the campaign's driver as a batch job (Slurm or PBS Pro) generated from the site.
+
+    Submitting again after the job ends (walltime, cancel, node failure) resumes the store.
+    """
+    from hts.campaign import preflight
+    from hts.candidates import EmptySourceError
+    from hts.execution.sites import SiteError
+    from hts.execution.submit import SubmitError
+    from hts.execution.submit import submit as do_submit
+    from hts.spec import CampaignError
+
+    c = _load(campaign)
+    if mode not in (None, "pilot", "allocation", "mpi"):
+        _fail(f"--mode {mode!r}: use pilot, allocation or mpi")
+    try:
+        preflight(c)
+        sub, script = do_submit(
+            site or c.site,
+            campaign,
+            store or Path(c.store),
+            mode=mode,
+            nodes=nodes,
+            walltime=walltime,
+            dry_run=dry_run,
+        )
+    except (EmptySourceError, CampaignError, SiteError, SubmitError, ValueError) as err:
+        _fail(str(err))
+    if sub is None:
+        out.print(script.read_text(), highlight=False, markup=False, soft_wrap=True)
+        console.print(f"batch script written to {script} (not submitted)", highlight=False)
+        return
+    out.print(
+        f"submitted {c.name!r} as {sub.scheduler} job {sub.job_id} ({sub.mode} mode)\n"
+        f"script: {script}\nlog:    {script.parent}/driver-{sub.job_id}.out\n"
+        f"follow: hts status {sub.store}   stop: hts cancel {sub.store}",
+        highlight=False,
+    )
+
+
+@app.command()
+def cancel(store: Annotated[Path, typer.Argument(help="The submitted campaign's store.")]) -> None:
+    """Cancel a submitted campaign: its driver job and every worker block it started."""
+    from hts.execution.submit import SubmitError
+    from hts.execution.submit import cancel as do_cancel
+
+    try:
+        ids = do_cancel(store)
+    except SubmitError as err:
+        _fail(str(err))
+    out.print(
+        f"cancelled job(s) {', '.join(ids)}" if ids else "no queued or running job of this store",
+        highlight=False,
+    )
+
+
+sites_app = typer.Typer(help="List sites and check one before submitting.", no_args_is_help=True)
+app.add_typer(sites_app, name="sites")
+
+
+@sites_app.command("list")
+def sites_list() -> None:
+    """The sites found (./sites, the project's sites/), with their descriptions."""
+    from hts.execution.sites import SiteError, load_site, site_file, site_names
+
+    t = Table(title="sites")
+    for col in ("name", "description", "file"):
+        t.add_column(col)
+    for name in site_names():
+        try:
+            desc = load_site(name, missing=[]).description
+        except SiteError as err:
+            desc = f"[red]invalid:[/] {err}"
+        t.add_row(name, desc, str(site_file(name)))
+    out.print(t)
+
+
+@sites_app.command("check")
+def sites_check(
+    site: Annotated[str, typer.Argument(help="Site name or file.")],
+    mode: Annotated[str | None, typer.Option(help="Submission mode to show.")] = None,
+) -> None:
+    """Print the resolved Parsl config and the driver job of a site, and what is missing."""
+    import shutil
+
+    from hts.execution.sites import SiteError, build_parsl_config, describe_config, load_site
+
+    missing: list[str] = []
+    try:
+        s = load_site(site, missing=missing)
+    except SiteError as err:
+        _fail(str(err))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        alloc = (mode or s.submit.mode) == "allocation"
+        try:
+            cfg = build_parsl_config(s, Path(tmp), allocation=alloc, resolve_address=False)
+            build_parsl_config(s, Path(tmp), allocation=alloc)
+        except (SiteError, OSError, ValueError) as err:
+            missing.append(str(err))
+    out.print(f"[bold]{s.name}[/]: {s.description}", highlight=False)
+    if cfg is not None:
+        t = Table(title="resolved Parsl config", show_lines=True)
+        t.add_column("label")
+        t.add_column("executor / provider / launcher")
+        for label, text in describe_config(cfg):
+            t.add_row(label, text)
+        out.print(t)
+        out.print(f"strategy {cfg.strategy}, every {cfg.strategy_period} s", highlight=False)
+    scheduler = s.scheduler()
+    if scheduler:
+        job = s.job(mode)
+        out.print(
+            f"driver job ({scheduler}, {job['mode']} mode): "
+            + ", ".join(f"{k}={v}" for k, v in job.items() if v not in (None, [], "", 0) and k != "mode"),
+            highlight=False,
+        )
+        for tool in ("sbatch", "squeue", "scancel") if scheduler == "slurm" else ("qsub", "qstat", "qdel"):
+            if shutil.which(tool) is None:
+                missing.append(f"{tool} not on PATH (run hts submit on a login node)")
+    if s.container is not None:
+        if shutil.which(s.container.runtime) is None:
+            missing.append(f"container runtime {s.container.runtime} not on PATH")
+        if "://" not in s.container.image and not Path(s.container.image).exists():
+            missing.append(f"container image {s.container.image} not found")
+    if missing:
+        out.print("[bold yellow]missing:[/]", highlight=False)
+        for m in missing:
+            out.print(f"  - {m}", highlight=False)
+        raise typer.Exit(1)
+    out.print("[green]ok[/]: nothing missing", highlight=False)
 
 
 def main() -> None:

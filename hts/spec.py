@@ -267,7 +267,9 @@ class _RelaxStage(_KeepingStage):
     model: ModelSpec
     relax: RelaxSettings = RelaxSettings()
     resource: Literal["cpu", "gpu"] = Field(
-        default="cpu", description="Executor label the site must supply for this stage."
+        default="gpu",
+        description="Executor label for this stage: gpu goes to the site's GPU workers, or to its "
+        "cpu executor on a site without GPUs.",
     )
 
 
@@ -481,6 +483,9 @@ class Campaign(_Strict):
         a changed campaign is refused instead of silently mixing results.
         """
         data = self.model_dump(mode="json", exclude={"site", "store", "description", "base_dir"})
+        for stage in data["stages"].values():  # where a stage runs does not change its results
+            if isinstance(stage, dict):
+                stage.pop("resource", None)
         data["limits"].pop("max_in_flight", None)
         data["limits"].pop("task_retries", None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -7,7 +7,15 @@ from pathlib import Path
 __all__ = ["make_engine"]
 
 
-def make_engine(kind: str, site_name: str, run_dir: Path, retries: int = 0):
+def make_engine(
+    kind: str,
+    site_name: str,
+    run_dir: Path,
+    retries: int = 0,
+    *,
+    store: Path | None = None,
+    allocation: bool = False,
+):
     """An engine by kind: ``parsl`` (from the site file), ``mpi`` (under mpiexec/srun) or ``serial``."""
     from hts.execution.engine import ParslEngine, SerialEngine
     from hts.execution.sites import load_site
@@ -19,5 +27,7 @@ def make_engine(kind: str, site_name: str, run_dir: Path, retries: int = 0):
 
         return MPIEngine()
     if kind == "parsl":
-        return ParslEngine(load_site(site_name), run_dir, retries=retries)
+        return ParslEngine(
+            load_site(site_name), run_dir, retries=retries, store=store, allocation=allocation
+        )
     raise ValueError(f"unknown engine {kind!r} (known: parsl, mpi, serial)")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from hts.execution.sites import Site, build_parsl_config
+from hts.execution.sites import Site, build_parsl_config, describe_config
 
 __all__ = ["ParslEngine", "SerialEngine"]
 
@@ -49,25 +49,31 @@ class ParslEngine:
 
     name = "parsl"
 
-    def __init__(self, site: Site, run_dir: Path, retries: int = 0) -> None:
+    def __init__(
+        self,
+        site: Site,
+        run_dir: Path,
+        retries: int = 0,
+        *,
+        store: Path | None = None,
+        allocation: bool = False,
+    ) -> None:
         from parsl.dataflow.dflow import DataFlowKernel
 
         self.site = site
-        self.config = build_parsl_config(site, run_dir, retries=retries)
+        self.config = build_parsl_config(
+            site, run_dir, retries=retries, store=store, allocation=allocation
+        )
         log.info("parsl config: %s", self.describe())
         self._dfk = DataFlowKernel(self.config)
         self._apps: dict[tuple[int, str], Callable] = {}
 
     def describe(self) -> str:
-        parts = []
-        for label, spec in self.site.executors.items():
-            parts.append(
-                f"{label}: {spec.kind} × {spec.n_workers()} workers, {spec.threads_per_worker} thread(s) each"
-            )
+        parts = [f"{label}: {text}" for label, text in describe_config(self.config)]
         return f"site {self.site.name} ({'; '.join(parts)}), run_dir {self.config.run_dir}"
 
     def workers(self, label: str) -> int:
-        return self.site.executor(label).n_workers()
+        return self.site.executor(label).total_workers()
 
     def launcher(self, label: str, ranks: int | None = None) -> list[str]:
         """How tasks on this label start a parallel code (``mpiexec -n 4``, ``srun …``)."""
@@ -76,7 +82,7 @@ class ParslEngine:
     def submit(self, label: str, fn: Callable, *args) -> Future:
         from parsl import python_app
 
-        self.site.executor(label)  # a clear error when the site lacks the label
+        label = self.site.label_for(label)  # a clear error when the site lacks it
         key = (id(fn), label)
         if key not in self._apps:
             self._apps[key] = python_app(
