@@ -504,14 +504,14 @@ def _launcher(spec: ExecutorSpec, allocation: bool):
     return SingleNodeLauncher()
 
 
-def _allocation_nodes() -> int:
+def _allocation_nodes(default: int) -> int:
     for var in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
         if os.environ.get(var):
             return int(os.environ[var])
     nodefile = os.environ.get("PBS_NODEFILE")
     if nodefile and Path(nodefile).is_file():
         return len(set(Path(nodefile).read_text().split()))
-    return 1
+    return default
 
 
 def _provider(site: Site, label: str, spec: ExecutorSpec, init: str, key: str, allocation: bool):
@@ -519,7 +519,7 @@ def _provider(site: Site, label: str, spec: ExecutorSpec, init: str, key: str, a
 
     launcher = _launcher(spec, allocation)
     if spec.provider == "local" or allocation:
-        nodes = _allocation_nodes() if allocation and spec.provider != "local" else spec.nodes_per_block
+        nodes = _allocation_nodes(site.submit.nodes) if allocation and spec.provider != "local" else spec.nodes_per_block
         if spec.launcher == "single":
             nodes = 1
         return LocalProvider(

@@ -231,7 +231,7 @@ def test_a_site_without_a_scheduler_cannot_be_submitted(tmp_path):
 def test_sites_check_prints_config_and_missing(monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "HTS_ACCOUNT"}
     r = subprocess.run(
-        [sys.executable, "-m", "hts.cli", "sites", "check", "frontier"],
+        [sys.executable, "-m", "hts.cli", "sites", "check", "frontier", "--mode", "pilot"],
         capture_output=True,
         text=True,
         env={**env, "COLUMNS": "200"},
