@@ -14,7 +14,7 @@ GPAW   ?= gpaw==26.7.0
 # GPAW (the DFT code of the validate stage) compiles against these Debian packages.
 SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
 
-.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-mpi test-browser test-all lint bench clean
+.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-mpi test-browser test-slurm test-all lint bench clean
 
 # Installs the system libraries GPAW builds against when run as root on Debian/Ubuntu;
 # elsewhere it says what is missing (install them, or the equivalents, yourself).
@@ -66,6 +66,14 @@ test-mpi: setup
 # the dashboard in a real headless Chromium against a running campaign; CI runs it
 test-browser: setup browser-deps
 	$(BIN)/python -m pytest -m browser
+
+# hts submit against a real single-node Slurm (slurm-wlm + munge, installed as root if missing),
+# brought up by .ci/slurm.sh and stopped by PID afterwards whatever the tests did; CI runs it
+SLURM_DIR ?= /tmp/hts-slurm
+test-slurm: setup
+	@HTS_SLURM_DIR=$(SLURM_DIR) .ci/slurm.sh start
+	@SLURM_CONF=$(SLURM_DIR)/slurm.conf $(BIN)/python -m pytest -m slurm; rc=$$?; \
+	  HTS_SLURM_DIR=$(SLURM_DIR) .ci/slurm.sh stop; exit $$rc
 
 test-all: setup
 	$(BIN)/python -m pytest -m ""
