@@ -540,8 +540,12 @@ def report(
 @app.command()
 def submit(
     campaign: Annotated[Path, typer.Argument(help="Campaign YAML file.")],
-    site: Annotated[str | None, typer.Option(help="Site name or file (default: the campaign's).")] = None,
-    store: Annotated[Path | None, typer.Option(help="Store path; overrides the campaign's.")] = None,
+    site: Annotated[
+        str | None, typer.Option(help="Site name or file (default: the campaign's).")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Store path; overrides the campaign's.")
+    ] = None,
     mode: Annotated[
         str | None,
         typer.Option(help="pilot | allocation | mpi (default: the site's submit.mode)."),
@@ -666,10 +670,14 @@ def sites_check(
         job = s.job(mode)
         out.print(
             f"driver job ({scheduler}, {job['mode']} mode): "
-            + ", ".join(f"{k}={v}" for k, v in job.items() if v not in (None, [], "", 0) and k != "mode"),
+            + ", ".join(
+                f"{k}={v}" for k, v in job.items() if v not in (None, [], "", 0) and k != "mode"
+            ),
             highlight=False,
         )
-        for tool in ("sbatch", "squeue", "scancel") if scheduler == "slurm" else ("qsub", "qstat", "qdel"):
+        for tool in (
+            ("sbatch", "squeue", "scancel") if scheduler == "slurm" else ("qsub", "qstat", "qdel")
+        ):
             if shutil.which(tool) is None:
                 missing.append(f"{tool} not on PATH (run hts submit on a login node)")
     if s.container is not None:

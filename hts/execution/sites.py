@@ -148,7 +148,9 @@ class ExecutorSpec(_Batch):
         description="Device ids to pin workers to (default 0…gpus_per_node-1); e.g. GCD ids.",
     )
     nodes_per_block: int = Field(default=1, ge=1, le=100_000)
-    init_blocks: int = Field(default=0, ge=0, description="Blocks asked for at start; more come as tasks wait.")
+    init_blocks: int = Field(
+        default=0, ge=0, description="Blocks asked for at start; more come as tasks wait."
+    )
     min_blocks: int = Field(default=0, ge=0)
     max_blocks: int = Field(default=1, ge=1)
     cores_per_node: int | None = Field(
@@ -168,7 +170,10 @@ class ExecutorSpec(_Batch):
         description="Extra words for the parallel code's launcher, e.g. --mpi=pmi2 for PyPI MPICH.",
     )
     ranks_per_task: int = Field(
-        default=1, ge=1, le=100_000, description="MPI ranks of a parallel code, unless the campaign says."
+        default=1,
+        ge=1,
+        le=100_000,
+        description="MPI ranks of a parallel code, unless the campaign says.",
     )
 
     @model_validator(mode="after")
@@ -178,12 +183,15 @@ class ExecutorSpec(_Batch):
                 f"kind threads runs inside the driver process and cannot use provider "
                 f"{self.provider}: use kind htex"
             )
-        if self.accelerators is not None:
-            if self.gpus_per_node and len(self.accelerators) != self.gpus_per_node:
-                raise ValueError(
-                    f"accelerators lists {len(self.accelerators)} devices but gpus_per_node is "
-                    f"{self.gpus_per_node}"
-                )
+        if (
+            self.accelerators is not None
+            and self.gpus_per_node
+            and len(self.accelerators) != self.gpus_per_node
+        ):
+            raise ValueError(
+                f"accelerators lists {len(self.accelerators)} devices but gpus_per_node is "
+                f"{self.gpus_per_node}"
+            )
         gpus = self.n_gpus()
         if gpus and self.workers != "auto" and int(self.workers) > gpus:
             raise ValueError(
@@ -202,9 +210,11 @@ class ExecutorSpec(_Batch):
         return len(self.accelerators) if self.accelerators is not None else self.gpus_per_node
 
     def device_ids(self) -> list[str]:
-        return list(self.accelerators) if self.accelerators is not None else [
-            str(i) for i in range(self.gpus_per_node)
-        ]
+        return (
+            list(self.accelerators)
+            if self.accelerators is not None
+            else [str(i) for i in range(self.gpus_per_node)]
+        )
 
     def n_workers(self) -> int:
         """Workers per node (per process pool)."""
@@ -500,7 +510,9 @@ def _launcher(spec: ExecutorSpec, allocation: bool):
             opts = f"--overlap --ntasks-per-node=1 --cpus-per-task={cores} {opts}".strip()
         return SrunLauncher(overrides=opts)
     if spec.launcher == "mpiexec":
-        return MpiExecLauncher(bind_cmd="--bind-to", overrides=f"--ppn 1 {spec.launcher_options}".strip())
+        return MpiExecLauncher(
+            bind_cmd="--bind-to", overrides=f"--ppn 1 {spec.launcher_options}".strip()
+        )
     return SingleNodeLauncher()
 
 
@@ -519,7 +531,11 @@ def _provider(site: Site, label: str, spec: ExecutorSpec, init: str, key: str, a
 
     launcher = _launcher(spec, allocation)
     if spec.provider == "local" or allocation:
-        nodes = _allocation_nodes(site.submit.nodes) if allocation and spec.provider != "local" else spec.nodes_per_block
+        nodes = (
+            _allocation_nodes(site.submit.nodes)
+            if allocation and spec.provider != "local"
+            else spec.nodes_per_block
+        )
         if spec.launcher == "single":
             nodes = 1
         return LocalProvider(
@@ -657,9 +673,19 @@ def describe_config(config) -> list[tuple[str, str]]:
         fields = {
             k: getattr(p, k, None)
             for k in (
-                "partition", "account", "qos", "constraint", "queue", "nodes_per_block",
-                "init_blocks", "min_blocks", "max_blocks", "walltime", "cores_per_node",
-                "gpus_per_node", "exclusive",
+                "partition",
+                "account",
+                "qos",
+                "constraint",
+                "queue",
+                "nodes_per_block",
+                "init_blocks",
+                "min_blocks",
+                "max_blocks",
+                "walltime",
+                "cores_per_node",
+                "gpus_per_node",
+                "exclusive",
             )
         }
         prov = ", ".join(f"{k}={v!r}" for k, v in fields.items() if v not in (None, ""))

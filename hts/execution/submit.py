@@ -34,7 +34,19 @@ from hts.execution.sites import Site, SiteError, load_site, site_file, store_key
 
 __all__ = ["Submission", "batch_script", "cancel", "job_states", "jobs_dir", "submit"]
 
-_ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "Q", "R", "H", "E", "B"}
+_ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "Q",
+    "R",
+    "H",
+    "E",
+    "B",
+}
 
 
 class SubmitError(RuntimeError):
@@ -207,7 +219,7 @@ def job_states(store: Path | str) -> list[dict]:
                         )
                     )
     seen = {r["job_id"] for r in rows}
-    for jid, h in drivers.items():
+    for jid in drivers:
         if jid not in seen:
             rows.append(
                 dict(
@@ -296,7 +308,9 @@ def cancel(store: Path | str) -> list[str]:
     store = Path(store).resolve()
     history = _history(store)
     if not history:
-        raise SubmitError(f"{store} was never submitted with hts submit (no {jobs_dir(store)}/jobs.json)")
+        raise SubmitError(
+            f"{store} was never submitted with hts submit (no {jobs_dir(store)}/jobs.json)"
+        )
     scheduler = history[-1]["scheduler"]
     ids = [r["job_id"] for r in job_states(store) if r["state"] in _ACTIVE]
     if not ids:

@@ -81,7 +81,9 @@ def test_named_sites_have_their_node_layouts(cluster_env, tmp_path):
 
 def test_environment_variables_fill_site_values(monkeypatch, tmp_path):
     monkeypatch.delenv("HTS_ACCOUNT", raising=False)
-    with pytest.raises(SiteError, match=r"perlmutter.yaml: account: environment variable HTS_ACCOUNT"):
+    with pytest.raises(
+        SiteError, match=r"perlmutter.yaml: account: environment variable HTS_ACCOUNT"
+    ):
         load_site("perlmutter")
     missing: list[str] = []
     site = load_site("perlmutter", missing=missing)  # what `hts sites check` shows
@@ -103,7 +105,10 @@ def test_environment_variables_fill_site_values(monkeypatch, tmp_path):
             r"site.yaml: partiton: Extra inputs are not permitted",
         ),
         (
-            {"name": "c", "executors": {"gpu": {"kind": "htex", "provider": "slurm", "gpus_per_node": 4}}},
+            {
+                "name": "c",
+                "executors": {"gpu": {"kind": "htex", "provider": "slurm", "gpus_per_node": 4}},
+            },
             r"executors.gpu: provider slurm needs a partition",
         ),
         (slurm_site(workers=8), r"executors.gpu: 8 workers per node but only 4 GPUs per node"),
@@ -158,7 +163,9 @@ def test_container_wraps_the_worker_command(tmp_path):
         **slurm_site(),
         "container": {"image": "/scratch/hts.sif", "bind": ["/scratch", "/models"]},
     }
-    cfg = build_parsl_config(load_site(str(write_site(tmp_path, data))), tmp_path, resolve_address=False)
+    cfg = build_parsl_config(
+        load_site(str(write_site(tmp_path, data))), tmp_path, resolve_address=False
+    )
     ex = cfg.executors[0]
     assert ex.launch_cmd.startswith(
         "apptainer exec --nv --bind /scratch,/models /scratch/hts.sif process_worker_pool.py"
@@ -210,7 +217,9 @@ def test_slurm_batch_scripts_for_each_mode(tmp_path):
 
 def test_pbs_batch_script(cluster_env, tmp_path):
     site = load_site("polaris")
-    script = batch_script(site, Path("sites/polaris.yaml"), tmp_path / "c.yaml", tmp_path / "s.zarr")
+    script = batch_script(
+        site, Path("sites/polaris.yaml"), tmp_path / "c.yaml", tmp_path / "s.zarr"
+    )
     for line in (
         "#PBS -l select=2:ncpus=32:ngpus=4",
         "#PBS -q prod",
@@ -225,7 +234,9 @@ def test_pbs_batch_script(cluster_env, tmp_path):
 
 def test_a_site_without_a_scheduler_cannot_be_submitted(tmp_path):
     with pytest.raises(SiteError, match="has no batch scheduler"):
-        batch_script(load_site("local"), Path("sites/local.yaml"), tmp_path / "c.yaml", tmp_path / "s")
+        batch_script(
+            load_site("local"), Path("sites/local.yaml"), tmp_path / "c.yaml", tmp_path / "s"
+        )
 
 
 def test_sites_check_prints_config_and_missing(monkeypatch):
@@ -267,10 +278,7 @@ def test_one_worker_per_gpu(tmp_path):
     eng = make_engine("parsl", str(site_path), tmp_path / "run")
     try:
         assert eng.workers("gpu") == 2
-        seen = {
-            f.result()
-            for f in [eng.submit("gpu", _visible_device) for _ in range(40)]
-        }
+        seen = {f.result() for f in [eng.submit("gpu", _visible_device) for _ in range(40)]}
     finally:
         eng.close()
     assert {dev for _, dev, _ in seen} == {"0", "1"}
@@ -285,4 +293,8 @@ def _visible_device():
     import time
 
     time.sleep(0.05)
-    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("ROCR_VISIBLE_DEVICES")
+    return (
+        os.getpid(),
+        os.environ.get("CUDA_VISIBLE_DEVICES"),
+        os.environ.get("ROCR_VISIBLE_DEVICES"),
+    )

@@ -79,10 +79,34 @@ def long_campaign(tmp_path: Path, site: Path) -> Path:
         candidates={
             "kind": "substitution",
             "prototypes": [
-                "rocksalt", "zincblende", "wurtzite", "cscl", "fluorite", "perovskite", "spinel", "rutile",
+                "rocksalt",
+                "zincblende",
+                "wurtzite",
+                "cscl",
+                "fluorite",
+                "perovskite",
+                "spinel",
+                "rutile",
             ],
             "elements": {
-                "A": ["Li", "Na", "K", "Rb", "Cs", "Mg", "Ca", "Sr", "Ba", "Zn", "Cd", "Mn", "Fe", "Co", "Ni", "Cu"],
+                "A": [
+                    "Li",
+                    "Na",
+                    "K",
+                    "Rb",
+                    "Cs",
+                    "Mg",
+                    "Ca",
+                    "Sr",
+                    "Ba",
+                    "Zn",
+                    "Cd",
+                    "Mn",
+                    "Fe",
+                    "Co",
+                    "Ni",
+                    "Cu",
+                ],
                 "B": ["Ti", "Zr", "Hf", "Sn", "Ge", "Si", "Al", "Ga", "In", "V", "Cr", "Nb"],
                 "X": ["O", "S", "Se", "Te", "F", "Cl", "Br", "I"],
             },
@@ -101,7 +125,9 @@ def long_campaign(tmp_path: Path, site: Path) -> Path:
 def hts(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run([*HTS, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
     if check and r.returncode != 0:
-        raise AssertionError(f"hts {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        raise AssertionError(
+            f"hts {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        )
     return r
 
 
@@ -173,7 +199,9 @@ def test_pilot_submission_gets_worker_blocks_from_slurm(tmp_path, cleanup):
     cleanup.append(store)
     job = submit(campaign)
     script = (tmp_path / "lj.zarr.jobs" / "driver-1.sh").read_text()
-    assert "#SBATCH --partition=debug" in script and f"#SBATCH --comment={store_key(store)}" in script
+    assert (
+        "#SBATCH --partition=debug" in script and f"#SBATCH --comment={store_key(store)}" in script
+    )
     seen: list = []
     assert wait_for_end(job, store, timeout=240, seen=seen) == "COMPLETED"
     # the driver asked Slurm for a worker block through Parsl's SlurmProvider
@@ -194,7 +222,11 @@ def test_allocation_and_mpi_modes_equal_the_thread_pool(tmp_path, cleanup):
     the same rows and values as the local thread pool."""
     site = ci_site(tmp_path, launcher="srun", cpus=2, ranks_per_node=2)
     data = lj_campaign(tmp_path, site=str(site))
-    ref = load_campaign(write_campaign(tmp_path, {**data, "site": "local", "store": str(tmp_path / "ref.zarr")}, "ref.yaml"))
+    ref = load_campaign(
+        write_campaign(
+            tmp_path, {**data, "site": "local", "store": str(tmp_path / "ref.zarr")}, "ref.yaml"
+        )
+    )
     eng = make_engine("parsl", "local", tmp_path / "ref.parsl")
     try:
         run_campaign(ref, eng)
@@ -208,8 +240,8 @@ def test_allocation_and_mpi_modes_equal_the_thread_pool(tmp_path, cleanup):
         campaign = write_campaign(tmp_path, {**data, "store": str(store)}, f"{mode}.yaml")
         job = submit(campaign, "--mode", mode)
         assert wait_for_end(job, store, timeout=240) == "COMPLETED", (
-            (tmp_path / f"{mode}.zarr.jobs" / f"driver-{job}.out").read_text()[-3000:]
-        )
+            tmp_path / f"{mode}.zarr.jobs" / f"driver-{job}.out"
+        ).read_text()[-3000:]
         log = (tmp_path / f"{mode}.zarr.jobs" / f"driver-{job}.out").read_text()
         assert ("mpi: 2 ranks" in log) if mode == "mpi" else ("SrunLauncher" in log)
         got = open_dataset(store).load()
@@ -254,7 +286,9 @@ def test_cancel_stops_the_driver_and_its_blocks(tmp_path, cleanup):
     cleanup.append(store)
     job = submit(campaign)
     t0 = time.time()
-    while not any(name.startswith("parsl.cpu") and state == "RUNNING" for _, state, name in jobs_of(store)):
+    while not any(
+        name.startswith("parsl.cpu") and state == "RUNNING" for _, state, name in jobs_of(store)
+    ):
         assert time.time() - t0 < 120, "no worker block started"
         time.sleep(1)
     again = hts("submit", str(campaign), cwd=tmp_path, check=False)
