@@ -162,49 +162,64 @@ def relax_batch(
     cell: bool,
     cell_filter: str = "frechet",
     batch_size: int = 64,
+    batch_atoms: int | None = None,
     trajectory: bool = False,
 ) -> list[RelaxOutcome]:
     """Relax every structure; one failing structure never fails the others.
 
-    Each iteration predicts the active structures in slices of ``batch_size``
-    (the model may split further).  If a slice fails, its structures are
-    retried one by one so the culprit is isolated and marked failed.  With
-    ``trajectory`` every evaluated step is kept in ``frames`` (distillation
-    samples the relaxation path, not only its end).
+    In-flight batching: at most ``batch_size`` structures (and, when given,
+    ``batch_atoms`` atoms) are in the batch; each iteration evaluates the whole
+    batch in one :meth:`Model.predict` call and takes one FIRE step for each
+    member, and a structure that converges, runs out of steps or fails leaves at
+    once, its place taken by the next waiting structure.  The model thus sees
+    full batches until the last structures, whatever the spread in steps.  If a
+    batch fails, its structures are retried one by one so the culprit is
+    isolated and marked failed.  With ``trajectory`` every evaluated step is kept
+    in ``frames`` (distillation samples the relaxation path, not only its end).
     """
     import time
+    from collections import deque
 
     from ase.filters import FrechetCellFilter, UnitCellFilter
 
     make_filter = {"frechet": FrechetCellFilter, "unit": UnitCellFilter}[cell_filter]
     outcomes = [RelaxOutcome(atoms=a.copy(), frames=[] if trajectory else None) for a in structures]
-    handles = [make_filter(o.atoms) if cell else o.atoms for o in outcomes]
-    if cell:
-        for h in handles:
-            _fast_cell_math(h)
-    fire = [_Fire() for _ in outcomes]
-    active = list(range(len(outcomes)))
-    step = 0
-    while active:
+    handles: list = [None] * len(outcomes)
+    fire: list = [None] * len(outcomes)
+    waiting = deque(range(len(outcomes)))
+    active: list[int] = []
+    budget = batch_atoms or 0
+    while active or waiting:
+        atoms_in = sum(len(outcomes[k].atoms) for k in active)
+        while waiting and len(active) < batch_size:
+            k = waiting[0]
+            n = len(outcomes[k].atoms)
+            if budget and active and atoms_in + n > budget:
+                break
+            waiting.popleft()
+            h = make_filter(outcomes[k].atoms) if cell else outcomes[k].atoms
+            if cell:
+                _fast_cell_math(h)
+            handles[k], fire[k] = h, _Fire()
+            active.append(k)
+            atoms_in += n
         preds: dict[int, object] = {}
-        for start in range(0, len(active), batch_size):
-            part = active[start : start + batch_size]
-            t0 = time.perf_counter()
-            try:
-                got = model.predict([outcomes[k].atoms for k in part])
-                preds.update(zip(part, got, strict=True))
-            except Exception:
-                for k in part:
-                    try:
-                        preds[k] = model.predict([outcomes[k].atoms])[0]
-                    except Exception as err:  # this structure alone breaks the model
-                        outcomes[k].error = f"model failed: {type(err).__name__}: {err}"[:300]
-            dt = time.perf_counter() - t0
-            for k in part:
-                outcomes[k].model_time_s += dt / len(part)
+        t0 = time.perf_counter()
+        try:
+            preds.update(
+                zip(active, model.predict([outcomes[k].atoms for k in active]), strict=True)
+            )
+        except Exception:
+            for k in active:
+                try:
+                    preds[k] = model.predict([outcomes[k].atoms])[0]
+                except Exception as err:  # this structure alone breaks the model
+                    outcomes[k].error = f"model failed: {type(err).__name__}: {err}"[:300]
+        dt = time.perf_counter() - t0
         still = []
         for k in active:
             o = outcomes[k]
+            o.model_time_s += dt / len(active)
             if o.error:
                 continue
             p = preds[k]
@@ -213,7 +228,7 @@ def relax_batch(
                 and np.all(np.isfinite(p.forces))
                 and np.all(np.isfinite(p.stress))
             ):
-                o.error = f"model returned non-finite energy/forces/stress at step {step}"
+                o.error = f"model returned non-finite energy/forces/stress at step {o.n_steps}"
                 continue
             o.atoms.calc = _Frozen(p)
             o.energy = float(p.energy)
@@ -224,14 +239,15 @@ def relax_batch(
             if float((f**2).sum(axis=1).max()) < fmax**2:
                 o.converged = True
                 continue
-            if step >= max_steps:
+            if o.n_steps >= max_steps:
                 continue
             x = np.asarray(h.get_positions())
             h.set_positions(fire[k].step(x.reshape(-1), f.reshape(-1), max_step).reshape(x.shape))
             o.n_steps += 1
             still.append(k)
+        for k in set(active) - set(still):  # done: free its filter and optimiser state
+            handles[k] = fire[k] = None
         active = still
-        step += 1
     for o in outcomes:
         o.atoms.calc = None
     return outcomes

@@ -141,3 +141,57 @@ def test_closed_form_cell_math_equals_scipy():
             expm_frechet(lf, e, compute_expm=False),
             atol=1e-10,
         )
+
+
+def test_in_flight_batching_keeps_the_batch_full():
+    """Converged structures leave at once and waiting ones take their place; the results are
+    those of relaxing each alone, whatever the batch around it."""
+
+    class Recording:
+        name, version, device = "emt", "1", "cpu"
+
+        def __init__(self):
+            self.inner = load_model(ModelSpec(name="emt"))
+            self.calls: list[tuple[int, int]] = []
+
+        def unsupported(self, numbers):
+            return None
+
+        def calculator(self):
+            return self.inner.calculator()
+
+        def predict(self, batch):
+            self.calls.append((len(batch), sum(len(a) for a in batch)))
+            return self.inner.predict(batch)
+
+    structures = _structures() * 3  # 12 structures, 1-2 atoms each, different step counts
+    model = Recording()
+    out = relax_batch(
+        model, structures, fmax=0.01, max_steps=500, max_step=0.2, cell=True, batch_size=4
+    )
+    sizes = [n for n, _ in model.calls]
+    assert max(sizes) == 4
+    evaluations = sum(o.n_steps + 1 for o in out)
+    assert sum(sizes) == evaluations  # nothing evaluated twice, nothing idle in the batch
+    # full batches until fewer than 4 structures are left to relax
+    first_partial = next(i for i, n in enumerate(sizes) if n < 4)
+    assert all(n < 4 for n in sizes[first_partial:])
+    alone = [
+        relax_batch(model.inner, [a], fmax=0.01, max_steps=500, max_step=0.2, cell=True)[0]
+        for a in structures
+    ]
+    for o, ref in zip(out, alone, strict=True):
+        assert o.n_steps == ref.n_steps and abs(o.energy - ref.energy) < 1e-9
+    # an atom budget caps the batch by atoms as well
+    model.calls.clear()
+    relax_batch(
+        model,
+        structures,
+        fmax=0.01,
+        max_steps=500,
+        max_step=0.2,
+        cell=True,
+        batch_size=8,
+        batch_atoms=5,
+    )
+    assert max(atoms for _, atoms in model.calls) <= 5

@@ -1,0 +1,164 @@
+"""Batched relaxation vs the one-by-one ASE loop: structures/s, side by side in one process.
+
+For each cell size (8, 16 and 32 atoms: supercells of the demo campaign's
+candidates, strained 3 % and rattled so every relaxation has work to do) and
+each model (the distilled student, the SevenNet-0 teacher), the same structures
+are relaxed twice with the same FIRE settings:
+
+- one by one: ``FIRE(FrechetCellFilter(atoms)).run(fmax)`` with the model's ASE
+  calculator (what a plain ASE script does);
+- batched: :func:`hts.stages.relax.relax_batch`, the prefilter's relaxation.
+
+The two runs alternate per size so machine noise hits both alike.  Energies of
+converged structures must agree to the foundation issue's tolerance.
+
+    python benchmarks/relax.py                       # student and teacher, CPU, 1 thread
+    python benchmarks/relax.py --models student --device cuda --n 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import report  # noqa: E402
+
+STUDENT = ROOT / "workflows" / "models" / "demo-student" / "student.model"
+
+
+def structures(n_atoms: int, count: int, seed: int = 0):
+    """``count`` cells of exactly ``n_atoms`` atoms from the demo's candidates."""
+    import numpy as np
+
+    from hts.candidates import open_source
+    from hts.spec import load_campaign
+
+    rng = np.random.default_rng(seed)
+    c = load_campaign(ROOT / "workflows" / "demo.yaml")
+    out = []
+    for cand in open_source(c):
+        if cand.error:
+            continue
+        a = cand.to_atoms()
+        n = len(a)
+        if n_atoms % n:
+            continue
+        reps, k = [1, 1, 1], n_atoms // n
+        axis = 0
+        while k > 1:  # factor k over the axes, smallest first
+            for f in (2, 3, 5, 7):
+                if k % f == 0:
+                    reps[axis % 3] *= f
+                    k //= f
+                    axis += 1
+                    break
+            else:
+                reps[axis % 3] *= k
+                k = 1
+        s = a.repeat(reps)
+        s.set_cell(s.cell[:] * (1 + rng.uniform(-0.03, 0.03, (3, 3)) * np.eye(3)), scale_atoms=True)
+        s.positions += rng.normal(0, 0.05, s.positions.shape)
+        out.append(s)
+        if len(out) == count:
+            break
+    return out
+
+
+def load(name: str, device: str, threads: int, batch: int):
+    from hts.models import load_model
+    from hts.spec import ModelSpec
+
+    common = dict(device=device, threads=threads, batch_size=batch)
+    spec = (
+        ModelSpec(name="mace", path=str(STUDENT), dtype="float32", **common)
+        if name == "student"
+        else ModelSpec(name="sevennet-0", **common)
+    )
+    return load_model(spec)
+
+
+def ase_loop(model, cells, fmax: float, steps: int):
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    calc = model.calculator()
+    energies = []
+    for a in cells:
+        a = a.copy()
+        a.calc = calc
+        opt = FIRE(FrechetCellFilter(a), logfile=None)
+        ok = opt.run(fmax=fmax, steps=steps)
+        energies.append((a.get_potential_energy() / len(a), bool(ok), opt.nsteps))
+    return energies
+
+
+def batched(model, cells, fmax: float, steps: int, batch: int):
+    from hts.stages.relax import relax_batch
+
+    out = relax_batch(
+        model, cells, fmax=fmax, max_steps=steps, max_step=0.2, cell=True, batch_size=batch
+    )
+    return [(o.energy / len(o.atoms), o.converged, o.n_steps) for o in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", nargs="+", default=["student", "teacher"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[8, 16, 32])
+    ap.add_argument("--n", type=int, default=32, help="structures per size")
+    ap.add_argument("--batch", type=int, default=64, help="batched relaxation's batch size")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fmax", type=float, default=0.05)
+    ap.add_argument("--steps", type=int, default=300)
+    args = ap.parse_args()
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    import numpy as np
+
+    rows = []
+    for name in args.models:
+        model = load(name, args.device, args.threads, args.batch)
+        for size in args.sizes:
+            cells = structures(size, args.n)
+            batched(model, cells[:2], args.fmax, 3, args.batch)  # warm-up (compilation, caches)
+            t0 = time.perf_counter()
+            loop = ase_loop(model, cells, args.fmax, args.steps)
+            t_loop = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            bat = batched(model, cells, args.fmax, args.steps, args.batch)
+            t_bat = time.perf_counter() - t0
+            both = [(a, b) for a, b in zip(loop, bat, strict=True) if a[1] and b[1]]
+            de = max((abs(a[0] - b[0]) for a, b in both), default=float("nan"))
+            rows.append(
+                {
+                    "model": name,
+                    "atoms": size,
+                    "structures": len(cells),
+                    "ase_loop_per_s": round(len(cells) / t_loop, 2),
+                    "batched_per_s": round(len(cells) / t_bat, 2),
+                    "speedup": round(t_loop / t_bat, 2),
+                    "max_dE_meV_per_atom": round(1000 * de, 3),
+                    "converged_loop": sum(a[1] for a in loop),
+                    "converged_batched": sum(b[1] for b in bat),
+                    "mean_steps": round(float(np.mean([b[2] for b in bat])), 1),
+                    "device": args.device,
+                }
+            )
+            print(rows[-1], flush=True)
+    report(
+        "batched vs one-by-one relaxation (structures/s)",
+        list(rows[0]),
+        rows,
+        {"threads": args.threads, "fmax": args.fmax},
+    )
+
+
+if __name__ == "__main__":
+    main()
