@@ -58,3 +58,37 @@ def test_missing_reference_is_reported():
         raise AssertionError("expected MissingReferenceError")
     tracker.add_reference("Cl", -1.8)
     assert tracker.e_above_hull("NaCl", -2.0) == 0.0
+
+
+def test_qhull_planes_match_pymatgen_on_random_systems():
+    """Quaternary systems, duplicates, points exactly on the hull, queries below it: the plane
+    form of the hull gives pymatgen's e_above_hull and its stable set, to 1e-9 eV/atom."""
+    rng = np.random.default_rng(7)
+    elements = ["Li", "Fe", "P", "O"]
+    for trial in range(6):
+        refs = {el: float(rng.normal(-3, 1)) for el in elements}
+        data = []
+        for _ in range(60):
+            counts = rng.integers(0, 4, size=len(elements))
+            if counts.sum() < 2 or (counts > 0).sum() < 2:
+                continue
+            f = "".join(f"{el}{c}" for el, c in zip(elements, counts, strict=True) if c)
+            data.append((f, float(rng.normal(-3, 0.8))))
+        data += data[:3]  # duplicates
+        full = PhaseDiagram(
+            [PDEntry(Composition(el), e) for el, e in refs.items()]
+            + [PDEntry(Composition(f), e * Composition(f).num_atoms) for f, e in data]
+        )
+        tracker = HullTracker()
+        for el, e in refs.items():
+            tracker.add_reference(el, e)
+        tracker.add(data)
+        assert tracker.stable_count() == len(full.stable_entries), trial
+        queries = data + [(f, e - 0.5) for f, e in data[:10]]  # below the hull: negative
+        for f, e in queries:
+            c = Composition(f)
+            want = full.get_e_above_hull(PDEntry(c, e * c.num_atoms), allow_negative=True)
+            assert abs(tracker.e_above_hull(f, e) - want) < 1e-9, (trial, f)
+        # a point exactly on a hull facet (the midpoint of two stable entries) is on the hull
+        on = full.get_hull_energy_per_atom(Composition("LiFeO2"))
+        assert abs(tracker.e_above_hull("LiFeO2", on)) < 1e-9
