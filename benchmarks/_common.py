@@ -6,7 +6,8 @@ import json
 import resource
 import sys
 
-# A wide substitution space (≈2×10⁵ raw assignments, no charge balance) for scale runs.
+# A wide substitution space for scale runs: every element in every role, no charge balance
+# (≈1.4×10⁶ raw assignments, enough for the 10⁶-candidate run).
 METALS = [
     "Li",
     "Na",
@@ -56,6 +57,8 @@ METALS = [
     "Re",
 ]
 ANIONS = ["O", "S", "Se", "Te", "F", "Cl", "Br", "I", "N", "P", "As", "Sb", "H", "B", "C", "Si"]
+LANTHANIDES = ["Ce", "Pr", "Nd", "Sm", "Gd", "Dy", "Er", "Yb", "Lu"]
+ELEMENTS = METALS + ANIONS + LANTHANIDES
 
 
 def wide_campaign(
@@ -73,10 +76,11 @@ def wide_campaign(
                 "fluorite",
                 "rutile",
                 "perovskite",
+                "spinel",
                 "layered",
                 "heusler",
             ],
-            "elements": {"A": METALS, "B": METALS, "X": ANIONS},
+            "elements": {"A": ELEMENTS, "B": ELEMENTS, "X": ELEMENTS},
             "charge_balance": False,
         },
         "stages": {
