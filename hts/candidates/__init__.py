@@ -84,7 +84,7 @@ def check_candidate(c: Candidate, max_atoms: int, min_distance: float) -> Candid
         c.error = "structure has no atoms"
     elif c.n_atoms > max_atoms:
         c.error = f"{c.n_atoms} atoms exceeds limits.max_atoms = {max_atoms}"
-    else:
+    elif not c.nearest >= min_distance:  # unknown (NaN) or too close: look at the pairs
         from ase.data import chemical_symbols
 
         from hts.geometry import pairs_within

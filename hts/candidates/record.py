@@ -36,6 +36,8 @@ class Candidate:
     formula: str = ""
     chemsys: str = ""
     error: str = ""
+    # shortest interatomic distance, Å, when the source already knows it (NaN: not known)
+    nearest: float = float("nan")
 
     @property
     def n_atoms(self) -> int:
@@ -79,7 +81,12 @@ def chemsys_of(numbers) -> str:
     return "-".join(sorted(set(_symbols(numbers))))
 
 
-def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -> str:
+def candidate_id(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> str:
     """A 16-hex-digit id from an isometry-invariant fingerprint of the structure.
 
     The fingerprint is the reduced formula, the volume per atom and, for every site, its species with the sorted species-resolved
@@ -88,15 +95,22 @@ def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -
     the cell choice (a supercell included), the origin, a rotation, or the order
     of the sites.  Values are rounded (0.01 Å, 0.01 Å^3), so two inputs that differ
     by less may share an id; a structure that differs more never does.
-    """
-    from hts.geometry import pairs_within
 
+    ``pairs`` — ``(i, j, d)`` of every pair within :func:`fingerprint_cutoff` — may
+    be given by a source that already has them (a prototype scaled as a whole has
+    its pairs scaled too), saving the neighbour search.
+    """
     numbers = np.asarray(numbers)
     n = len(numbers)
     volume = abs(float(np.linalg.det(cell)))
     parts = [formula_of(numbers), f"{volume / max(n, 1):.2f}"]
     if n:
-        i, j, d, _ = pairs_within(positions, cell, _cutoff(cell, n))
+        if pairs is None:
+            from hts.geometry import pairs_within
+
+            i, j, d, _ = pairs_within(positions, cell, fingerprint_cutoff(cell, n))
+        else:
+            i, j, d = pairs
         dmin = d.min() if len(d) else 0.0
         keep = d <= 2.0 * dmin + 1e-6
         i, j, d = i[keep], j[keep], d[keep]
@@ -111,7 +125,7 @@ def candidate_id(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray) -
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _cutoff(cell: np.ndarray, n: int) -> float:
+def fingerprint_cutoff(cell: np.ndarray, n: int) -> float:
     """Twice the longest nearest-neighbour distance any sane packing of this density has."""
     volume = abs(float(np.linalg.det(cell)))
     return 2.5 * (volume / max(n, 1)) ** (1 / 3)

@@ -153,3 +153,28 @@ def test_id_is_invariant_to_isometries_and_order():
     assert candidate_id(wz.numbers, wz.positions, wz.cell[:]) != candidate_id(
         zb.numbers, zb.positions, zb.cell[:]
     )
+
+
+@pytest.mark.parametrize("name", sorted(PROTOTYPES))
+def test_prototype_pairs_give_the_general_id_and_nearest_distance(tmp_path, name):
+    """The generator reuses each prototype's scaled pairs: the ids and shortest distances are
+    those of a full neighbour search on the built structure."""
+    from hts.geometry import pairs_within
+
+    roles = PROTOTYPES[name].roles
+    elements = {r: ["Li", "Mg", "Cs", "Zr", "O", "Se", "I"] for r in roles}
+    c = parse_campaign(
+        lj_campaign(
+            tmp_path,
+            candidates={
+                "kind": "substitution",
+                "prototypes": [name],
+                "elements": elements,
+                "charge_balance": False,
+            },
+        )
+    )
+    for cand in itertools.islice(open_source(c), 40):
+        assert cand.id == candidate_id(cand.numbers, cand.positions, cand.cell)
+        _, _, d, _ = pairs_within(cand.positions, cand.cell, 8.0)
+        assert abs(cand.nearest - d.min()) < 1e-9
