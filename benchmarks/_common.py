@@ -62,7 +62,12 @@ ELEMENTS = METALS + ANIONS + LANTHANIDES
 
 
 def wide_campaign(
-    store: str, n: int, model: dict, chunk_size: int = 256, site: str = "local"
+    store: str,
+    n: int,
+    model: dict,
+    chunk_size: int = 256,
+    site: str = "local",
+    max_steps: int = 100,
 ) -> dict:
     return {
         "name": f"scale-{n}",
@@ -86,7 +91,7 @@ def wide_campaign(
         "stages": {
             "prefilter": {
                 "model": model,
-                "relax": {"fmax": 0.05, "max_steps": 100, "cell_filter": "unit"},
+                "relax": {"fmax": 0.05, "max_steps": max_steps, "cell_filter": "unit"},
             }
         },
         "store": store,

@@ -9,7 +9,7 @@ exactly once.  Target (issue 7): 10⁶ candidates on 2 cores with the whole
 run's peak RSS under 1.5 GB.
 
     python benchmarks/scale.py                           # 10⁴ and 10⁵, local thread pool
-    python benchmarks/scale.py --sizes 1000000 --site workstation --keep /scratch/scale
+    python benchmarks/scale.py --sizes 1000000 --site workstation --steps 0 --keep /scratch/scale
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class TreeRSS(threading.Thread):
         self.join()
 
 
-def one(n: int, workdir: Path, site: str, chunk: int, log) -> dict:
+def one(n: int, workdir: Path, site: str, chunk: int, steps: int, log) -> dict:
     import numpy as np
     import xarray as xr
 
@@ -67,7 +67,9 @@ def one(n: int, workdir: Path, site: str, chunk: int, log) -> dict:
     campaign = workdir / f"scale-{n}.yaml"
     for old in (store, Path(f"{store}.parsl")):  # a fresh run, never a resume
         shutil.rmtree(old, ignore_errors=True)
-    data = wide_campaign(str(store), n, {"name": "lennard-jones"}, chunk_size=chunk, site=site)
+    data = wide_campaign(
+        str(store), n, {"name": "lennard-jones"}, chunk_size=chunk, site=site, max_steps=steps
+    )
     campaign.write_text(yaml.safe_dump(data, sort_keys=False))
     hts = Path(sys.executable).parent / "hts"
     t0 = time.perf_counter()
@@ -127,6 +129,12 @@ def main() -> None:
     ap.add_argument("--site", default="local")
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--keep", type=Path, help="Keep the stores and logs in this folder.")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="FIRE steps per candidate (0: single points, so the engine is what is measured).",
+    )
     args = ap.parse_args()
     rows = []
     for n in args.sizes:
@@ -134,7 +142,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         try:
             with open(work / f"scale-{n}.log", "w") as log:
-                rows.append(one(n, work, args.site, args.chunk, log))
+                rows.append(one(n, work, args.site, args.chunk, args.steps, log))
         finally:
             if args.keep is None:
                 shutil.rmtree(work, ignore_errors=True)
@@ -147,7 +155,7 @@ def main() -> None:
         "campaign scale, Lennard-Jones potential (FIRE + UnitCellFilter), whole process tree",
         list(rows[0]),
         rows,
-        {"site": args.site, "chunk_size": args.chunk},
+        {"site": args.site, "chunk_size": args.chunk, "fire_steps": args.steps},
     )
 
 
