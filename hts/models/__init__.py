@@ -47,7 +47,7 @@ def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
 
 def load_model(spec) -> Model:
     """A fresh model for a :class:`hts.spec.ModelSpec`; threads are configured first."""
-    configure_threads(spec.threads)
+    configure_threads(spec.threads, torch_model=spec.name not in ("lennard-jones", "emt"))
     if spec.name == "lennard-jones":
         from hts.models.analytic import LennardJonesModel
 
