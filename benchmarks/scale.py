@@ -15,6 +15,7 @@ run's peak RSS under 1.5 GB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -30,11 +31,13 @@ from _common import report, wide_campaign  # noqa: E402
 
 
 class TreeRSS(threading.Thread):
-    """Peak of the summed RSS of a process and its descendants, sampled every ``period`` s."""
+    """Peak of the summed RSS of a run, sampled every ``period`` s: the driver, its
+    descendants, and the worker pools Parsl started detached (found by ``marker``, the
+    run's folder, on their command line) with theirs."""
 
-    def __init__(self, pid: int, period: float = 0.5) -> None:
+    def __init__(self, pid: int, marker: str, period: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.pid, self.period, self.peak, self.driver_peak = pid, period, 0, 0
+        self.pid, self.marker, self.period, self.peak, self.driver_peak = pid, marker, period, 0, 0
         self.samples: list[tuple[float, int]] = []
         self._halt = threading.Event()
 
@@ -45,11 +48,23 @@ class TreeRSS(threading.Thread):
         root = psutil.Process(self.pid)
         while not self._halt.is_set():
             try:
-                procs = [root, *root.children(recursive=True)]
-                rss = [p.memory_info().rss for p in procs]
+                driver = root.memory_info().rss
             except psutil.Error:
                 break
-            self.driver_peak = max(self.driver_peak, rss[0])
+            roots = [root]
+            for p in psutil.process_iter(["cmdline"]):
+                if p.pid != self.pid and self.marker in " ".join(p.info["cmdline"] or []):
+                    roots.append(p)
+            procs: dict[int, psutil.Process] = {}
+            for r in roots:
+                with contextlib.suppress(psutil.Error):
+                    for p in [r, *r.children(recursive=True)]:
+                        procs[p.pid] = p
+            rss = []
+            for p in procs.values():
+                with contextlib.suppress(psutil.Error):
+                    rss.append(p.memory_info().rss)
+            self.driver_peak = max(self.driver_peak, driver)
             self.peak = max(self.peak, sum(rss))
             self.samples.append((time.time() - t0, sum(rss)))
             self._halt.wait(self.period)
@@ -80,7 +95,7 @@ def one(n: int, workdir: Path, site: str, chunk: int, steps: int, log) -> dict:
         text=True,
         cwd=workdir,
     )
-    mem = TreeRSS(proc.pid)
+    mem = TreeRSS(proc.pid, marker=f"{store}.parsl")
     mem.start()
     tail: list[str] = []
     for line in proc.stdout:  # the CLI's progress lines (a plain line every 5 s off a terminal)

@@ -47,7 +47,7 @@ def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
 
 def load_model(spec) -> Model:
     """A fresh model for a :class:`hts.spec.ModelSpec`; threads are configured first."""
-    configure_threads(spec.threads, torch_model=spec.name not in ("lennard-jones", "emt"))
+    configure_threads(spec.threads, torch_model=_uses_torch(spec))
     if spec.name == "lennard-jones":
         from hts.models.analytic import LennardJonesModel
 
@@ -83,5 +83,9 @@ def get_model(spec) -> Model:
     if key not in cache:
         with _load_lock:
             cache[key] = load_model(spec)
-    configure_threads(spec.threads)
+    configure_threads(spec.threads, torch_model=_uses_torch(spec))
     return cache[key]
+
+
+def _uses_torch(spec) -> bool:
+    return spec.name not in ("lennard-jones", "emt")
