@@ -65,10 +65,15 @@ def charge_balanced(assignment: dict[str, str], multiplicity: dict[str, int]) ->
     )
 
 
-def _scale(a: Assignment) -> float:
+def _build(a: Assignment) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    from ase.data import atomic_numbers
+
     proto = prototype_cell(a.prototype)
     table = dict(a.elements)
-    return max((_radius(table[r1]) + _radius(table[r2])) / d for r1, r2, d in proto.contacts)
+    scale = max((_radius(table[r1]) + _radius(table[r2])) / d for r1, r2, d in proto.contacts)
+    cell = proto.cell * scale
+    numbers = np.array([atomic_numbers[table[r]] for r in proto.roles], dtype=np.int64)
+    return numbers, proto.frac @ cell, cell, scale
 
 
 def build_structure(a: Assignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,13 +83,7 @@ def build_structure(a: Assignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     shorter than the sum of the two atoms' radii: a start close enough to the
     minimum that a FIRE relaxation converges in tens of steps.
     """
-    from ase.data import atomic_numbers
-
-    proto = prototype_cell(a.prototype)
-    table = dict(a.elements)
-    cell = proto.cell * _scale(a)
-    numbers = np.array([atomic_numbers[table[r]] for r in proto.roles], dtype=np.int64)
-    return numbers, proto.frac @ cell, cell
+    return _build(a)[:3]
 
 
 @functools.cache
@@ -142,9 +141,9 @@ class SubstitutionGenerator:
 
     def __iter__(self) -> Iterator[Candidate]:
         for a in self.assignments():
-            numbers, positions, cell = build_structure(a)
+            numbers, positions, cell, scale = _build(a)
             i, j, d = _unit_pairs(a.prototype)
-            d = d * _scale(a)
+            d = d * scale
             yield Candidate(
                 id=candidate_id(numbers, positions, cell, pairs=(i, j, d)),
                 source=f"substitution:{a.label}",

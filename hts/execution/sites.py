@@ -45,7 +45,7 @@ class SiteError(ValueError):
     """A site that cannot be loaded or used; the message names the file and field."""
 
 
-def _walltime(value: str | int) -> str:
+def parse_walltime(value: str | int) -> str:
     """``HH:MM:SS`` from Slurm-style ``D-HH:MM:SS``, ``HH:MM:SS``, ``HH:MM`` or minutes."""
     m = _WALLTIME.match(str(value).strip())
     if not m:
@@ -62,11 +62,6 @@ def _walltime(value: str | int) -> str:
     if total <= 0:
         raise ValueError(f"walltime {value!r} must be positive")
     return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def walltime_seconds(walltime: str) -> int:
-    h, m, s = (int(x) for x in walltime.split(":"))
-    return h * 3600 + m * 60 + s
 
 
 class _Strict(BaseModel):
@@ -109,7 +104,7 @@ class _Batch(_Strict):
     @field_validator("walltime", mode="before")
     @classmethod
     def _wt(cls, v: Any) -> str:
-        return _walltime(v)
+        return parse_walltime(v)
 
     @field_validator("scheduler_options")
     @classmethod

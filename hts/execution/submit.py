@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hts.execution.sites import Site, SiteError, load_site, site_file, store_key
+from hts.execution.sites import Site, SiteError, load_site, parse_walltime, site_file, store_key
 
 __all__ = ["Submission", "batch_script", "cancel", "job_states", "jobs_dir", "submit"]
 
@@ -96,9 +96,7 @@ def batch_script(
     if nodes:
         job["nodes"] = nodes
     if walltime:
-        from hts.execution.sites import _walltime
-
-        job["walltime"] = _walltime(walltime)
+        job["walltime"] = parse_walltime(walltime)
     mode = job["mode"]
     if mode == "pilot" and not any(e.provider != "local" for e in site.executors.values()):
         raise SiteError(
@@ -270,6 +268,13 @@ def submit(
     path = site_file(site_name)
     store = Path(store).resolve()
     script = batch_script(site, path, campaign, store, mode=mode, nodes=nodes, walltime=walltime)
+    if not dry_run:
+        active = [r for r in job_states(store) if r["role"] == "driver" and r["state"] in _ACTIVE]
+        if active:
+            raise SubmitError(
+                f"driver job {active[0]['job_id']} of {store} is still {active[0]['state']}: two "
+                f"drivers must never write one store (hts cancel {store} first)"
+            )
     jobs = jobs_dir(store)
     jobs.mkdir(parents=True, exist_ok=True)
     history = _history(store)
@@ -277,12 +282,6 @@ def submit(
     target.write_text(script)
     if dry_run:
         return None, target
-    active = [r for r in job_states(store) if r["role"] == "driver" and r["state"] in _ACTIVE]
-    if active:
-        raise SubmitError(
-            f"driver job {active[0]['job_id']} of {store} is still {active[0]['state']}: two drivers "
-            f"must never write one store (hts cancel {store} first)"
-        )
     scheduler = site.scheduler()
     cmd = ["sbatch", "--parsable", str(target)] if scheduler == "slurm" else ["qsub", str(target)]
     r = _run(cmd, timeout=60)

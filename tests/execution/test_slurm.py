@@ -252,11 +252,17 @@ def test_allocation_and_mpi_modes_equal_the_thread_pool(tmp_path, cleanup):
         np.testing.assert_array_equal(got["kept"].values[o], want["kept"].values[order])
 
 
-def test_walltime_kill_then_resubmit_resumes(tmp_path, cleanup):
-    site = ci_site(tmp_path)
-    campaign = long_campaign(tmp_path, site)
+@pytest.fixture
+def long_run(tmp_path, cleanup) -> tuple[Path, Path]:
+    """The long campaign on the test cluster, and its store (cleaned up after the test)."""
+    campaign = long_campaign(tmp_path, ci_site(tmp_path))
     store = tmp_path / "lj.zarr"
     cleanup.append(store)
+    return campaign, store
+
+
+def test_walltime_kill_then_resubmit_resumes(tmp_path, long_run):
+    campaign, store = long_run
     ids = expected_ids(campaign)
     first = submit(campaign, "--walltime", "1")  # Slurm's smallest: one minute
     assert wait_for_end(first, store, timeout=240) == "TIMEOUT"
@@ -279,11 +285,8 @@ def test_walltime_kill_then_resubmit_resumes(tmp_path, cleanup):
     assert "TIMEOUT" in status and "COMPLETED" in status
 
 
-def test_cancel_stops_the_driver_and_its_blocks(tmp_path, cleanup):
-    site = ci_site(tmp_path)
-    campaign = long_campaign(tmp_path, site)
-    store = tmp_path / "lj.zarr"
-    cleanup.append(store)
+def test_cancel_stops_the_driver_and_its_blocks(tmp_path, long_run):
+    campaign, store = long_run
     job = submit(campaign)
     t0 = time.time()
     while not any(

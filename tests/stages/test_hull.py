@@ -26,9 +26,8 @@ def _random_entries(seed: int, n: int = 120):
     return [(f, float(rng.normal(-1.0, 0.4))) for f in rng.choice(formulas, size=n)]
 
 
-def test_streaming_hull_matches_full_phase_diagram():
-    refs = {"Na": -1.3, "Cl": -1.8, "O": -4.9}
-    data = _random_entries(0)
+def _both(refs: dict, data: list, chunk: int):
+    """One PhaseDiagram over everything, and the streaming tracker fed ``chunk`` at a time."""
     full = PhaseDiagram(
         [PDEntry(Composition(el), e) for el, e in refs.items()]
         + [PDEntry(Composition(f), e * Composition(f).num_atoms) for f, e in data]
@@ -36,8 +35,15 @@ def test_streaming_hull_matches_full_phase_diagram():
     tracker = HullTracker()
     for el, e in refs.items():
         tracker.add_reference(el, e)
-    for start in range(0, len(data), 7):  # arrive in chunks
-        tracker.add(data[start : start + 7])
+    for start in range(0, len(data), chunk):
+        tracker.add(data[start : start + chunk])
+    return full, tracker
+
+
+def test_streaming_hull_matches_full_phase_diagram():
+    refs = {"Na": -1.3, "Cl": -1.8, "O": -4.9}
+    data = _random_entries(0)
+    full, tracker = _both(refs, data, chunk=7)  # arrive in chunks
     assert tracker.stable_count() == len(full.stable_entries)
     for f, e in data:
         expected = full.get_e_above_hull(
@@ -75,14 +81,7 @@ def test_qhull_planes_match_pymatgen_on_random_systems():
             f = "".join(f"{el}{c}" for el, c in zip(elements, counts, strict=True) if c)
             data.append((f, float(rng.normal(-3, 0.8))))
         data += data[:3]  # duplicates
-        full = PhaseDiagram(
-            [PDEntry(Composition(el), e) for el, e in refs.items()]
-            + [PDEntry(Composition(f), e * Composition(f).num_atoms) for f, e in data]
-        )
-        tracker = HullTracker()
-        for el, e in refs.items():
-            tracker.add_reference(el, e)
-        tracker.add(data)
+        full, tracker = _both(refs, data, chunk=len(data))
         assert tracker.stable_count() == len(full.stable_entries), trial
         queries = data + [(f, e - 0.5) for f, e in data[:10]]  # below the hull: negative
         for f, e in queries:
