@@ -10,7 +10,8 @@ Output folder::
 
     dataset/<teacher>-<hash>/   labels-*.extxyz + index.json (reusable, extendable)
     train/                      train/valid/test.extxyz, mace's run (logs, checkpoints)
-    student.model               the student (TorchScript), named by a campaign's prefilter
+    student.model               the student (mace module), named by a campaign's prefilter
+    student_compiled.model      the same student as TorchScript (other e3nn versions, LAMMPS)
     report.json, report.md, parity.png, screening.png
 """
 
@@ -277,6 +278,7 @@ def run_distill(
     trained = fut.result()
     student_file = out / "student.model"
     shutil.copyfile(trained.model, student_file)
+    shutil.copyfile(trained.compiled, out / "student_compiled.model")
 
     # -- evaluate -------------------------------------------------------------------
     st.phase, st.done, st.total, st.detail = "evaluating", 0, 0, ""

@@ -4,9 +4,12 @@ Runs ``python -m mace.cli.run_train`` in a subprocess: mace sets global torch
 state (default dtype, logging, seeds), which must not leak into a worker that
 also runs stages, and the subprocess gets its own thread count.  mace keeps
 checkpoints in the run folder and ``--restart_latest`` continues from the last
-one, so an interrupted training resumes instead of starting over.  The shipped
-student is the TorchScript file mace writes (``*_compiled.model``): it loads
-across e3nn versions, a pickled module does not.
+one, so an interrupted training resumes instead of starting over.  Two student
+files come out: the eager module (``student.model``), which hts loads because
+its symmetric contractions can be folded for fast inference
+(:mod:`hts.models.mace_contraction`) and which needs the pinned e3nn/mace-torch,
+and mace's TorchScript file (``student_compiled.model``), which loads across
+e3nn versions and in LAMMPS.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +32,8 @@ class TrainingError(RuntimeError):
 
 @dataclass(slots=True)
 class TrainResult:
-    model: str  # the TorchScript student
+    model: str  # the eager student (a pickled mace module)
+    compiled: str  # the same weights as TorchScript
     log: str
     epochs: int
     wall_s: float
@@ -169,14 +172,14 @@ def train_student(
         raise TrainingError(
             f"mace training failed (exit {code}); end of {log}:\n" + "\n".join(tail)
         )
-    compiled = run / "student_compiled.model"
-    if not compiled.exists():
-        raise TrainingError(f"mace training finished but wrote no {compiled}")
-    out = run / "student.model.ts"
-    shutil.copyfile(compiled, out)
+    eager, compiled = run / "student.model", run / "student_compiled.model"
+    for f in (eager, compiled):
+        if not f.exists():
+            raise TrainingError(f"mace training finished but wrote no {f}")
     epochs = epochs_logged(log)
     return TrainResult(
-        model=str(out),
+        model=str(eager),
+        compiled=str(compiled),
         log=str(log),
         epochs=epochs[-1][0] + 1 if epochs else 0,
         wall_s=time.time() - t0,

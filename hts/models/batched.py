@@ -66,10 +66,12 @@ class ModelFileError(ValueError):
 
 
 def _load_mace_file(path: str, device: str):
-    """A MACE model from a TorchScript file (``*_compiled.model``) or a pickled module.
+    """A MACE model from a pickled module (``*.model``) or a TorchScript file.
 
-    TorchScript is what ``hts distill`` ships: it loads across e3nn versions,
-    where a pickled module only loads under the e3nn it was saved with.
+    A pickled module (what mace saves, what foundation models ship as, what
+    ``hts distill`` names ``student.model``) only loads under the e3nn it was
+    saved with, but its symmetric contractions can be folded for inference; a
+    TorchScript file (``*_compiled.model``) loads anywhere and runs as it is.
     """
     import warnings
     import zipfile
@@ -121,6 +123,9 @@ class MaceModel:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
+        from hts.models.mace_contraction import fold_contractions
+
+        self.folded = fold_contractions(model)
         self.model = model
         self.atomic_numbers = [int(z) for z in model.atomic_numbers]
         self.r_max = float(model.r_max)

@@ -35,7 +35,7 @@ def _matches_calculator(model, structures, atol_e=1e-5, atol_f=1e-4, atol_s=1e-5
         np.testing.assert_allclose(p.stress, a.get_stress(), atol=atol_s)
 
 
-def tiny_mace(path, atomic_numbers=(1, 3, 8, 9, 11, 12, 17, 29)):
+def tiny_mace(path, atomic_numbers=(1, 3, 8, 9, 11, 12, 17, 29), correlation=2, max_ell=2):
     """An untrained two-layer MACE saved like a foundation-model file (stands in for one)."""
     import torch
     from e3nn import o3
@@ -49,7 +49,7 @@ def tiny_mace(path, atomic_numbers=(1, 3, 8, 9, 11, 12, 17, 29)):
             r_max=4.0,
             num_bessel=4,
             num_polynomial_cutoff=5,
-            max_ell=2,
+            max_ell=max_ell,
             interaction_cls=block,
             interaction_cls_first=block,
             num_interactions=2,
@@ -59,7 +59,7 @@ def tiny_mace(path, atomic_numbers=(1, 3, 8, 9, 11, 12, 17, 29)):
             atomic_energies=np.linspace(-1, -3, len(atomic_numbers)),
             avg_num_neighbors=8.0,
             atomic_numbers=list(atomic_numbers),
-            correlation=2,
+            correlation=correlation,
             gate=torch.nn.functional.silu,
         )
         torch.save(model, path)
