@@ -7,7 +7,7 @@ checkpoints in the run folder and ``--restart_latest`` continues from the last
 one, so an interrupted training resumes instead of starting over.  Two student
 files come out: the eager module (``student.model``), which hts loads because
 its symmetric contractions can be folded for fast inference
-(:mod:`hts.models.mace_contraction`) and which needs the pinned e3nn/mace-torch,
+(:mod:`hts.models.mace_inference`) and which needs the pinned e3nn/mace-torch,
 and mace's TorchScript file (``student_compiled.model``), which loads across
 e3nn versions and in LAMMPS.
 """

@@ -123,9 +123,9 @@ class MaceModel:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        from hts.models.mace_contraction import fold_contractions
+        from hts.models.mace_inference import optimize_for_inference
 
-        self.folded = fold_contractions(model)
+        self.optimized = optimize_for_inference(model)
         self.model = model
         self.atomic_numbers = [int(z) for z in model.atomic_numbers]
         self.r_max = float(model.r_max)
@@ -151,32 +151,74 @@ class MaceModel:
             out.extend(self._forward(batch[start : start + self.batch_size]))
         return out
 
-    def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:
-        import torch
-        from mace import data
-        from mace.tools import torch_geometric, utils
+    def _graph(self, batch: Sequence[Atoms]) -> dict:
+        """The batched input mace's forward reads, built straight from the structures.
 
-        z_table = utils.AtomicNumberTable(self.atomic_numbers)
-        graphs = [
-            data.AtomicData.from_config(
-                data.config_from_atoms(a), z_table=z_table, cutoff=self.r_max, heads=self.heads
+        Same neighbour lists and fields as mace's ``AtomicData`` + ``DataLoader``
+        (which cost more than a small student's forward pass per structure), made
+        directly in the model's dtype: positions never pass through float32 on
+        the way to a float64 model.
+        """
+        import torch
+        from mace.data.neighborhood import get_neighborhood
+
+        if not hasattr(self, "_z_index"):
+            self._z_index = np.full(max(self.atomic_numbers) + 1, -1)
+            self._z_index[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
+            self._head = (
+                self.heads.index("Default") if "Default" in self.heads else len(self.heads) - 1
             )
-            for a in batch
-        ]
-        loader = torch_geometric.dataloader.DataLoader(
-            graphs, batch_size=len(graphs), shuffle=False
-        )
-        g = next(iter(loader)).to(self.device)
-        torch_dtype = torch.float64 if self.dtype == "float64" else torch.float32
-        d = g.to_dict()
-        for key, value in d.items():
-            if torch.is_tensor(value) and torch.is_floating_point(value):
-                d[key] = value.to(torch_dtype)
+        pos, kinds, edges, shifts, unit_shifts, cells = [], [], [], [], [], []
+        offset = 0
+        for a in batch:
+            p = a.get_positions()
+            e, s, us, cell = get_neighborhood(
+                p, cutoff=self.r_max, pbc=tuple(bool(x) for x in a.pbc), cell=a.cell.array.copy()
+            )
+            pos.append(p)
+            kinds.append(self._z_index[a.numbers])
+            edges.append(e + offset)
+            shifts.append(s)
+            unit_shifts.append(us)
+            cells.append(cell)
+            offset += len(a)
+        counts = np.array([len(a) for a in batch])
+        kind = np.concatenate(kinds)
+        dtype = torch.float64 if self.dtype == "float64" else torch.float32
+        dev = self.device
+
+        def f(x):
+            return torch.as_tensor(np.concatenate(x), dtype=dtype, device=dev)
+
+        attrs = torch.zeros((len(kind), len(self.atomic_numbers)), dtype=dtype, device=dev)
+        attrs[torch.arange(len(kind), device=dev), torch.as_tensor(kind, device=dev)] = 1.0
+        return {
+            "positions": f(pos),
+            "node_attrs": attrs,
+            "edge_index": torch.as_tensor(
+                np.concatenate(edges, axis=1).astype(np.int64), device=dev
+            ),
+            "shifts": f(shifts),
+            "unit_shifts": f(unit_shifts),
+            "cell": f(cells),
+            "batch": torch.as_tensor(np.repeat(np.arange(len(batch)), counts), device=dev),
+            "ptr": torch.as_tensor(np.concatenate([[0], np.cumsum(counts)]), device=dev),
+            "head": torch.full((len(batch),), self._head, dtype=torch.long, device=dev),
+            # neutral, spin-unpolarised: what mace's AtomicData puts for plain structures
+            "charges": torch.zeros(len(kind), dtype=dtype, device=dev),
+            "total_charge": torch.zeros(len(batch), dtype=dtype, device=dev),
+            "total_spin": torch.ones(len(batch), dtype=dtype, device=dev),
+            "pbc": torch.as_tensor(np.array([a.pbc for a in batch]), device=dev),
+            "volume": torch.as_tensor([abs(np.linalg.det(c)) for c in cells], dtype=dtype, device=dev),
+        }
+
+    def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        d = self._graph(batch)
         res = self.model(d, compute_stress=True, training=False)
         energy = res["energy"].detach().cpu().numpy()
         forces = res["forces"].detach().cpu().numpy()
         stress = res["stress"].detach().cpu().numpy()
-        ptr = g.ptr.cpu().numpy()
+        ptr = d["ptr"].cpu().numpy()
         out = []
         for k in range(len(batch)):
             out.append(

@@ -40,11 +40,25 @@ class RelaxOutcome:
     frames: list | None = None
 
 
+_last_eig: tuple = (b"", None)
+
+
 def _eig3(a: np.ndarray):
+    """Eigendecomposition of a 3×3 matrix, the last one remembered.
+
+    The cell filter asks for the Fréchet derivative of ``expm`` at one matrix in
+    nine directions per step: one decomposition serves all nine.
+    """
+    global _last_eig
+    key = a.tobytes()
+    last = _last_eig  # one read: another thread may replace it meanwhile
+    if last[0] == key:
+        return last[1]
     w, v = np.linalg.eig(a)
-    if np.linalg.cond(v) > 1e6:  # (nearly) defective: the closed forms below lose accuracy
-        return None
-    return w, v, np.linalg.inv(v)
+    # (nearly) defective: the closed forms below lose accuracy, scipy's general ones take over
+    out = None if np.linalg.cond(v) > 1e6 else (w, v, np.linalg.inv(v))
+    _last_eig = (key, out)
+    return out
 
 
 def _logm3(a: np.ndarray) -> np.ndarray:
