@@ -209,7 +209,9 @@ class MaceModel:
             "total_charge": torch.zeros(len(batch), dtype=dtype, device=dev),
             "total_spin": torch.ones(len(batch), dtype=dtype, device=dev),
             "pbc": torch.as_tensor(np.array([a.pbc for a in batch]), device=dev),
-            "volume": torch.as_tensor([abs(np.linalg.det(c)) for c in cells], dtype=dtype, device=dev),
+            "volume": torch.as_tensor(
+                [abs(np.linalg.det(c)) for c in cells], dtype=dtype, device=dev
+            ),
         }
 
     def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:

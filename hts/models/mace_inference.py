@@ -209,7 +209,9 @@ def _check(new: FoldedContraction, old: torch.nn.Module, where: str) -> None:
         ref, got = old(x, y), new(x, y)
     err = _relative_error(got, ref)
     if err > _tolerance(w.dtype):
-        raise RuntimeError(f"folded contraction {where} differs from mace's by {err:.2e} (relative)")
+        raise RuntimeError(
+            f"folded contraction {where} differs from mace's by {err:.2e} (relative)"
+        )
     new._folded.clear()  # built again on the dtype/device in use
 
 
@@ -270,7 +272,9 @@ class FusedEdgeConvolution(torch.nn.Module):
             with torch.no_grad():
                 ref = _probe(tp, x, y, w)
             offset = sum(o.dim for o in out[: ins.i_out])
-            paths.append((starts[ins.i_in2], starts[ins.i_in2 + 1], ins.i_out, float(ref[0, offset])))
+            paths.append(
+                (starts[ins.i_in2], starts[ins.i_in2 + 1], ins.i_out, float(ref[0, offset]))
+            )
         return paths
 
     def forward(self, node_feats, edge_attrs, weights, edge_index):
