@@ -12,8 +12,14 @@ are relaxed twice with the same FIRE settings:
 The two runs alternate per size so machine noise hits both alike.  Energies of
 converged structures must agree to the foundation issue's tolerance.
 
+A screen relaxes a stream of candidates, so the default set (128 student cells,
+batches of 32) is four batches long: structures that converge leave the batch
+and waiting ones take their places, as in the prefilter.  With ``--n`` no larger
+than ``--batch`` only the draining batch is measured.  The teacher is slow one by
+one, so it gets ``--n-teacher`` cells.
+
     python benchmarks/relax.py                       # student and teacher, CPU, 1 thread
-    python benchmarks/relax.py --models student --device cuda --n 256
+    python benchmarks/relax.py --models student --device cuda --n 1024 --batch 256
 """
 
 from __future__ import annotations
@@ -112,8 +118,9 @@ def main() -> None:
     )
     ap.add_argument("--models", nargs="+", default=["student", "teacher"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[8, 16, 32])
-    ap.add_argument("--n", type=int, default=32, help="structures per size")
-    ap.add_argument("--batch", type=int, default=64, help="batched relaxation's batch size")
+    ap.add_argument("--n", type=int, default=128, help="student structures per size")
+    ap.add_argument("--n-teacher", type=int, default=32, help="teacher structures per size")
+    ap.add_argument("--batch", type=int, default=32, help="batched relaxation's batch size")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fmax", type=float, default=0.05)
@@ -126,7 +133,7 @@ def main() -> None:
     for name in args.models:
         model = load(name, args.device, args.threads, args.batch)
         for size in args.sizes:
-            cells = structures(size, args.n)
+            cells = structures(size, args.n if name == "student" else args.n_teacher)
             batched(model, cells[:2], args.fmax, 3, args.batch)  # warm-up (compilation, caches)
             t0 = time.perf_counter()
             loop = ase_loop(model, cells, args.fmax, args.steps)

@@ -297,10 +297,15 @@ class FusedEdgeConvolution(torch.nn.Module):
         return torch.cat(blocks, dim=1)
 
 
+def _like(tp) -> torch.Tensor:
+    """A tensor with the e3nn module's dtype and device (its constants are buffers)."""
+    return next(iter(tp.buffers()), torch.empty(0))
+
+
 def _probe(tp, x, y, w):
-    """The e3nn module's output in float64 without changing its dtype for good."""
-    dtype = next((t.dtype for t in tp.buffers()), torch.get_default_dtype())
-    return tp(x.to(dtype), y.to(dtype), w.to(dtype)).double()
+    """The e3nn module's output in float64, computed in its own dtype and device."""
+    t = _like(tp)
+    return tp(x.to(t), y.to(t), w.to(t)).double().cpu()
 
 
 def fuse_convolutions(model: torch.nn.Module, check: bool = True) -> int:
@@ -324,19 +329,19 @@ def fuse_convolutions(model: torch.nn.Module, check: bool = True) -> int:
 
 def _check_convolution(fused: FusedEdgeConvolution, where: str) -> None:
     tp = fused.tp
-    dtype = next((t.dtype for t in tp.buffers()), torch.get_default_dtype())
+    t = _like(tp)
     g = torch.Generator().manual_seed(0)
     n_nodes, n_edges = 5, 23
-    x = torch.randn((n_nodes, tp.irreps_in1.dim), generator=g, dtype=dtype)
-    y = torch.randn((n_edges, tp.irreps_in2.dim), generator=g, dtype=dtype)
-    w = torch.randn((n_edges, tp.weight_numel), generator=g, dtype=dtype)
-    edges = torch.randint(0, n_nodes, (2, n_edges), generator=g)
+    x = torch.randn((n_nodes, tp.irreps_in1.dim), generator=g).to(t)
+    y = torch.randn((n_edges, tp.irreps_in2.dim), generator=g).to(t)
+    w = torch.randn((n_edges, tp.weight_numel), generator=g).to(t)
+    edges = torch.randint(0, n_nodes, (2, n_edges), generator=g).to(t.device)
     with torch.no_grad():
         mji = tp(x[edges[0]], y, w)
-        ref = torch.zeros((n_nodes, mji.shape[1]), dtype=dtype).index_add_(0, edges[1], mji)
+        ref = mji.new_zeros((n_nodes, mji.shape[1])).index_add_(0, edges[1], mji)
         got = fused(x, y, w, edges)
     err = _relative_error(got, ref)
-    if err > _tolerance(dtype):
+    if err > _tolerance(t.dtype):
         raise RuntimeError(f"fused convolution {where} differs from e3nn's by {err:.2e} (relative)")
 
 
