@@ -74,13 +74,13 @@ def main() -> None:
             d = hts._graph(cells)
             ref = run(variants["eager"], d)
             times = {name: 0.0 for name in variants}
-            for name, model in variants.items():
+            for model in variants.values():
                 for _ in range(3):  # warm-up: TorchScript profiling runs, folded tensors
                     run(model, d)
             for _ in range(args.repeats):
                 for name, model in variants.items():
                     t0 = time.perf_counter()
-                    res = run(model, d)
+                    run(model, d)
                     times[name] += time.perf_counter() - t0
             err = float((run(variants["hts"], d)["forces"] - ref["forces"]).abs().max())
             row = {"atoms": size, "batch": batch}

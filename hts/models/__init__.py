@@ -22,29 +22,6 @@ _local = threading.local()
 _load_lock = threading.Lock()
 
 
-def _sevennet(checkpoint: str, device: str) -> CalculatorModel:
-    # With torch ≥ 2.6, e3nn 0.4.4's constants.pt only loads with weights_only off;
-    # it must be set before sevenn/e3nn are first imported.
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    import warnings
-
-    from ase.data import chemical_symbols
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*weights_only.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="e3nn")
-        warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
-        import sevenn
-        from sevenn.sevennet_calculator import SevenNetCalculator
-
-        calc = SevenNetCalculator(checkpoint, device=device)
-    elements = {chemical_symbols[int(z)] for z in calc.type_map}
-    name = {"7net-0": "sevennet-0", "7net-l3i5": "sevennet-l3i5"}[checkpoint]
-    return CalculatorModel(
-        name, f"{checkpoint} (sevenn {sevenn.__version__})", lambda: calc, elements, device
-    )
-
-
 def load_model(spec) -> Model:
     """A fresh model for a :class:`hts.spec.ModelSpec`; threads are configured first."""
     configure_threads(spec.threads, torch_model=_uses_torch(spec))
@@ -59,10 +36,12 @@ def load_model(spec) -> Model:
         return CalculatorModel("emt", f"ase {ase.__version__}", EMT, set(parameters))
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     device = resolve_device(spec.device)
-    if spec.name == "sevennet-0":
-        return _sevennet("7net-0", device)
-    if spec.name == "sevennet-l3i5":
-        return _sevennet("7net-l3i5", device)
+    if spec.name in ("sevennet-0", "sevennet-l3i5"):
+        from hts.models.batched import SevennetModel
+
+        # with torch ≥ 2.6, e3nn 0.4.4's constants.pt only loads with weights_only off;
+        # set above, before sevenn/e3nn are first imported
+        return SevennetModel(spec.name.replace("sevennet", "7net"), device, spec.batch_size)
     if spec.name == "chgnet":
         from hts.models.batched import ChgnetModel
 

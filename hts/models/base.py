@@ -110,8 +110,7 @@ def _symbols(numbers: Sequence[int]) -> set[str]:
 class CalculatorModel:
     """Any ASE calculator behind the model interface, one structure per call.
 
-    Used for models without a batched entry point (SevenNet in sevenn 0.10,
-    ASE's EMT).  ``elements`` is the set the model was trained on.
+    Used for models without a batched entry point (ASE's EMT).  ``elements`` is the set the model was trained on.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Models that evaluate many structures in one forward pass (CHGNet, MACE)."""
+"""Models that evaluate many structures in one forward pass (CHGNet, MACE, SevenNet)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hts.models.base import Prediction, _symbols, voigt
 if TYPE_CHECKING:
     from ase import Atoms
 
-__all__ = ["ChgnetModel", "MaceModel", "ModelFileError"]
+__all__ = ["ChgnetModel", "MaceModel", "ModelFileError", "SevennetModel"]
 
 _GPA_TO_EV_PER_A3 = 1.0 / 160.21766208
 
@@ -59,6 +59,89 @@ class ChgnetModel:
                 )
             )
         return out
+
+
+class SevennetModel:
+    """A pretrained SevenNet checkpoint (ships in the ``sevenn`` wheel), batched.
+
+    sevenn's ASE calculator evaluates one structure per call; its model also
+    takes a batch of graphs (that is how it is trained), so the batch is one
+    forward and backward pass.  Energies, forces and stress equal the
+    calculator's (tested).
+    """
+
+    _names = {"7net-0": "sevennet-0", "7net-l3i5": "sevennet-l3i5"}
+
+    def __init__(self, checkpoint: str, device: str, batch_size: int) -> None:
+        import warnings
+
+        from ase.data import chemical_symbols
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*weights_only.*")
+            warnings.filterwarnings("ignore", category=UserWarning, module="e3nn")
+            warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+            import sevenn
+            import sevenn._keys as keys
+            from sevenn import util
+
+            model, config = util.model_from_checkpoint(util.pretrained_name_to_path(checkpoint))
+        model.set_is_batch_data(True)
+        self.model = model.to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.checkpoint = checkpoint
+        self.name = self._names[checkpoint]
+        self.version = f"{checkpoint} (sevenn {sevenn.__version__})"
+        self.device = device
+        self.batch_size = batch_size
+        self.cutoff = float(config[keys.CUTOFF])
+        self.elements = {chemical_symbols[int(z)] for z in config[keys.TYPE_MAP]}
+        self._calc = None
+
+    def unsupported(self, numbers: Sequence[int]) -> str | None:
+        missing = sorted(_symbols(numbers) - self.elements)
+        if missing:
+            return f"element(s) {', '.join(missing)} not covered by model {self.name}"
+        return None
+
+    def calculator(self):
+        if self._calc is None:
+            from sevenn.sevennet_calculator import SevenNetCalculator
+
+            self._calc = SevenNetCalculator(self.checkpoint, device=self.device)
+        return self._calc
+
+    def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for start in range(0, len(batch), self.batch_size):
+            out.extend(self._forward(batch[start : start + self.batch_size]))
+        return out
+
+    def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        import sevenn._keys as keys
+        from sevenn.atom_graph_data import AtomGraphData
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
+        from torch_geometric.data import Batch
+
+        graphs = [
+            AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(a, self.cutoff)) for a in batch
+        ]
+        g = Batch.from_data_list(graphs).to(self.device)
+        res = self.model(g)
+        energy = res[keys.PRED_TOTAL_ENERGY].detach().cpu().numpy()
+        forces = res[keys.PRED_FORCE].detach().cpu().numpy()
+        # sevenn: (xx, yy, zz, xy, yz, zx), positive under compression
+        stress = -res[keys.PRED_STRESS].detach().cpu().numpy()[:, [0, 1, 2, 4, 5, 3]]
+        ptr = g.ptr.cpu().numpy()
+        return [
+            Prediction(
+                energy=float(energy[k]),
+                forces=forces[ptr[k] : ptr[k + 1]].astype(float),
+                stress=stress[k].astype(float),
+            )
+            for k in range(len(batch))
+        ]
 
 
 class ModelFileError(ValueError):

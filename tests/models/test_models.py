@@ -88,12 +88,12 @@ def test_emt_covers_only_its_elements():
     assert "Na" in model.unsupported([11, 17])
 
 
-def test_sevennet0():
-    model = load_model(ModelSpec(name="sevennet-0"))
+def test_sevennet0_batched_equals_its_calculator():
+    model = load_model(ModelSpec(name="sevennet-0", batch_size=3))
     assert model.name == "sevennet-0" and "7net-0" in model.version
     assert model.unsupported([11, 17]) is None
     assert model.unsupported([100]) is not None  # Fm is not in its training set
-    _matches_calculator(model, _structures()[:2])
+    _matches_calculator(model, _structures())  # 4 structures of 1-4 atoms: a batch of 3, then 1
 
 
 def test_sevennet_l3i5():
