@@ -154,6 +154,12 @@ class ModelSpec(_Strict):
         le=100_000,
         description="Structures per model call where the model batches.",
     )
+    batch_atoms: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many atoms per model call in a relaxation, whatever "
+        "batch_size allows: the limit that keeps a GPU's memory from overflowing on large cells.",
+    )
     dtype: Literal["float32", "float64"] = "float64"
 
     @model_validator(mode="after")
@@ -486,6 +492,8 @@ class Campaign(_Strict):
         for stage in data["stages"].values():  # where a stage runs does not change its results
             if isinstance(stage, dict):
                 stage.pop("resource", None)
+                if isinstance(stage.get("model"), dict):  # nor how its batches are cut
+                    stage["model"].pop("batch_atoms", None)
         data["limits"].pop("max_in_flight", None)
         data["limits"].pop("task_retries", None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))

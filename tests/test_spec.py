@@ -120,6 +120,17 @@ def test_hash_ignores_site_and_store(tmp_path):
     assert a.content_hash() == b.content_hash() != c.content_hash()
 
 
+def test_hash_ignores_how_batches_are_cut(tmp_path):
+    a = parse_campaign(lj_campaign(tmp_path))
+    data = lj_campaign(tmp_path)
+    data["stages"]["prefilter"]["model"]["batch_atoms"] = 4096
+    b = parse_campaign(data)
+    assert b.stages.prefilter.model.batch_atoms == 4096
+    assert a.content_hash() == b.content_hash()
+    data["stages"]["prefilter"]["model"]["batch_atoms"] = 0
+    assert "stages.prefilter.model.batch_atoms" in _error(data)
+
+
 def test_validate_command(tmp_path):
     runner = CliRunner()
     good = write_campaign(tmp_path, lj_campaign(tmp_path))

@@ -163,7 +163,7 @@ def label_chunk(
         else:
             todo.append(c)
     outcomes = relax_with(
-        model, [c.to_atoms() for c in todo], sampling.relax, teacher.batch_size, trajectory=True
+        model, [c.to_atoms() for c in todo], sampling.relax, teacher, trajectory=True
     )
     extra: list[tuple[str, str, object]] = []
     for c, o in zip(todo, outcomes, strict=True):

@@ -119,7 +119,7 @@ def relax_references(elements: list[str], stage, model=None) -> list[ReferenceRe
             out.append(ReferenceResult(el, float("nan"), "", why))
             continue
         names, atoms = zip(*trial_structures(el), strict=True)
-        res = relax_with(model, list(atoms), settings, stage.model.batch_size)
+        res = relax_with(model, list(atoms), settings, stage.model)
         ok = [(o.energy / len(o.atoms), n) for o, n in zip(res, names, strict=True) if not o.error]
         if not ok:
             out.append(ReferenceResult(el, float("nan"), "", "; ".join(o.error for o in res)[:300]))

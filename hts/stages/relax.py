@@ -271,10 +271,14 @@ def relax_with(
     model: Model,
     structures: Sequence[Atoms],
     settings,
-    batch_size: int,
+    model_spec,
     trajectory: bool = False,
 ) -> list[RelaxOutcome]:
-    """:func:`relax_batch` with a campaign's :class:`hts.spec.RelaxSettings`."""
+    """:func:`relax_batch` with a campaign's :class:`hts.spec.RelaxSettings`.
+
+    The batch limits (``batch_size`` structures, ``batch_atoms`` atoms) come
+    from the stage's :class:`hts.spec.ModelSpec`.
+    """
     return relax_batch(
         model,
         structures,
@@ -283,6 +287,7 @@ def relax_with(
         max_step=settings.max_step,
         cell=settings.cell,
         cell_filter=settings.cell_filter,
-        batch_size=batch_size,
+        batch_size=model_spec.batch_size,
+        batch_atoms=model_spec.batch_atoms,
         trajectory=trajectory,
     )

@@ -90,7 +90,7 @@ def run_stage(
         model,
         [_rattled(c, stage.relax.rattle, seed) for c in todo],
         stage.relax,
-        stage.model.batch_size,
+        stage.model,
     )
     model_s = 0.0
     for c, o in zip(todo, outcomes, strict=True):
