@@ -63,7 +63,8 @@ def test_tiny_distillation_gives_a_loadable_student_and_a_report(tmp_path):
         report = run_distill(cfg, eng)
     finally:
         eng.close()
-    for name in ("student.model", "report.json", "report.md", "parity.png", "screening.png"):
+    files = ("student.model", "student_compiled.model", "report.json", "report.md", "parity.png")
+    for name in (*files, "screening.png"):
         assert (out / name).stat().st_size > 0, name
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["force_field"]["test"]["n_frames"] > 0
@@ -81,10 +82,15 @@ def test_tiny_distillation_gives_a_loadable_student_and_a_report(tmp_path):
     assert "## Screening against the teacher" in (out / "report.md").read_text()
     # the student goes through the same interface as every other model
     student = load_model(ModelSpec(name="mace", path=str(out / "student.model"), dtype="float32"))
+    assert student.optimized == {"contractions": 1, "convolutions": 1}  # eager, so swapped
     from ase.build import bulk
 
-    p = student.predict([bulk("NaCl", "rocksalt", a=5.6), bulk("LiF", "rocksalt", a=4.0)])
+    pair = [bulk("NaCl", "rocksalt", a=5.6), bulk("LiF", "rocksalt", a=4.0)]
+    p = student.predict(pair)
     assert len(p) == 2 and np.isfinite(p[0].energy) and p[0].forces.shape == (2, 3)
+    compiled = ModelSpec(name="mace", path=str(out / "student_compiled.model"), dtype="float32")
+    for a, b in zip(p, load_model(compiled).predict(pair), strict=True):  # the same weights
+        assert abs(a.energy - b.energy) < 1e-3 and np.abs(a.forces - b.forces).max() < 1e-3
     assert student.unsupported([11, 17]) is None and "Cu" in student.unsupported([29])
     # the campaign naming the student validates (auto keep is not used here)
     from hts.campaign import preflight

@@ -158,3 +158,14 @@ def test_missing_or_corrupt_model_file_names_the_file(tmp_path):
     torch.save(torch.nn.Linear(2, 2), other)
     with pytest.raises(ModelFileError, match="not a MACE model"):
         load_model(ModelSpec(name="mace", path=str(other)))
+
+
+def test_passes_respect_structure_and_atom_limits():
+    from hts.models.batched import _passes
+
+    sizes = [8, 8, 8, 40, 70, 8, 8, 8]
+    cells = [bulk("Cu") * (1, 1, n) for n in sizes]
+    parts = [[len(c) for c in p] for p in _passes(cells, 16, 64)]
+    assert parts == [[8, 8, 8, 40], [70], [8, 8, 8]]  # a cell over the limit goes alone
+    assert [len(p) for p in _passes(cells, 3, None)] == [3, 3, 2]
+    assert sum(_passes(cells, 3, 64), []) == cells  # order kept, nothing lost
