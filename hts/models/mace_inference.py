@@ -202,9 +202,12 @@ def _check(new: FoldedContraction, old: torch.nn.Module, where: str) -> None:
     n_elements, n_channels = w.shape[0], w.shape[-1]
     n_ell = old.U_tensors(1).shape[-2]
     g = torch.Generator().manual_seed(0)
-    n = 2 * n_elements
-    x = torch.randn((n, n_channels, n_ell), generator=g, dtype=w.dtype).to(w.device)
-    y = torch.nn.functional.one_hot(torch.arange(n) % n_elements, n_elements).to(x)
+    # a few elements, first and last among them: folding all 89 of a foundation
+    # model here would cost a second and a gigabyte for nothing the few don't show
+    some = torch.linspace(0, n_elements - 1, min(n_elements, 4)).round().long()
+    element = some.repeat(3)
+    x = torch.randn((len(element), n_channels, n_ell), generator=g, dtype=w.dtype).to(w.device)
+    y = torch.nn.functional.one_hot(element, n_elements).to(x)
     with torch.no_grad():
         ref, got = old(x, y), new(x, y)
     err = _relative_error(got, ref)
