@@ -40,24 +40,33 @@ class RelaxOutcome:
     frames: list | None = None
 
 
-_last_eig: tuple = (b"", None)
+_recent_eig: tuple = ()
 
 
 def _eig3(a: np.ndarray):
-    """Eigendecomposition of a 3×3 matrix, the last one remembered.
+    """Eigendecomposition ``(w, v, v⁻¹)`` of a 3×3 matrix; None if (nearly) defective.
 
-    The cell filter asks for the Fréchet derivative of ``expm`` at one matrix in
-    nine directions per step: one decomposition serves all nine.
+    One filter step decomposes the same few matrices several times (the
+    deformation gradient in ``get_forces`` and again in ``get_positions``, its
+    logarithm for the nine Fréchet derivatives), so the last four are kept.
     """
-    global _last_eig
+    global _recent_eig
     key = a.tobytes()
-    last = _last_eig  # one read: another thread may replace it meanwhile
-    if last[0] == key:
-        return last[1]
+    recent = _recent_eig  # one read: another thread may replace it meanwhile
+    for k, out in recent:
+        if k == key:
+            return out
     w, v = np.linalg.eig(a)
-    # (nearly) defective: the closed forms below lose accuracy, scipy's general ones take over
-    out = None if np.linalg.cond(v) > 1e6 else (w, v, np.linalg.inv(v))
-    _last_eig = (key, out)
+    try:
+        vi = np.linalg.inv(v)
+    except np.linalg.LinAlgError:
+        vi = None
+    # a large condition number (1-norm): the closed forms lose accuracy, scipy takes over
+    if vi is None or np.abs(v).sum(0).max() * np.abs(vi).sum(0).max() > 1e6:
+        out = None
+    else:
+        out = (w, v, vi)
+    _recent_eig = ((key, out), *recent[:3])
     return out
 
 
@@ -82,18 +91,38 @@ def _expm3(a: np.ndarray) -> np.ndarray:
     return ((v * np.exp(w)) @ vi).real
 
 
-def _expm_frechet3(a: np.ndarray, e: np.ndarray, method=None, compute_expm: bool = True):
-    """Fréchet derivative of expm at ``a`` in direction ``e`` (Daleckii–Krein formula)."""
-    from scipy.linalg import expm_frechet
+_last_kernel: tuple = (b"", None)
 
-    d = _eig3(a)
-    if d is None:
+
+def _expm_frechet3(a: np.ndarray, e: np.ndarray, method=None, compute_expm: bool = True):
+    """Fréchet derivative of expm at ``a`` in direction ``e`` (Daleckii–Krein formula).
+
+    The filter asks for nine directions at one ``a`` per step, so the kernel
+    ``G`` (divided differences of ``exp`` over the eigenvalues) is kept for the
+    last ``a``: each further direction is four 3×3 products.
+    """
+    global _last_kernel
+    key = a.tobytes()
+    last = _last_kernel
+    if last[0] == key:
+        kernel = last[1]
+    else:
+        d = _eig3(a)
+        if d is None:
+            kernel = None
+        else:
+            w, v, vi = d
+            ew = np.exp(w)
+            dw = w[:, None] - w[None, :]
+            same = np.abs(dw) < 1e-8
+            g = np.where(same, ew[:, None], (ew[:, None] - ew[None, :]) / np.where(same, 1.0, dw))
+            kernel = (v, vi, g)
+        _last_kernel = (key, kernel)
+    if kernel is None:
+        from scipy.linalg import expm_frechet
+
         return expm_frechet(a, e, method=method, compute_expm=compute_expm)
-    w, v, vi = d
-    ew = np.exp(w)
-    dw = w[:, None] - w[None, :]
-    same = np.abs(dw) < 1e-8
-    g = np.where(same, ew[:, None], (ew[:, None] - ew[None, :]) / np.where(same, 1.0, dw))
+    v, vi, g = kernel
     deriv = (v @ (g * (vi @ e @ v)) @ vi).real
     return (_expm3(a), deriv) if compute_expm else deriv
 
