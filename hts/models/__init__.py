@@ -41,7 +41,7 @@ def load_model(spec) -> Model:
 
         # with torch ≥ 2.6, e3nn 0.4.4's constants.pt only loads with weights_only off;
         # set above, before sevenn/e3nn are first imported
-        return SevennetModel(spec.name.replace("sevennet", "7net"), device, spec.batch_size)
+        return SevennetModel(spec.name, device, spec.batch_size)
     if spec.name == "chgnet":
         from hts.models.batched import ChgnetModel
 

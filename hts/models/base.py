@@ -107,10 +107,19 @@ def _symbols(numbers: Sequence[int]) -> set[str]:
     return {chemical_symbols[int(z)] for z in numbers}
 
 
+def not_covered(numbers: Sequence[int], elements: set[str] | None, name: str) -> str | None:
+    """Why a model trained on ``elements`` (None: all) cannot treat these atoms, or None."""
+    missing = sorted(_symbols(numbers) - elements) if elements is not None else []
+    if missing:
+        return f"element(s) {', '.join(missing)} not covered by model {name}"
+    return None
+
+
 class CalculatorModel:
     """Any ASE calculator behind the model interface, one structure per call.
 
-    Used for models without a batched entry point (ASE's EMT).  ``elements`` is the set the model was trained on.
+    Used for models without a batched entry point (ASE's EMT).  ``elements``
+    is the set the model was trained on.
     """
 
     def __init__(
@@ -134,12 +143,7 @@ class CalculatorModel:
         return self._calc
 
     def unsupported(self, numbers: Sequence[int]) -> str | None:
-        if self.elements is None:
-            return None
-        missing = sorted(_symbols(numbers) - self.elements)
-        if missing:
-            return f"element(s) {', '.join(missing)} not covered by model {self.name}"
-        return None
+        return not_covered(numbers, self.elements, self.name)
 
     def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
         calc = self.calculator()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hts.models.base import Prediction, _symbols, voigt
+from hts.models.base import Prediction, _symbols, not_covered, voigt
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -78,9 +78,9 @@ class SevennetModel:
 
     cpu_atoms = 64
 
-    _names = {"7net-0": "sevennet-0", "7net-l3i5": "sevennet-l3i5"}
+    checkpoints = {"sevennet-0": "7net-0", "sevennet-l3i5": "7net-l3i5"}
 
-    def __init__(self, checkpoint: str, device: str, batch_size: int) -> None:
+    def __init__(self, name: str, device: str, batch_size: int) -> None:
         import warnings
 
         from ase.data import chemical_symbols
@@ -93,13 +93,14 @@ class SevennetModel:
             import sevenn._keys as keys
             from sevenn import util
 
+            checkpoint = self.checkpoints[name]
             model, config = util.model_from_checkpoint(util.pretrained_name_to_path(checkpoint))
         model.set_is_batch_data(True)
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.checkpoint = checkpoint
-        self.name = self._names[checkpoint]
+        self.name = name
         self.version = f"{checkpoint} (sevenn {sevenn.__version__})"
         self.device = device
         self.batch_size = batch_size
@@ -108,10 +109,7 @@ class SevennetModel:
         self._calc = None
 
     def unsupported(self, numbers: Sequence[int]) -> str | None:
-        missing = sorted(_symbols(numbers) - self.elements)
-        if missing:
-            return f"element(s) {', '.join(missing)} not covered by model {self.name}"
-        return None
+        return not_covered(numbers, self.elements, self.name)
 
     def calculator(self):
         if self._calc is None:
@@ -236,6 +234,10 @@ class MaceModel:
         self.atomic_numbers = [int(z) for z in model.atomic_numbers]
         self.r_max = float(model.r_max)
         self.heads = list(getattr(model, "heads", None) or ["Default"])
+        # row of node_attrs for each Z, and the head a plain structure gets (as mace's AtomicData)
+        self._z_index = np.full(max(self.atomic_numbers) + 1, -1)
+        self._z_index[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
+        self._head = self.heads.index("Default") if "Default" in self.heads else len(self.heads) - 1
         import mace
 
         self.version = f"{path} (mace-torch {getattr(mace, '__version__', '?')})"
@@ -253,8 +255,8 @@ class MaceModel:
 
     def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
         out: list[Prediction] = []
-        for start in range(0, len(batch), self.batch_size):
-            out.extend(self._forward(batch[start : start + self.batch_size]))
+        for part in _passes(batch, self.batch_size, None):
+            out.extend(self._forward(part))
         return out
 
     def _graph(self, batch: Sequence[Atoms]) -> dict:
@@ -268,12 +270,6 @@ class MaceModel:
         import torch
         from mace.data.neighborhood import get_neighborhood
 
-        if not hasattr(self, "_z_index"):
-            self._z_index = np.full(max(self.atomic_numbers) + 1, -1)
-            self._z_index[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
-            self._head = (
-                self.heads.index("Default") if "Default" in self.heads else len(self.heads) - 1
-            )
         pos, kinds, edges, shifts, unit_shifts, cells = [], [], [], [], [], []
         offset = 0
         for a in batch:

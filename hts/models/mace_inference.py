@@ -159,17 +159,18 @@ class FoldedContraction(torch.nn.Module):
                 parts.append(_ScalarForms.apply(xt, *folded))  # (c, k)
             else:
                 parts.append(self._general(xt, folded).movedim(-1, 0).reshape(k, -1).T)
-        out = torch.cat(parts, dim=1).T if len(parts) > 1 else parts[0].T
-        return out.index_select(0, torch.argsort(order)) if len(parts) > 1 else out
+        if len(parts) == 1:  # one element: the order was the identity
+            return parts[0].T
+        return torch.cat(parts, dim=1).T.index_select(0, torch.argsort(order))
 
 
-def fold_contractions(model: torch.nn.Module, check: bool = True) -> int:
+def fold_contractions(model: torch.nn.Module) -> int:
     """Replace every symmetric contraction of an eager MACE model; returns how many.
 
     TorchScript models are left alone (their submodules cannot be swapped).
-    With ``check`` each replacement is compared with the original on random
-    features for every element before it is kept; a mismatch raises, since it
-    would mean a mace-torch whose contraction differs from the one folded here.
+    Each replacement is compared with the original on random features of a few
+    elements before it is kept; a mismatch raises, since it would mean a
+    mace-torch whose contraction differs from the one folded here.
     """
     if isinstance(model, torch.jit.ScriptModule):
         return 0
@@ -183,8 +184,7 @@ def fold_contractions(model: torch.nn.Module, check: bool = True) -> int:
                     swaps.append((name, module, i, child))
     for name, parent, i, old in swaps:
         new = FoldedContraction(old)
-        if check:
-            _check(new, old, f"{name}.{i}")
+        _check(new, old, f"{name}.{i}")
         parent[i] = new
     return len(swaps)
 
@@ -239,7 +239,6 @@ class FusedEdgeConvolution(torch.nn.Module):
     def __init__(self, tp: torch.nn.Module) -> None:
         super().__init__()
         self.tp = tp
-        self.out_dim = tp.irreps_out.dim
         self.paths = self._outer_paths(tp)
 
     @staticmethod
@@ -311,8 +310,11 @@ def _probe(tp, x, y, w):
     return tp(x.to(t), y.to(t), w.to(t)).double().cpu()
 
 
-def fuse_convolutions(model: torch.nn.Module, check: bool = True) -> int:
-    """Give every mace interaction block a :class:`FusedEdgeConvolution`; returns how many."""
+def fuse_convolutions(model: torch.nn.Module) -> int:
+    """Give every mace interaction block a :class:`FusedEdgeConvolution`; returns how many.
+
+    Each is compared with the e3nn product plus neighbour sum it replaces first.
+    """
     if isinstance(model, torch.jit.ScriptModule):
         return 0
     from mace.modules.blocks import InteractionBlock
@@ -322,8 +324,7 @@ def fuse_convolutions(model: torch.nn.Module, check: bool = True) -> int:
         if not isinstance(block, InteractionBlock) or hasattr(block, "conv_fusion"):
             continue
         fused = FusedEdgeConvolution(block.conv_tp)
-        if check:
-            _check_convolution(fused, name)
+        _check_convolution(fused, name)
         block.conv_tp = fused
         block.conv_fusion = "hts"
         count += 1

@@ -40,34 +40,43 @@ class RelaxOutcome:
     frames: list | None = None
 
 
-_recent_eig: tuple = ()
+_recent: tuple = ()
 
 
-def _eig3(a: np.ndarray):
-    """Eigendecomposition ``(w, v, v⁻¹)`` of a 3×3 matrix; None if (nearly) defective.
+def _memo(kind: str, a: np.ndarray, compute):
+    """``compute(a)``, remembered for the last four (kind, matrix) pairs.
 
-    One filter step decomposes the same few matrices several times (the
+    One filter step works on the same few 3×3 matrices several times (the
     deformation gradient in ``get_forces`` and again in ``get_positions``, its
-    logarithm for the nine Fréchet derivatives), so the last four are kept.
+    logarithm for the nine Fréchet derivatives).  The tuple is replaced whole,
+    so threads sharing it at worst recompute.
     """
-    global _recent_eig
-    key = a.tobytes()
-    recent = _recent_eig  # one read: another thread may replace it meanwhile
+    global _recent
+    key = (kind, a.tobytes())
+    recent = _recent
     for k, out in recent:
         if k == key:
             return out
+    out = compute(a)  # may itself remember something (the kernel needs an eig)
+    _recent = ((key, out), *_recent[:3])
+    return out
+
+
+def _eig3(a: np.ndarray):
+    """Eigendecomposition ``(w, v, v⁻¹)`` of a 3×3 matrix; None if (nearly) defective."""
+    return _memo("eig", a, _decompose)
+
+
+def _decompose(a: np.ndarray):
     w, v = np.linalg.eig(a)
     try:
         vi = np.linalg.inv(v)
     except np.linalg.LinAlgError:
-        vi = None
+        return None
     # a large condition number (1-norm): the closed forms lose accuracy, scipy takes over
-    if vi is None or np.abs(v).sum(0).max() * np.abs(vi).sum(0).max() > 1e6:
-        out = None
-    else:
-        out = (w, v, vi)
-    _recent_eig = ((key, out), *recent[:3])
-    return out
+    if np.abs(v).sum(0).max() * np.abs(vi).sum(0).max() > 1e6:
+        return None
+    return w, v, vi
 
 
 def _logm3(a: np.ndarray) -> np.ndarray:
@@ -91,33 +100,26 @@ def _expm3(a: np.ndarray) -> np.ndarray:
     return ((v * np.exp(w)) @ vi).real
 
 
-_last_kernel: tuple = (b"", None)
+def _frechet_kernel(a: np.ndarray):
+    """``(V, V⁻¹, G)``: eigenvectors and the divided differences of ``exp`` over the eigenvalues."""
+    d = _eig3(a)
+    if d is None:
+        return None
+    w, v, vi = d
+    ew = np.exp(w)
+    dw = w[:, None] - w[None, :]
+    same = np.abs(dw) < 1e-8
+    g = np.where(same, ew[:, None], (ew[:, None] - ew[None, :]) / np.where(same, 1.0, dw))
+    return v, vi, g
 
 
 def _expm_frechet3(a: np.ndarray, e: np.ndarray, method=None, compute_expm: bool = True):
     """Fréchet derivative of expm at ``a`` in direction ``e`` (Daleckii–Krein formula).
 
-    The filter asks for nine directions at one ``a`` per step, so the kernel
-    ``G`` (divided differences of ``exp`` over the eigenvalues) is kept for the
-    last ``a``: each further direction is four 3×3 products.
+    The filter asks for nine directions at one ``a`` per step; the kernel is
+    remembered, so each further direction is four 3×3 products.
     """
-    global _last_kernel
-    key = a.tobytes()
-    last = _last_kernel
-    if last[0] == key:
-        kernel = last[1]
-    else:
-        d = _eig3(a)
-        if d is None:
-            kernel = None
-        else:
-            w, v, vi = d
-            ew = np.exp(w)
-            dw = w[:, None] - w[None, :]
-            same = np.abs(dw) < 1e-8
-            g = np.where(same, ew[:, None], (ew[:, None] - ew[None, :]) / np.where(same, 1.0, dw))
-            kernel = (v, vi, g)
-        _last_kernel = (key, kernel)
+    kernel = _memo("frechet", a, _frechet_kernel)
     if kernel is None:
         from scipy.linalg import expm_frechet
 
