@@ -95,6 +95,36 @@ PROTOTYPES: dict[str, Prototype] = {
             (("A", (0, 0, 0)), ("B", (0.625, 0.625, 0.625)), ("X", (0.387, 0.387, 0.387))),
         ),
         Prototype(
+            # FeTiO3 ilmenite (the ordered-corundum ABX3), R-3 hexagonal setting
+            # (Wechsler & Prewitt 1984): A 6c z = 0.3554, B 6c z = 0.1464, X 18f
+            "ilmenite",
+            "FeTiO3",
+            148,
+            (1, 1, 2.7687, 90, 90, 120),
+            (("A", (0, 0, 0.3554)), ("B", (0, 0, 0.1464)), ("X", (0.3172, 0.0204, 0.2446))),
+        ),
+        Prototype(
+            # K2NiF4 (Ruddlesden-Popper n = 1, Sr2TiO4), I4/mmm: A 4e, B 2a, X 4c + 4e
+            "k2nif4",
+            "K2NiF4",
+            139,
+            (1, 1, 3.264, 90, 90, 90),
+            (
+                ("A", (0, 0, 0.3521)),
+                ("B", (0, 0, 0)),
+                ("X", (0, 0.5, 0)),
+                ("X", (0, 0, 0.1534)),
+            ),
+        ),
+        Prototype(
+            # CuFeS2 chalcopyrite, I-42d: A 4a, B 4b, X 8d (x = 0.2574)
+            "chalcopyrite",
+            "CuFeS2",
+            122,
+            (1, 1, 1.9707, 90, 90, 90),
+            (("A", (0, 0, 0)), ("B", (0, 0, 0.5)), ("X", (0.2574, 0.25, 0.125))),
+        ),
+        Prototype(
             # alpha-NaFeO2 (LiCoO2) layered rocksalt, hexagonal setting of R-3m
             "layered",
             "LiCoO2",
@@ -109,6 +139,38 @@ PROTOTYPES: dict[str, Prototype] = {
             225,
             (1, 1, 1, 90, 90, 90),
             (("A", (0.25, 0.25, 0.25)), ("B", (0, 0, 0)), ("X", (0.5, 0.5, 0.5))),
+        ),
+        Prototype(
+            # anti-CaF2 (Li2O): cations on the tetrahedral 8c sites, anion on 4a
+            "antifluorite",
+            "Li2O",
+            225,
+            (1, 1, 1, 90, 90, 90),
+            (("A", (0.25, 0.25, 0.25)), ("X", (0, 0, 0))),
+        ),
+        Prototype(
+            # NiAs, P6_3/mmc: octahedral cation 2a, trigonal-prismatic anion 2c (c/a ~1.39)
+            "nias",
+            "NiAs",
+            194,
+            (1, 1, 1.39, 90, 90, 120),
+            (("A", (0, 0, 0)), ("X", (1 / 3, 2 / 3, 0.25))),
+        ),
+        Prototype(
+            # CdI2 (1T layers), P-3m1: cation 1a, anion 2d with z = 1/4 (c/a ~1.61)
+            "cdi2",
+            "CdI2",
+            164,
+            (1, 1, 1.61, 90, 90, 120),
+            (("A", (0, 0, 0)), ("X", (1 / 3, 2 / 3, 0.25))),
+        ),
+        Prototype(
+            # alpha-Al2O3, R-3c hexagonal setting: cation 12c (z = 0.3523), anion 18e (x = 0.3064)
+            "corundum",
+            "Al2O3",
+            167,
+            (1, 1, 2.7296, 90, 90, 120),
+            (("A", (0, 0, 0.3523)), ("X", (0.3064, 0, 0.25))),
         ),
         Prototype(
             "rutile",

@@ -53,16 +53,35 @@ def _oxidation_states(symbol: str) -> tuple[int, ...]:
     return tuple(states)
 
 
+@functools.cache
+def _electronegativity(symbol: str) -> float:
+    from pymatgen.core import Element
+
+    x = Element(symbol).X
+    return float(x) if x == x else 0.0
+
+
 def charge_balanced(assignment: dict[str, str], multiplicity: dict[str, int]) -> bool:
-    """True if some choice of common oxidation states sums to zero over the formula."""
+    """True if common oxidation states sum to zero with the anions the most electronegative.
+
+    Each element takes one of its common oxidation states (pymatgen), and every
+    element in a negative state must be more electronegative than every element
+    in a positive one: Si⁴⁻ beside Ge⁴⁺, or Br⁺ beside Sr²⁺, balances on paper
+    and is no ionic compound.
+    """
     roles = sorted(assignment)
     options = [_oxidation_states(assignment[r]) for r in roles]
     if any(not o for o in options):
         return False
-    return any(
-        sum(multiplicity[r] * q for r, q in zip(roles, combo, strict=True)) == 0
-        for combo in itertools.product(*options)
-    )
+    chi = [_electronegativity(assignment[r]) for r in roles]
+    for combo in itertools.product(*options):
+        if sum(multiplicity[r] * q for r, q in zip(roles, combo, strict=True)) != 0:
+            continue
+        anions = [x for x, q in zip(chi, combo, strict=True) if q < 0]
+        cations = [x for x, q in zip(chi, combo, strict=True) if q > 0]
+        if not anions or not cations or min(anions) > max(cations):
+            return True
+    return False
 
 
 def _build(a: Assignment) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -104,7 +123,15 @@ def _unit_pairs(prototype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class SubstitutionGenerator:
-    """Lazily enumerate substitution candidates of a campaign's ``candidates`` section."""
+    """Lazily enumerate substitution candidates of a campaign's ``candidates`` section.
+
+    Besides walking the space in order, it is addressable: each prototype is a
+    *stratum* whose raw assignments are the mixed-radix numbers over its role
+    lists, so :meth:`assignment_at` decodes any index without enumerating the
+    ones before it (uniform sampling of 10⁷-candidate spaces), and
+    :meth:`system_assignments` lists every candidate of one chemical system
+    directly (complete hulls for a sampled system).
+    """
 
     def __init__(self, spec) -> None:
         self.spec = spec
@@ -120,7 +147,11 @@ class SubstitutionGenerator:
 
     def upper_bound(self) -> int:
         """Number of raw assignments before filters: a cheap total for progress displays."""
-        return sum(math.prod(len(x) for x in lists) for _, _, lists, _ in self._plans())
+        return sum(self.strata())
+
+    def strata(self) -> list[int]:
+        """Raw assignments per prototype entry of the campaign (before the filters)."""
+        return [math.prod(len(x) for x in lists) for _, _, lists, _ in self._plans()]
 
     def count(self, limit: int = 200_000) -> int | None:
         """Exact number of assignments after the filters, when the raw space is small enough to walk."""
@@ -128,30 +159,59 @@ class SubstitutionGenerator:
             return None
         return sum(1 for _ in self.assignments())
 
+    def _accept(self, name: str, roles: list[str], combo: tuple, balance: bool) -> bool:
+        if self.spec.distinct_elements and len(set(combo)) < len(combo):
+            return False
+        table = dict(zip(roles, combo, strict=True))
+        return not balance or charge_balanced(table, prototype_cell(name).multiplicity)
+
     def assignments(self) -> Iterator[Assignment]:
         for name, roles, lists, balance in self._plans():
-            mult = prototype_cell(name).multiplicity
             for combo in itertools.product(*lists):
-                if self.spec.distinct_elements and len(set(combo)) < len(combo):
-                    continue
-                table = dict(zip(roles, combo, strict=True))
-                if balance and not charge_balanced(table, mult):
-                    continue
-                yield Assignment(name, tuple(zip(roles, combo, strict=True)))
+                if self._accept(name, roles, combo, balance):
+                    yield Assignment(name, tuple(zip(roles, combo, strict=True)))
+
+    def assignment_at(self, stratum: int, index: int) -> Assignment | None:
+        """The ``index``-th raw assignment of a stratum (enumeration order), None if filtered out."""
+        name, roles, lists, balance = list(self._plans())[stratum]
+        combo = []
+        for options in reversed(lists):  # the last role varies fastest, as in itertools.product
+            index, k = divmod(index, len(options))
+            combo.append(options[k])
+        combo = tuple(reversed(combo))
+        if not self._accept(name, roles, combo, balance):
+            return None
+        return Assignment(name, tuple(zip(roles, combo, strict=True)))
+
+    def system_assignments(self, elements: frozenset[str] | set[str]) -> list[Assignment]:
+        """Every assignment (of every prototype) whose elements are exactly ``elements``."""
+        out = []
+        for name, roles, lists, balance in self._plans():
+            if len(roles) < len(elements):
+                continue
+            allowed = [[e for e in options if e in elements] for options in lists]
+            for combo in itertools.product(*allowed):
+                if set(combo) == set(elements) and self._accept(name, roles, combo, balance):
+                    out.append(Assignment(name, tuple(zip(roles, combo, strict=True))))
+        return out
+
+    def candidate(self, a: Assignment) -> Candidate:
+        """The candidate (structure, id, identity) of one assignment."""
+        numbers, positions, cell, scale = _build(a)
+        i, j, d = _unit_pairs(a.prototype)
+        d = d * scale
+        return Candidate(
+            id=candidate_id(numbers, positions, cell, pairs=(i, j, d)),
+            source=f"substitution:{a.label}",
+            prototype=a.prototype,
+            numbers=numbers,
+            positions=positions,
+            cell=cell,
+            formula=formula_of(numbers),
+            chemsys=chemsys_of(numbers),
+            nearest=float(d.min()) if len(d) else float("nan"),
+        )
 
     def __iter__(self) -> Iterator[Candidate]:
         for a in self.assignments():
-            numbers, positions, cell, scale = _build(a)
-            i, j, d = _unit_pairs(a.prototype)
-            d = d * scale
-            yield Candidate(
-                id=candidate_id(numbers, positions, cell, pairs=(i, j, d)),
-                source=f"substitution:{a.label}",
-                prototype=a.prototype,
-                numbers=numbers,
-                positions=positions,
-                cell=cell,
-                formula=formula_of(numbers),
-                chemsys=chemsys_of(numbers),
-                nearest=float(d.min()) if len(d) else float("nan"),
-            )
+            yield self.candidate(a)

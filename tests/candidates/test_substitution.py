@@ -26,6 +26,13 @@ EXPECTED = {  # prototype: (atoms in primitive cell, space group)
     "layered": (4, 166),
     "heusler": (4, 225),
     "rutile": (6, 136),
+    "antifluorite": (3, 225),
+    "nias": (4, 194),
+    "cdi2": (3, 164),
+    "corundum": (10, 167),
+    "ilmenite": (10, 148),
+    "k2nif4": (7, 139),
+    "chalcopyrite": (8, 122),
 }
 
 
@@ -62,6 +69,11 @@ def test_charge_balance():
     assert charge_balanced({"A": "Sr", "B": "Ti", "X": "O"}, mult)
     assert not charge_balanced({"A": "Sr", "B": "Ti", "X": "F"}, mult)
     assert charge_balanced({"A": "K", "B": "Mg", "X": "F"}, mult)
+    # balances on paper, but only with the anion less electronegative than a cation
+    layered = prototype_cell("layered").multiplicity
+    assert not charge_balanced({"A": "Ge", "B": "Si", "X": "Br"}, layered)
+    assert not charge_balanced({"A": "Sr", "B": "Ba", "X": "Cl"}, layered)
+    assert charge_balanced({"A": "Li", "B": "Co", "X": "O"}, layered)
 
 
 def test_enumeration_is_lazy_and_deterministic(tmp_path):

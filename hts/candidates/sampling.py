@@ -1,0 +1,271 @@
+"""Random samples of a campaign's candidate space, without walking the space.
+
+Distillation labels a sample of the campaign, and the sample must be the
+campaign in miniature: drawn uniformly from the whole space (not from its
+first N candidates, which are one prototype), at 10⁶–10⁷ candidates as at 10³.
+
+- :func:`uniform` draws candidates uniformly, stratified by prototype entry
+  (proportional allocation: every prototype gets its share to rounding, none is
+  over- or under-drawn by chance).  A substitution space is addressed by index
+  (:meth:`~hts.candidates.substitution.SubstitutionGenerator.assignment_at`), so a
+  draw costs one structure build whatever the space's size; a files source is
+  read once, by reservoir sampling.
+- :func:`systems` draws chemical systems uniformly and returns *every*
+  candidate of each, plus every candidate of its subsystems.  Within those
+  systems the hull is the campaign's own hull, so ``e_above_hull`` measured on
+  the sample is what the campaign will compute.  Drawing systems with equal
+  probability includes every candidate with equal probability, so recall
+  measured over the drawn systems' candidates is an unbiased estimate for the
+  campaign's candidates.
+
+Candidates that fail the campaign's input checks (overlapping atoms, too many
+atoms) are never drawn: the campaign fails them without a model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hts.candidates import check_candidate
+from hts.candidates.record import Candidate
+
+__all__ = ["SystemSample", "space_size", "systems", "uniform"]
+
+_WALK_LIMIT = 20_000  # strata up to this many raw assignments are counted exactly
+
+
+def _usable(c: Candidate, limits) -> bool:
+    return not check_candidate(c, limits.max_atoms, limits.min_distance).error
+
+
+def _stratum_sizes(gen, rng: np.random.Generator, pilot: int = 2000) -> list[float]:
+    """Candidates per stratum after the filters: exact for small strata, else estimated."""
+    sizes = []
+    for k, raw in enumerate(gen.strata()):
+        if raw <= _WALK_LIMIT:
+            sizes.append(float(sum(gen.assignment_at(k, i) is not None for i in range(raw))))
+        else:
+            idx = rng.integers(0, raw, size=pilot)
+            ok = sum(gen.assignment_at(k, int(i)) is not None for i in idx)
+            sizes.append(raw * ok / pilot)
+    return sizes
+
+
+def space_size(campaign, seed: int = 0) -> int:
+    """Candidates in the campaign's space after the filters (estimated for large strata)."""
+    from hts.candidates import open_source
+
+    src = open_source(campaign)
+    if not hasattr(src, "strata"):
+        return sum(1 for _ in src)
+    return round(sum(_stratum_sizes(src, np.random.default_rng(seed))))
+
+
+def _allocate(n: int, sizes: list[float], rng: np.random.Generator) -> list[int]:
+    """Proportional allocation with systematic rounding (Madow): every stratum gets the floor
+    or the ceiling of its quota, the total is exactly ``n``, and the expected share of each
+    stratum is exactly proportional, so each candidate is drawn with the same probability."""
+    total = sum(sizes)
+    if total <= 0:
+        return [0] * len(sizes)
+    n = min(n, int(round(total)))
+    cum = np.cumsum([n * s / total for s in sizes])
+    u = rng.random()
+    edges = np.floor(np.concatenate([[0.0], cum]) + u)
+    alloc = np.diff(edges).astype(int)
+    return [min(int(a), int(round(s))) for a, s in zip(alloc, sizes, strict=True)]
+
+
+def uniform(
+    campaign,
+    n: int,
+    seed: int,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    keep=None,
+) -> list[Candidate]:
+    """``n`` distinct candidates drawn uniformly from the space, stratified by prototype.
+
+    ``exclude`` ids are never drawn; ``keep(candidate)`` may refuse more (held-out
+    chemical systems).  Fewer than ``n`` come back only when the space has fewer.
+    """
+    from hts.candidates import open_source
+
+    rng = np.random.default_rng(seed)
+    src = open_source(campaign)
+    limits = campaign.limits
+
+    def ok(c: Candidate) -> bool:
+        return c.id not in exclude and _usable(c, limits) and (keep is None or keep(c))
+
+    if not hasattr(src, "strata"):
+        return _reservoir((c for c in _distinct(src) if ok(c)), n, rng)
+    sizes = _stratum_sizes(src, rng)
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for k, (want, raw) in enumerate(zip(_allocate(n, sizes, rng), src.strata(), strict=True)):
+        got = 0
+        if raw <= _WALK_LIMIT:  # small stratum: shuffle its raw indices and take in order
+            order: Iterable[int] = (int(i) for i in rng.permutation(raw))
+        else:  # large: draw indices (rejection of filtered ones keeps the draw uniform)
+            order = _distinct_draws(rng, raw)
+        misses = 0
+        for i in order:
+            if got >= want or misses > 50 * max(raw, 1):
+                break
+            a = src.assignment_at(k, i)
+            if a is None:
+                misses += 1
+                continue
+            c = src.candidate(a)
+            if c.id in seen or not ok(c):
+                misses += 1
+                continue
+            seen.add(c.id)
+            out.append(c)
+            got += 1
+    rng.shuffle(out)  # type: ignore[arg-type]
+    return out
+
+
+def _distinct_draws(rng: np.random.Generator, raw: int):
+    drawn: set[int] = set()
+    while len(drawn) < raw:
+        i = int(rng.integers(0, raw))
+        if i not in drawn:
+            drawn.add(i)
+            yield i
+
+
+def _distinct(stream: Iterable[Candidate]):
+    seen: set[str] = set()
+    for c in stream:
+        if not c.error and c.id not in seen:
+            seen.add(c.id)
+            yield c
+
+
+def _reservoir(stream: Iterable[Candidate], n: int, rng: np.random.Generator) -> list[Candidate]:
+    """Algorithm R: a uniform sample of ``n`` from a stream of unknown length, in one pass."""
+    out: list[Candidate] = []
+    for t, c in enumerate(stream):
+        if t < n:
+            out.append(c)
+        else:
+            j = int(rng.integers(0, t + 1))
+            if j < n:
+                out[j] = c
+    return out
+
+
+@dataclass
+class SystemSample:
+    """Chemical systems drawn uniformly: their candidates, and their subsystems' for the hull."""
+
+    systems: list[str] = field(default_factory=list)  # drawn, in draw order
+    primary: list[Candidate] = field(default_factory=list)  # every candidate of a drawn system
+    closure: list[Candidate] = field(default_factory=list)  # subsystems' candidates (hull only)
+
+
+def _subsystems(system: frozenset[str]) -> list[frozenset[str]]:
+    return [
+        frozenset(s)
+        for k in range(2, len(system))
+        for s in itertools.combinations(sorted(system), k)
+    ]
+
+
+def systems(campaign, n_candidates: int, seed: int, keep=None) -> SystemSample:
+    """Whole chemical systems, drawn uniformly, until they hold ``n_candidates`` candidates.
+
+    For a substitution space a system is drawn by drawing a candidate uniformly
+    and accepting its system with probability 1/size (so every system is equally
+    likely); its members are listed directly.  ``keep(system)`` may refuse a
+    system.  Subsystems (the binaries of a ternary) come along in ``closure``
+    unless drawn themselves.
+    """
+    from hts.candidates import open_source
+
+    rng = np.random.default_rng(seed)
+    src = open_source(campaign)
+    limits = campaign.limits
+    out = SystemSample()
+    members: dict[frozenset[str], list[Candidate]] = {}
+
+    if hasattr(src, "system_assignments"):
+
+        def of(system: frozenset[str]) -> list[Candidate]:
+            if system not in members:
+                cands = [src.candidate(a) for a in src.system_assignments(system)]
+                members[system] = [c for c in _distinct(cands) if _usable(c, limits)]
+            return members[system]
+
+        # a raw index uniform over the whole raw space, rejected when filtered out, is a
+        # candidate uniform over the valid space
+        raws = src.strata()
+        weights = np.asarray(raws, dtype=float) / sum(raws)
+        drawn: list[frozenset[str]] = []
+        refused: set[frozenset[str]] = set()
+        total = 0
+        misses = 0
+        while total < n_candidates and misses < 100_000:
+            k = int(rng.choice(len(raws), p=weights))
+            a = src.assignment_at(k, int(rng.integers(0, raws[k])))
+            if a is None:
+                misses += 1
+                continue
+            system = frozenset(e for _, e in a.elements)
+            if system in refused or system in drawn:
+                misses += 1
+                continue
+            if keep is not None and not keep("-".join(sorted(system))):
+                refused.add(system)
+                continue
+            mine = of(system)
+            if mine and rng.random() < 1.0 / len(mine):
+                drawn.append(system)
+                total += len(mine)
+                misses = 0
+            else:
+                misses += 1
+    else:  # files: one pass to count systems, one to collect
+        for c in _distinct(src):
+            if _usable(c, limits):
+                members.setdefault(frozenset(c.chemsys.split("-")), []).append(c)
+        names = sorted(members, key=lambda s: "-".join(sorted(s)))
+        drawn, total = [], 0
+        for k in rng.permutation(len(names)):
+            if total >= n_candidates:
+                break
+            system = names[int(k)]
+            if keep is not None and not keep("-".join(sorted(system))):
+                continue
+            drawn.append(system)
+            total += len(members[system])
+
+        def of(system: frozenset[str]) -> list[Candidate]:
+            return members.get(system, [])
+
+    primary_ids: set[str] = set()
+    for system in drawn:
+        out.systems.append("-".join(sorted(system)))
+        for c in of(system):
+            primary_ids.add(c.id)
+            out.primary.append(c)
+    closure_ids: set[str] = set()
+    for system in drawn:
+        for sub in _subsystems(system):
+            for c in of(sub):
+                if c.id not in primary_ids and c.id not in closure_ids:
+                    closure_ids.add(c.id)
+                    out.closure.append(c)
+    return out
+
+
+def fraction_label(n: int | float, size: int) -> int:
+    """A label budget given as a count (≥ 1) or a share of the space (< 1) → a count."""
+    return int(n) if n >= 1 else max(1, math.ceil(n * size))

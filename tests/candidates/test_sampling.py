@@ -1,0 +1,199 @@
+"""Random samples of a candidate space: uniform, stratified, whole systems, without walking it."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+from scipy.stats import chisquare
+
+from hts.candidates import chunks, open_source
+from hts.candidates.sampling import space_size, systems, uniform
+from hts.spec import parse_campaign
+from tests.conftest import lj_campaign
+
+
+def _campaign(tmp_path, **candidates):
+    spec = {
+        "kind": "substitution",
+        "prototypes": ["rocksalt", "cscl", "fluorite", "perovskite", "spinel"],
+        "elements": {
+            "A": ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ti", "Al"],
+            "B": ["Mg", "Ti", "Zr", "Al", "Ga", "Li"],
+            "X": ["O", "F", "S", "Cl"],
+        },
+        **candidates,
+    }
+    return parse_campaign(lj_campaign(tmp_path, candidates=spec))
+
+
+def _all(c) -> dict[str, object]:
+    return {x.id: x for ch in chunks(open_source(c), 256) for x in ch.candidates if not x.error}
+
+
+def test_index_decoding_is_the_enumeration_order(tmp_path):
+    c = _campaign(tmp_path, charge_balance=False, distinct_elements=False)
+    src = open_source(c)
+    walked = list(src.assignments())
+    decoded = [src.assignment_at(k, i) for k, raw in enumerate(src.strata()) for i in range(raw)]
+    assert decoded == walked  # no filter: every raw index is an assignment, in order
+    balanced = open_source(_campaign(tmp_path))
+    kept = [
+        a
+        for k, raw in enumerate(balanced.strata())
+        for i in range(raw)
+        if (a := balanced.assignment_at(k, i)) is not None
+    ]
+    assert kept == list(balanced.assignments())
+
+
+def test_uniform_sample_is_distinct_valid_stratified_and_seeded(tmp_path):
+    c = _campaign(tmp_path)
+    everything = _all(c)
+    assert space_size(c) == sum(1 for _ in open_source(c).assignments())
+    s = uniform(c, 60, seed=3)
+    ids = [x.id for x in s]
+    assert len(ids) == len(set(ids)) == 60 and set(ids) <= set(everything)
+    assert [x.id for x in uniform(c, 60, seed=3)] == ids
+    assert [x.id for x in uniform(c, 60, seed=4)] != ids
+    # proportional allocation: each prototype gets its share of the 60, to rounding
+    share = Counter(x.prototype for x in everything.values())
+    got = Counter(x.prototype for x in s)
+    for proto, n in share.items():
+        assert abs(got[proto] - 60 * n / len(everything)) <= 1.0 + 1e-9, proto
+    # excluded ids and refused candidates never come back
+    again = uniform(c, 40, seed=3, exclude=set(ids[:30]), keep=lambda x: "O" not in x.chemsys)
+    assert not {x.id for x in again} & set(ids[:30])
+    assert all("O" not in x.chemsys.split("-") for x in again)
+    # asking for more than there is returns everything once
+    assert {x.id for x in uniform(c, 10**6, seed=0)} == set(everything)
+
+
+def test_uniform_sample_is_uniform(tmp_path):
+    c = parse_campaign(lj_campaign(tmp_path))  # 4 prototypes of one stoichiometry class
+    everything = _all(c)
+    hits: Counter = Counter()
+    for seed in range(400):
+        hits.update(x.id for x in uniform(c, 5, seed=seed))
+    counts = np.array([hits[i] for i in everything])
+    assert counts.sum() == 2000
+    assert chisquare(counts).pvalue > 1e-4
+
+
+def test_a_large_space_is_sampled_without_walking_it(tmp_path, monkeypatch):
+    elements = [
+        "Li",
+        "Na",
+        "K",
+        "Rb",
+        "Cs",
+        "Be",
+        "Mg",
+        "Ca",
+        "Sr",
+        "Ba",
+        "Sc",
+        "Y",
+        "La",
+        "Ti",
+        "Zr",
+        "Hf",
+        "V",
+        "Nb",
+        "Ta",
+        "Cr",
+        "Mo",
+        "W",
+        "Mn",
+        "Fe",
+        "Co",
+        "Ni",
+        "Cu",
+        "Zn",
+        "Cd",
+        "Al",
+        "Ga",
+        "In",
+        "Ge",
+        "Sn",
+        "Pb",
+        "Bi",
+    ]
+    c = _campaign(
+        tmp_path,
+        prototypes=["perovskite", "spinel", "k2nif4"],
+        elements={"A": elements, "B": elements, "X": ["O", "S", "Se", "Te", "F", "Cl", "Br", "I"]},
+    )
+    src = open_source(c)
+    assert src.upper_bound() > 30_000  # beyond the exact-count walk
+
+    def no_walk(self):
+        raise AssertionError("walked the space")
+
+    monkeypatch.setattr(type(src), "assignments", no_walk)
+    s = uniform(c, 50, seed=1)
+    assert len({x.id for x in s}) == 50 and {x.prototype for x in s} == {
+        "perovskite",
+        "spinel",
+        "k2nif4",
+    }
+
+
+def test_system_sample_holds_whole_systems_and_their_subsystems(tmp_path):
+    c = _campaign(tmp_path)
+    everything = _all(c)
+    by_system: dict[frozenset, set] = {}
+    for x in everything.values():
+        by_system.setdefault(frozenset(x.chemsys.split("-")), set()).add(x.id)
+    s = systems(c, 25, seed=2)
+    primary, closure = {x.id for x in s.primary}, {x.id for x in s.closure}
+    assert len(primary) >= 25 and not primary & closure
+    drawn = [frozenset(name.split("-")) for name in s.systems]
+    assert primary == set().union(*(by_system[d] for d in drawn))  # every member, nothing else
+    subs = {
+        frozenset(sub)
+        for d in drawn
+        for k in range(2, len(d))
+        for sub in itertools.combinations(sorted(d), k)
+    }
+    assert closure == set().union(*(by_system.get(x, set()) for x in subs)) - primary
+
+
+def test_systems_are_drawn_with_equal_probability(tmp_path):
+    c = _campaign(tmp_path, prototypes=["rocksalt", "cscl", "fluorite", "perovskite"])
+    sizes = Counter(x.chemsys for x in _all(c).values())
+    assert len(set(sizes.values())) > 1  # systems of different sizes
+    hits: Counter = Counter()
+    for seed in range(600):
+        hits.update(systems(c, 1, seed=seed).systems)
+    counts = np.array([hits[s] for s in sizes])
+    assert chisquare(counts).pvalue > 1e-4  # uniform over systems, not over candidates
+
+
+def test_files_are_sampled_by_reservoir(tmp_path):
+    from ase.build import bulk
+    from ase.io import write
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for k, (f, a) in enumerate(
+        [
+            ("NaCl", 5.6),
+            ("KCl", 6.3),
+            ("LiF", 4.0),
+            ("MgO", 4.2),
+            ("CaO", 4.8),
+            ("SrO", 5.2),
+            ("BaO", 5.5),
+            ("NaF", 4.6),
+        ]
+    ):
+        write(folder / f"{k}.cif", bulk(f, "rocksalt", a=a))
+    c = parse_campaign(lj_campaign(tmp_path, candidates={"kind": "files", "path": str(folder)}))
+    s = uniform(c, 5, seed=0)
+    assert len({x.id for x in s}) == 5
+    assert {x.id for x in uniform(c, 50, seed=0)} == set(_all(c))
+    sys_sample = systems(c, 3, seed=0)
+    assert len(sys_sample.primary) >= 3 and not sys_sample.closure
+    assert [x.id for x in uniform(c, 5, seed=0)] != [x.id for x in uniform(c, 5, seed=1)]
