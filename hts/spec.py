@@ -80,6 +80,11 @@ class SubstitutionSource(_Strict):
     distinct_elements: bool = Field(
         default=True, description="Never put the same element on two different roles."
     )
+    oxidation_states: Literal["common", "icsd"] = Field(
+        default="common",
+        description="States charge balance may use: pymatgen's common ones, or every state seen "
+        "in ICSD compounds (Ti3+, Cu+, Mn3+, Bi5+, ...).",
+    )
 
     @field_validator("prototypes")
     @classmethod

@@ -45,12 +45,15 @@ def _radius(symbol: str) -> float:
 
 
 @functools.cache
-def _oxidation_states(symbol: str) -> tuple[int, ...]:
+def _oxidation_states(symbol: str, which: str = "common") -> tuple[int, ...]:
     from pymatgen.core import Element
 
     el = Element(symbol)
-    states = el.common_oxidation_states or ()
-    return tuple(states)
+    if which == "icsd":
+        states = tuple(el.icsd_oxidation_states or ()) or tuple(el.common_oxidation_states or ())
+    else:
+        states = tuple(el.common_oxidation_states or ())
+    return tuple(sorted(set(states)))
 
 
 @functools.cache
@@ -61,16 +64,20 @@ def _electronegativity(symbol: str) -> float:
     return float(x) if x == x else 0.0
 
 
-def charge_balanced(assignment: dict[str, str], multiplicity: dict[str, int]) -> bool:
-    """True if common oxidation states sum to zero with the anions the most electronegative.
+def charge_balanced(
+    assignment: dict[str, str], multiplicity: dict[str, int], states: str = "common"
+) -> bool:
+    """True if oxidation states sum to zero with the anions the most electronegative.
 
-    Each element takes one of its common oxidation states (pymatgen), and every
+    Each element takes one of its oxidation states — pymatgen's common ones, or
+    (``states="icsd"``) every state seen in ICSD compounds (Ti³⁺ in LaTiO3, Cu⁺
+    in Cu2O, Mn³⁺ in LiMnO2) — and every
     element in a negative state must be more electronegative than every element
     in a positive one: Si⁴⁻ beside Ge⁴⁺, or Br⁺ beside Sr²⁺, balances on paper
     and is no ionic compound.
     """
     roles = sorted(assignment)
-    options = [_oxidation_states(assignment[r]) for r in roles]
+    options = [_oxidation_states(assignment[r], states) for r in roles]
     if any(not o for o in options):
         return False
     chi = [_electronegativity(assignment[r]) for r in roles]
@@ -163,7 +170,9 @@ class SubstitutionGenerator:
         if self.spec.distinct_elements and len(set(combo)) < len(combo):
             return False
         table = dict(zip(roles, combo, strict=True))
-        return not balance or charge_balanced(table, prototype_cell(name).multiplicity)
+        return not balance or charge_balanced(
+            table, prototype_cell(name).multiplicity, self.spec.oxidation_states
+        )
 
     def assignments(self) -> Iterator[Assignment]:
         for name, roles, lists, balance in self._plans():

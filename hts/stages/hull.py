@@ -65,10 +65,17 @@ class _Hull:
         x = np.array([self.coords(f) for f, _ in items])
         points = np.column_stack([x, energies])
         # a point above the simplex's centre closes the hull from above (pymatgen's trick)
-        top = np.append(np.full(x.shape[1], 1.0 / len(self.order)), energies.max() + 1.0)
+        # (far enough above, relative to the spread, that float rounding never flattens it)
+        spread = float(energies.max() - energies.min())
+        top = np.append(
+            np.full(x.shape[1], 1.0 / len(self.order)), energies.max() + 1.0 + 10.0 * spread
+        )
         hull = ConvexHull(np.vstack([points, top]))
-        lower = hull.equations[:, -2] < -1e-9  # outward normal points down in energy
+        lower = hull.equations[:, -2] < -1e-14  # outward normal points down in energy
         self.planes = hull.equations[lower]
+        self.minimum = float(energies.min())
+        if not len(self.planes):  # degenerate (absurd energies from a broken model): no crash
+            self.planes = None
         vertices = np.unique(hull.simplices[lower])
         self.stable = {items[i] for i in vertices if i < len(items)}
 

@@ -74,6 +74,9 @@ def test_charge_balance():
     assert not charge_balanced({"A": "Ge", "B": "Si", "X": "Br"}, layered)
     assert not charge_balanced({"A": "Sr", "B": "Ba", "X": "Cl"}, layered)
     assert charge_balanced({"A": "Li", "B": "Co", "X": "O"}, layered)
+    # LaTiO3 needs Ti3+, in ICSD compounds but not among pymatgen's common states
+    assert not charge_balanced({"A": "La", "B": "Ti", "X": "O"}, mult)
+    assert charge_balanced({"A": "La", "B": "Ti", "X": "O"}, mult, "icsd")
 
 
 def test_enumeration_is_lazy_and_deterministic(tmp_path):

@@ -91,3 +91,13 @@ def test_qhull_planes_match_pymatgen_on_random_systems():
         # a point exactly on a hull facet (the midpoint of two stable entries) is on the hull
         on = full.get_hull_energy_per_atom(Composition("LiFeO2"))
         assert abs(tracker.e_above_hull("LiFeO2", on)) < 1e-9
+
+
+def test_absurd_energies_from_a_broken_model_do_not_crash_the_hull():
+    """A student relaxing into -10⁹ eV/atom must fail its own candidates, not the scoring."""
+    h = HullTracker()
+    for el, e in {"Na": -1.3, "Cl": -1.8, "O": -4.9}.items():
+        h.add_reference(el, e)
+    h.add([("NaCl", -3.0), ("Na2O", -1e9), ("ClNaO3", -4.0)])
+    assert h.e_above_hull("NaCl", -3.0) == 0.0
+    assert h.e_above_hull("ClNaO3", -4.0) > 1e8
