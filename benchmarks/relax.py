@@ -12,6 +12,10 @@ are relaxed twice with the same FIRE settings:
 The two runs alternate per size so machine noise hits both alike.  Energies of
 converged structures must agree to the foundation issue's tolerance.
 
+The shipped student is a direct one (it predicts relaxed energies and is
+never relaxed in a campaign); here its energy gradients serve as a force field
+of a student's size and cost, which is what the batching comparison measures.
+
 A screen relaxes a stream of candidates, so the default set (128 student cells,
 batches of 32) is four batches long: structures that converge leave the batch
 and waiting ones take their places, as in the prefilter.  With ``--n`` no larger

@@ -118,10 +118,26 @@ def _resolved_stage(campaign: Campaign, name: str):
         update["model"] = stage.model.model_copy(update={"path": str(p)})
     link = getattr(stage, "distillation", None)
     if link is not None:
-        from hts.distill.evaluate import ReportError, auto_keep_rule, fitted_references
+        from hts.distill.evaluate import (
+            ReportError,
+            auto_keep_rule,
+            fitted_references,
+            student_kind,
+        )
 
         report = campaign.resolve_input(link.report)
         try:
+            kind = student_kind(report)
+            if kind is not None and (kind == "direct") != bool(getattr(stage, "direct", False)):
+                raise CampaignError(
+                    f"stages.{name}.direct: the report's student is "
+                    + (
+                        "a direct student (it predicts relaxed energies from unrelaxed "
+                        "candidates): set direct: true"
+                        if kind == "direct"
+                        else "a relaxing student (a force field): set direct: false"
+                    )
+                )
             if stage.keep == "auto":
                 update["keep"] = auto_keep_rule(report, link.target_recall)
             if link.references == "fitted":

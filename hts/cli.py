@@ -422,8 +422,8 @@ def distill(
         _fail(str(err))
     finally:
         eng.close()
-    ho = report["screening"]["held_out"]
-    ff = report["force_field"]["test"]
+    cal = report["screening"]["calibration"]
+    err = report["errors"]["calibration"]
     sp = report["speed"]
 
     def pct(x) -> str:
@@ -431,18 +431,23 @@ def distill(
 
     out.print(
         f"finished in {_hms(time.time() - t0)}\n"
-        f"held-out: energy MAE {ff['energy_mae_mev_per_atom']:.1f} meV/atom, force MAE "
-        f"{ff['force_mae_mev_per_A']:.0f} meV/Å, Spearman ρ(e_above_hull) {ho['spearman_e_above_hull']:.2f}\n"
-        f"prefilter threshold {ho['threshold']} eV/atom: keeps {pct(ho['recall_at_threshold'])} of "
-        f"teacher-stable, discards {pct(ho['discarded_at_threshold'])}\n"
-        f"speed: student {sp['ratio_batched']:.1f}× faster than the teacher "
+        f"calibration ({cal['n_candidates']} candidates never trained on, "
+        f"{cal['n_teacher_stable']} teacher-stable): energy MAE {err['own_energy_mae_mev']:.1f} "
+        f"meV/atom, Spearman ρ(e_above_hull) {cal['spearman_e_above_hull']:.2f}\n"
+        f"keep: auto → e_above_hull <= {cal['threshold']}: keeps {pct(cal['recall_at_threshold'])} "
+        f"of teacher-stable ({cal['confidence']:.0%} lower bound "
+        f"{pct(cal['recall_lower_bound_at_threshold'])}), discards {pct(cal['discarded_at_threshold'])}\n"
+        f"speed: student {sp['ratio_batched']:.1f}× faster than the teacher per structure "
         f"({sp['atoms_min']}–{sp['atoms_max']} atoms, {report['device']})",
         highlight=False,
     )
+    direct = report["student"]["kind"] == "direct"
     out.print(
         f"student: {out_dir / 'student.model'}\nreport:  {out_dir / 'report.md'}\n"
         "use it in a campaign:\n  prefilter:\n    model: {name: mace, path: "
-        f"{out_dir / 'student.model'}, dtype: {cfg.training.dtype}}}\n    keep: auto\n"
+        f"{out_dir / 'student.model'}, dtype: {cfg.training.dtype}}}\n"
+        + ("    direct: true\n" if direct else "")
+        + "    keep: auto\n"
         f"    distillation: {{report: {out_dir / 'report.json'}}}",
         highlight=False,
         soft_wrap=True,

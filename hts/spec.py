@@ -296,12 +296,22 @@ class PrefilterStage(_RelaxStage):
 
     keep: KeepRule | Literal["auto"] = KeepRule.parse("e_above_hull <= 0.1")
     distillation: Distillation | None = None
+    direct: bool = Field(
+        default=False,
+        description="The model predicts the teacher's relaxed energy from the unrelaxed candidate "
+        "(a direct student from hts distill): one forward pass per candidate, no relaxation.",
+    )
 
     @model_validator(mode="after")
     def _auto_needs_report(self) -> PrefilterStage:
         if self.keep == "auto" and self.distillation is None:
             raise ValueError(
                 "keep: 'auto' needs distillation.report (the report.json of `hts distill`)"
+            )
+        if self.direct and "relax" in self.model_fields_set:
+            raise ValueError(
+                "relax: a direct prefilter does not relax (direct: true); remove relax or set "
+                "direct: false"
             )
         return self
 

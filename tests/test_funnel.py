@@ -102,6 +102,47 @@ def test_auto_keep_needs_a_report_and_a_teacher(tmp_path):
         parse_campaign(data)
 
 
+def test_a_direct_prefilter_scores_each_candidate_in_one_pass(tmp_path):
+    """direct: true: one prediction per candidate as given, no relaxation; the teacher starts
+    from the candidate's own structure."""
+    from hts.candidates import chunks, open_source
+
+    data = _funnel(tmp_path).model_dump(mode="json")
+    data["stages"]["prefilter"] = {
+        "model": {"name": "lennard-jones"},
+        "direct": True,
+        "keep": "e_above_hull <= 0.15",
+    }
+    c = parse_campaign(data)
+    run_on_parsl(c, tmp_path / "runinfo")
+    ds = open_dataset(c.store)
+    ok = ds.status.values.astype(object) == "ok"
+    assert ok.any()
+    assert (ds.n_steps.values[ok, 0] == 0).all() and ds.converged.values[ok, 0].all()
+    given = {x.id: x for ch in chunks(open_source(c), 64) for x in ch.candidates if not x.error}
+    pre_only = ok & ~np.isfinite(ds.energy_per_atom.values[:, 1])
+    for i in np.flatnonzero(pre_only)[:10]:  # unchanged structure where the teacher did not go
+        cand = given[str(ds.id.values[i])]
+        a0, n = int(ds.atom_start.values[i]), int(ds.n_atoms.values[i])
+        np.testing.assert_allclose(ds.positions.values[a0 : a0 + n], cand.positions)
+    # a single point of the same potential: the energy of the unrelaxed structure
+    from hts.models import load_model
+    from hts.spec import ModelSpec
+
+    lj = load_model(ModelSpec(name="lennard-jones"))
+    i = int(np.flatnonzero(ok)[0])
+    cand = given[str(ds.id.values[i])]
+    e = lj.predict([cand.to_atoms()])[0].energy / len(cand.numbers)
+    assert ds.energy_per_atom.values[i, 0] == pytest.approx(e)
+    # survivors were rescored (relaxed) by the teacher from there
+    kept = ds.kept.values[:, 0]
+    assert kept.any() and np.isfinite(ds.energy_per_atom.values[kept, 1]).all()
+    # relax settings with direct: true are refused, naming the field
+    data["stages"]["prefilter"]["relax"] = {"fmax": 0.1}
+    with pytest.raises(CampaignError, match="stages.prefilter: relax: a direct prefilter"):
+        parse_campaign(data)
+
+
 def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
     from hts.campaign import _resolved_stage, preflight
 
@@ -118,12 +159,26 @@ def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
         preflight(c)
     curve = {
         "threshold": [0.0, 0.05, 0.1, 0.15],
-        "recall": [0.5, 0.85, 0.92, 1.0],
+        "recall": [0.5, 0.92, 0.97, 1.0],
+        "recall_lower_bound": [0.4, 0.85, 0.92, 0.95],
         "discarded": [0.9, 0.7, 0.6, 0.5],
     }
-    (tmp_path / "report.json").write_text(json.dumps({"screening": {"held_out": {"curve": curve}}}))
+    report = {"screening": {"calibration": {"curve": curve, "n_teacher_stable": 60}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    # the bound, not the point estimate, has to reach the target
     rule = _resolved_stage(c, "prefilter").keep
     assert rule.text == "e_above_hull <= 0.1"
+    # a direct student's report needs a direct prefilter, and the other way round
+    report["student"] = {"kind": "direct"}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    with pytest.raises(CampaignError, match=r"stages.prefilter.direct: .* set direct: true"):
+        preflight(c)
+    d2 = c.model_dump(mode="json")
+    d2["stages"]["prefilter"]["direct"] = True
+    d2["stages"]["prefilter"].pop("relax")
+    assert _resolved_stage(parse_campaign(d2, base_dir=str(tmp_path)), "prefilter").keep.text == (
+        "e_above_hull <= 0.1"
+    )
     (tmp_path / "report.json").write_text("{not json")
     with pytest.raises(CampaignError, match="not a readable hts distillation report"):
         preflight(c)
@@ -143,11 +198,16 @@ def test_prefilter_takes_fitted_references_from_the_report(tmp_path):
         "S": -3.0,
         "F": -2.0,
     }  # no Cl: its candidates fail with a reason
-    curve = {"threshold": [0.0, 0.5], "recall": [0.2, 1.0], "discarded": [0.9, 0.1]}
+    curve = {
+        "threshold": [0.0, 0.5],
+        "recall": [0.2, 1.0],
+        "recall_lower_bound": [0.1, 0.96],
+        "discarded": [0.9, 0.1],
+    }
     (tmp_path / "report.json").write_text(
         json.dumps(
             {
-                "screening": {"held_out": {"curve": curve}},
+                "screening": {"calibration": {"curve": curve, "n_teacher_stable": 80}},
                 "references": {"student_fitted": {**fitted, "Cl": None}},
             }
         )

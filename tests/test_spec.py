@@ -27,6 +27,10 @@ def test_shipped_campaigns_validate():
         c = load_campaign(path)
         assert c.name
         assert len(c.content_hash()) == 16
+        if c.stages.prefilter.distillation is not None:  # the shipped student's report answers
+            from hts.campaign import preflight
+
+            preflight(c)
 
 
 def test_demo_ships_its_student_and_validates():
@@ -41,6 +45,10 @@ def test_demo_ships_its_student_and_validates():
     assert stage.keep.terms[0][0] == "e_above_hull"
     model = load_model(stage.model)
     assert model.name == "mace" and model.unsupported([11, 17]) is None
+    assert c.stages.prefilter.direct  # the shipped student is a direct one
+    from hts.candidates.sampling import space_size
+
+    assert space_size(c) >= 1000
 
 
 def test_embedded_default_is_the_demo():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from hts.spec import (
     Campaign,
@@ -29,17 +29,59 @@ from hts.spec import (
 
 __all__ = ["DistillConfig", "load_distill"]
 
+# what the teacher computes per labelled candidate: the only sampling settings in the dataset's key
+_PER_CANDIDATE = (
+    "trajectory_snapshots",
+    "rattled",
+    "rattle_sigma",
+    "strained",
+    "max_strain",
+    "relax",
+)
+
 
 class Sampling(_Strict):
-    """Which structures the teacher labels: the relaxation path of sampled candidates, plus perturbations."""
+    """Which candidates the teacher labels, and what it labels for each.
 
-    candidates: int = Field(
-        default=200, ge=4, le=1_000_000, description="Candidates sampled (stratified)."
+    Two samples of the campaign's space, drawn without walking it
+    (:mod:`hts.candidates.sampling`): ``train`` candidates uniformly (stratified by
+    prototype) to learn from, and ``calibration`` candidates in whole chemical
+    systems (each drawn with equal probability, with its subsystems), on which
+    the keep threshold is chosen and every figure of the report is measured:
+    within those systems the hull is complete, so ``e_above_hull`` there is
+    what the campaign will compute.  Budgets are counts, or shares of the space
+    when below 1.
+    """
+
+    train: float = Field(
+        default=0.1,
+        gt=0,
+        le=1_000_000,
+        description="Candidates labelled for training: a count, or a share of the space if < 1.",
     )
-    pool: int = Field(
-        default=20_000,
-        ge=4,
-        description="Candidates enumerated from the source to sample from (large sources are not walked to the end).",
+    calibration: float = Field(
+        default=1000,
+        gt=0,
+        le=1_000_000,
+        description="Candidates of whole chemical systems labelled for calibration (their "
+        "subsystems come along for the hull): a count, or a share of the space if < 1.",
+    )
+    points: float = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="Direct student: teacher single points of unrelaxed candidates (a count, or "
+        "a share of the space if < 1), ~40× cheaper than relaxations; learnt by their own readout.",
+    )
+    holdout_systems: float = Field(
+        default=0.1,
+        ge=0,
+        lt=0.5,
+        description="Share of chemical systems never trained on: the report's figures for "
+        "chemistry the student has not seen.",
+    )
+    valid: float = Field(
+        default=0.1, gt=0, lt=0.5, description="Share of training candidates for early stopping."
     )
     trajectory_snapshots: int = Field(
         default=4,
@@ -59,27 +101,63 @@ class Sampling(_Strict):
     )
 
 
-class Split(_Strict):
-    """Held-out candidates are whole groups, so test scores measure transfer to unseen chemistry."""
+class Rounds(_Strict):
+    """Further rounds of labels after the first training, each followed by retraining.
 
-    by: Literal["chemsys", "prototype"] = "chemsys"
-    valid: float = Field(default=0.1, ge=0, lt=0.5)
-    test: float = Field(default=0.25, gt=0, lt=0.6)
+    A relaxing student relaxes ``labels`` training candidates and the teacher
+    labels the structures it visits and ends at (on-policy, DAgger-style: the
+    student learns where it goes, not only where the teacher went).  A direct
+    student scores ``pool`` unlabelled candidates and the teacher relaxes the
+    ``labels`` whose student ``e_above_hull`` lies nearest the keep threshold,
+    where the screen's decisions are made.  Rounds stop early once the
+    calibration target (recall bound and discarded share) is met.
+    """
+
+    max: int = Field(default=2, ge=0, le=20, description="Rounds after the first training.")
+    labels: int = Field(
+        default=300, ge=1, le=1_000_000, description="Teacher labels (candidates) per round."
+    )
+    pool: int = Field(
+        default=5000,
+        ge=1,
+        le=10_000_000,
+        description="Direct student: unlabelled candidates scored to choose each round's labels from.",
+    )
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Epochs of each later round, which starts from the last round's student "
+        "(direct students); default half of training.epochs.",
+    )
+    snapshots: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Relaxing student: frames of its own relaxation the teacher labels, last included.",
+    )
 
 
 class Student(_Strict):
-    """A small MACE: invariant messages (max_L 0) are several times cheaper than the teacher."""
+    """A small MACE: invariant messages (max_L 0) are several times cheaper than the teacher.
 
+    ``direct``: the student predicts the teacher's relaxed energy from the
+    unrelaxed candidate (one forward pass; the prefilter runs with ``direct:
+    true``).  ``relax``: a force field the prefilter relaxes each candidate with.
+    """
+
+    kind: Literal["direct", "relax"] = "direct"
     channels: int = Field(default=32, ge=4, le=512)
     max_L: int = Field(default=0, ge=0, le=3)
-    max_ell: int = Field(default=3, ge=1, le=4)
-    correlation: int = Field(default=3, ge=1, le=4)
+    max_ell: int = Field(default=2, ge=1, le=4)
+    correlation: int = Field(default=2, ge=1, le=4)
     interactions: int = Field(default=2, ge=1, le=4)
     r_max: float = Field(default=5.0, gt=1, le=10)
     radial_mlp: list[int] = Field(default=[32, 32, 32], min_length=1)
     pair_repulsion: bool = Field(
         default=True,
-        description="ZBL repulsion at short range, so the student cannot collapse where it saw no data.",
+        description="Relaxing student: ZBL repulsion at short range, so it cannot collapse where "
+        "it saw no data.",
     )
 
 
@@ -110,6 +188,21 @@ class Training(_Strict):
     max_stress_gpa: float = Field(
         default=50.0, gt=0, description="Labelled frames under a larger stress are not used."
     )
+    point_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Direct student: weight of the single-point labels (unrelaxed candidates, "
+        "their own readout) against the relaxed-energy labels.",
+    )
+    huber_delta: float = Field(
+        default=0.05, gt=0, description="Direct student: eV/atom where the Huber loss turns linear."
+    )
+    augment: bool = Field(
+        default=True,
+        description="Direct student: also train on the teacher's relaxed structure, labelled with "
+        "the relaxed energy like the unrelaxed start (the prediction then does not hinge on the "
+        "exact starting geometry).",
+    )
     dtype: Literal["float32", "float64"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=2, ge=1, le=256)
@@ -118,12 +211,30 @@ class Training(_Strict):
 
 
 class Evaluation(_Strict):
+    """What the student is judged by, on the calibration systems."""
+
     stable_threshold: float | None = Field(
         default=None,
         ge=0,
         description="Teacher e_above_hull (eV/atom) counted as stable; default: the campaign's rescore keep threshold.",
     )
-    target_recall: float = Field(default=0.95, gt=0, le=1)
+    target_recall: float = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="keep: auto takes the smallest threshold whose one-sided lower confidence "
+        "bound (Clopper-Pearson) on recall of teacher-stable candidates reaches this.",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence level of that bound."
+    )
+    target_discard: float = Field(
+        default=0.8,
+        ge=0,
+        lt=1,
+        description="Share of candidates the prefilter should discard at that threshold: "
+        "rounds stop once both are met.",
+    )
     speed_cells: int = Field(default=12, ge=1, le=1000, description="8–32-atom cells timed.")
     speed_repeats: int = Field(default=3, ge=1, le=50)
 
@@ -135,7 +246,7 @@ class DistillConfig(_Strict):
         default=None, description="Default: the campaign's rescore model."
     )
     sampling: Sampling = Sampling()
-    split: Split = Split()
+    rounds: Rounds = Rounds()
     student: Student = Student()
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
@@ -146,12 +257,6 @@ class DistillConfig(_Strict):
     seed: int = 0
 
     base_dir: str = Field(default=".", exclude=True)
-
-    @model_validator(mode="after")
-    def _split_leaves_training(self) -> DistillConfig:
-        if self.split.valid + self.split.test >= 0.8:
-            raise ValueError("split: valid + test must leave at least 20 % for training")
-        return self
 
     def path(self, p: str) -> Path:
         q = Path(p).expanduser()
@@ -177,7 +282,7 @@ class DistillConfig(_Strict):
 
     def dataset_key(self, teacher: ModelSpec) -> str:
         """Labels are reusable while the teacher and what is sampled per candidate stay the same."""
-        s = self.sampling.model_dump(mode="json", exclude={"candidates", "pool"})
+        s = self.sampling.model_dump(mode="json", include=set(_PER_CANDIDATE))
         t = teacher.model_dump(mode="json", include={"name", "path", "dtype"})
         blob = json.dumps({"teacher": t, "sampling": s, "seed": self.seed}, sort_keys=True)
         return f"{teacher.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

@@ -36,6 +36,10 @@ class LabelStore:
         self.isolated: dict[str, float] = data.get("isolated", {})
         self.references: dict[str, dict] = data.get("references", {})
         self.n_files = int(data.get("n_files", 0))
+        # frames not from a candidate's own teacher relaxation (on-policy rounds): file names
+        self.extra_files: list[str] = data.get("extra_files", [])
+        # candidates with only a teacher single point of their unrelaxed structure: id -> info
+        self.points: dict[str, dict] = data.get("points", {})
         # files written by a task whose index update never happened are orphans: ignored
 
     def _save(self) -> None:
@@ -45,6 +49,8 @@ class LabelStore:
                 {
                     "meta": self.meta,
                     "n_files": self.n_files,
+                    "extra_files": self.extra_files,
+                    "points": self.points,
                     "isolated": self.isolated,
                     "references": self.references,
                     "candidates": self.candidates,
@@ -56,21 +62,10 @@ class LabelStore:
 
     def add(self, result: LabelResult, info: dict[str, dict]) -> None:
         """Write one task's frames, then record its candidates (``info``: id → formula, group, split)."""
-        from ase import Atoms
         from ase.io import write
 
         name = f"labels-{self.n_files:05d}.extxyz"
-        frames = []
-        for f in result.frames:
-            a = Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=True)
-            a.info = {
-                "REF_energy": f.energy,
-                "REF_stress": f.stress,
-                "hts_id": f.candidate,
-                "config_type": f.kind,
-            }
-            a.arrays["REF_forces"] = f.forces
-            frames.append(a)
+        frames = [_atoms(f) for f in result.frames]
         if frames:
             write(self.root / name, frames, format="extxyz")
         self.n_files += 1
@@ -82,6 +77,31 @@ class LabelStore:
                 "converged": r.converged,
                 "error": r.error,
             }
+        self._save()
+
+    def add_frames(self, frames: list[Frame]) -> int:
+        """Write frames of already labelled candidates (on-policy labels); return how many."""
+        from ase.io import write
+
+        if not frames:
+            return 0
+        name = f"labels-{self.n_files:05d}.extxyz"
+        write(self.root / name, [_atoms(f) for f in frames], format="extxyz")
+        self.n_files += 1
+        self.extra_files.append(name)
+        self._save()
+        return len(frames)
+
+    def add_points(self, result: LabelResult, info: dict[str, dict]) -> None:
+        """Write one task's single points (unrelaxed candidates), then record them."""
+        from ase.io import write
+
+        name = f"labels-{self.n_files:05d}.extxyz"
+        if result.frames:
+            write(self.root / name, [_atoms(f) for f in result.frames], format="extxyz")
+        self.n_files += 1
+        for f in result.frames:
+            self.points[f.candidate] = {**info.get(f.candidate, {}), "file": name}
         self._save()
 
     def set_isolated(self, energies: dict[str, float]) -> None:
@@ -96,7 +116,9 @@ class LabelStore:
         """ASE Atoms of every labelled frame (of the given candidates), with their labels attached."""
         from ase.io import iread
 
-        for name in sorted({v["file"] for v in self.candidates.values() if v["file"]}):
+        names = {v["file"] for v in self.candidates.values() if v["file"]} | set(self.extra_files)
+        names |= {v["file"] for v in self.points.values()}
+        for name in sorted(names):
             for a in iread(self.root / name, index=":", format="extxyz"):
                 if ids is None or a.info.get("hts_id") in ids:
                     yield a
@@ -128,6 +150,20 @@ class LabelStore:
         if keep:
             write(path, keep, format="extxyz")
         return len(keep)
+
+
+def _atoms(f: Frame):
+    from ase import Atoms
+
+    a = Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=True)
+    a.info = {
+        "REF_energy": f.energy,
+        "REF_stress": f.stress,
+        "hts_id": f.candidate,
+        "config_type": f.kind,
+    }
+    a.arrays["REF_forces"] = f.forces
+    return a
 
 
 def frame_labels(a) -> Frame:

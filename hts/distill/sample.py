@@ -1,32 +1,34 @@
 """What the teacher labels: sampled candidates, their relaxation paths, perturbations.
 
-Science only (no engine, no files): :func:`stratified` picks candidates
-spread over prototypes and chemical systems, :func:`split_of` assigns whole
-groups to train/valid/test, and :func:`label_chunk` — the task that fans out
-over the site — relaxes a chunk with the teacher, keeping frames along the path
-(a prefilter student must be right on the way down, not only at the minimum),
-and labels rattled and strained copies of each relaxed structure.
+Science only (no engine, no files): :func:`label_chunk` — the task that fans
+out over the site — relaxes a chunk with the teacher, keeping frames along the
+path (a prefilter student must be right on the way down, not only at the
+minimum), and labels rattled and strained copies of each relaxed structure;
+:func:`on_policy_chunk` labels where a relaxing student goes instead.  Which
+candidates are labelled is :mod:`hts.candidates.sampling`'s business;
+:func:`held_out_system` keeps a share of chemical systems out of training.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hts.candidates.record import Candidate
+from hts.stages.screen import predict_isolating
 
 __all__ = [
     "Frame",
     "LabelResult",
     "isolated_atom_energies",
     "label_chunk",
-    "split_of",
-    "stratified",
+    "on_policy_chunk",
+    "point_chunk",
+    "held_out_system",
 ]
 
 
@@ -62,49 +64,10 @@ class LabelResult:
     model_version: str = ""
 
 
-def _group(c: Candidate, by: str) -> str:
-    return c.prototype or "files" if by == "prototype" else c.chemsys
-
-
-def stratified(candidates: Iterable[Candidate], n: int, seed: int) -> list[Candidate]:
-    """Up to ``n`` candidates, round-robin over prototypes and, within each, over chemical systems.
-
-    A uniform sample of a substitution space is dominated by its largest
-    prototype and by a few element-rich systems; the student must see all.
-    """
-    rng = np.random.default_rng(seed)
-    tree: dict[str, dict[str, list[Candidate]]] = defaultdict(lambda: defaultdict(list))
-    for c in candidates:
-        tree[c.prototype or "files"][c.chemsys].append(c)
-    queues = []
-    for proto in sorted(tree):
-        systems = [tree[proto][k] for k in sorted(tree[proto])]
-        for s in systems:
-            rng.shuffle(s)
-        order = rng.permutation(len(systems))
-        # one candidate per chemical system per pass, systems in random order
-        flat = [
-            systems[i][depth]
-            for depth in range(max(len(s) for s in systems))
-            for i in order
-            if depth < len(systems[i])
-        ]
-        queues.append(flat)
-    picked: list[Candidate] = []
-    depth = 0
-    while len(picked) < n and any(depth < len(q) for q in queues):
-        for q in queues:
-            if depth < len(q) and len(picked) < n:
-                picked.append(q[depth])
-        depth += 1
-    return picked
-
-
-def split_of(c: Candidate, by: str, valid: float, test: float, seed: int) -> str:
-    """``train``, ``valid`` or ``test``, fixed per group (chemical system or prototype)."""
-    key = f"{seed}:{_group(c, by)}"
-    u = int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / 16**12
-    return "test" if u < test else "valid" if u < test + valid else "train"
+def held_out_system(chemsys: str, share: float, seed: int) -> bool:
+    """Whether a chemical system is kept out of training (fixed per system and seed)."""
+    u = int(hashlib.sha1(f"{seed}:{chemsys}".encode()).hexdigest()[:12], 16) / 16**12
+    return u < share
 
 
 def _strain(atoms, eps: np.ndarray):
@@ -183,7 +146,7 @@ def label_chunk(
         for kind, a in _perturbed(o.atoms, sampling, np.random.default_rng(s)):
             extra.append((c.id, kind, a))
     if extra:
-        preds = _predict_isolating(model, [a for _, _, a in extra], teacher.batch_size)
+        preds = predict_isolating(model, [a for _, _, a in extra], teacher.batch_size)
         for (cid, kind, a), p in zip(extra, preds, strict=True):
             if p is not None:
                 out.frames.append(_frame(cid, kind, a, p))
@@ -191,23 +154,71 @@ def label_chunk(
     return out
 
 
-def _predict_isolating(model, atoms: list, batch_size: int) -> list:
-    """Predictions in batches; a structure that breaks the model (or gives NaN) is dropped alone."""
-    out: list = []
-    for i in range(0, len(atoms), batch_size):
-        part = atoms[i : i + batch_size]
-        try:
-            got = model.predict(part)
-        except Exception:
-            got = []
-            for a in part:
-                try:
-                    got.append(model.predict([a])[0])
-                except Exception:
-                    got.append(None)
-        for p in got:
-            ok = p is not None and np.isfinite(p.energy) and np.isfinite(p.forces).all()
-            out.append(p if ok and np.isfinite(p.stress).all() else None)
+def point_chunk(candidates: Sequence[Candidate], teacher, model=None) -> LabelResult:
+    """Teacher single points of unrelaxed candidates: ~40× cheaper than a relaxation each.
+
+    A direct student's own readout learns them (kind ``point``): the chemistry of
+    many more candidates than the relaxed labels can cover, in the representation
+    the relaxed-energy readout shares.
+    """
+    from hts.models import get_model
+
+    t_model = model or get_model(teacher)
+    t0 = time.perf_counter()
+    out = LabelResult(model_version=t_model.version)
+    todo = [c for c in candidates if not (c.error or t_model.unsupported(c.numbers))]
+    atoms = [c.to_atoms() for c in todo]
+    for c, a, p in zip(
+        todo, atoms, predict_isolating(t_model, atoms, teacher.batch_size), strict=True
+    ):
+        if p is not None:
+            out.frames.append(_frame(c.id, "point", a, p))
+    out.wall_s = time.perf_counter() - t0
+    return out
+
+
+def on_policy_chunk(
+    candidates: Sequence[Candidate],
+    student,
+    relax,
+    teacher,
+    snapshots: int,
+    student_model=None,
+    teacher_model=None,
+) -> LabelResult:
+    """The student relaxes a chunk; the teacher labels structures it visited, its end point included.
+
+    DAgger-style labels (Ross et al., AISTATS 2011): a relaxing student trained
+    only on the teacher's paths meets states the teacher never visited and
+    drifts into minima the teacher does not have; labelling where the student
+    goes teaches it to come back.  ``student``/``teacher`` are
+    :class:`hts.spec.ModelSpec`; frames are kind ``student``.
+    """
+    from hts.models import get_model
+    from hts.stages.relax import relax_with
+
+    s_model = student_model or get_model(student)
+    t_model = teacher_model or get_model(teacher)
+    t0 = time.perf_counter()
+    out = LabelResult(model_version=t_model.version)
+    todo = [c for c in candidates if not (c.error or s_model.unsupported(c.numbers))]
+    outcomes = relax_with(s_model, [c.to_atoms() for c in todo], relax, student, trajectory=True)
+    picked: list[tuple[str, object]] = []
+    for c, o in zip(todo, outcomes, strict=True):
+        if not o.frames:
+            continue
+        # evenly spaced over the student's path, weighted to its end: the minimum it reports
+        ks = np.unique(np.round(np.linspace(0, len(o.frames) - 1, snapshots + 1)[1:]).astype(int))
+        for k in ks:
+            pos, cell, _ = o.frames[int(k)]
+            a = o.atoms.copy()
+            a.positions, a.cell = pos, cell
+            picked.append((c.id, a))
+    preds = predict_isolating(t_model, [a for _, a in picked], teacher.batch_size)
+    for (cid, a), p in zip(picked, preds, strict=True):
+        if p is not None:
+            out.frames.append(_frame(cid, "student", a, p))
+    out.wall_s = time.perf_counter() - t0
     return out
 
 

@@ -104,15 +104,19 @@ def mace_arguments(
     return args
 
 
-_EPOCH = re.compile(r"Epoch (\d+):.*MAE_E_per_atom=\s*([\d.]+) meV.*MAE_F=\s*([\d.]+) meV")
+_EPOCH = re.compile(r"Epoch (\d+):.*?MAE_E_per_atom=\s*([\d.]+) meV(?:.*?MAE_F=\s*([\d.]+) meV)?")
 
 
 def epochs_logged(log: Path) -> list[tuple[int, float, float]]:
-    """(epoch, validation energy MAE meV/atom, force MAE meV/Å) lines so far, for progress."""
+    """(epoch, validation energy MAE meV/atom, force MAE meV/Å or NaN) so far, for progress.
+
+    Reads mace's log and the direct student's, which has no forces.
+    """
     if not log.exists():
         return []
     return [
-        (int(a), float(b), float(c)) for a, b, c in _EPOCH.findall(log.read_text(errors="replace"))
+        (int(a), float(b), float(c) if c else float("nan"))
+        for a, b, c in _EPOCH.findall(log.read_text(errors="replace"))
     ]
 
 

@@ -12,7 +12,15 @@ from hts.models.base import Prediction, _symbols, not_covered, voigt
 if TYPE_CHECKING:
     from ase import Atoms
 
-__all__ = ["ChgnetModel", "MaceModel", "ModelFileError", "SevennetModel"]
+__all__ = [
+    "ChgnetModel",
+    "MaceModel",
+    "ModelFileError",
+    "SevennetModel",
+    "mace_collate",
+    "mace_graph",
+    "mace_inputs",
+]
 
 _GPA_TO_EV_PER_A3 = 1.0 / 160.21766208
 
@@ -260,61 +268,15 @@ class MaceModel:
         return out
 
     def _graph(self, batch: Sequence[Atoms]) -> dict:
-        """The batched input mace's forward reads, built straight from the structures.
-
-        Same neighbour lists and fields as mace's ``AtomicData`` + ``DataLoader``
-        (which cost more than a small student's forward pass per structure), made
-        directly in the model's dtype: positions never pass through float32 on
-        the way to a float64 model.
-        """
-        import torch
-        from mace.data.neighborhood import get_neighborhood
-
-        pos, kinds, edges, shifts, unit_shifts, cells = [], [], [], [], [], []
-        offset = 0
-        for a in batch:
-            p = a.get_positions()
-            e, s, us, cell = get_neighborhood(
-                p, cutoff=self.r_max, pbc=tuple(bool(x) for x in a.pbc), cell=a.cell.array.copy()
-            )
-            pos.append(p)
-            kinds.append(self._z_index[a.numbers])
-            edges.append(e + offset)
-            shifts.append(s)
-            unit_shifts.append(us)
-            cells.append(cell)
-            offset += len(a)
-        counts = np.array([len(a) for a in batch])
-        kind = np.concatenate(kinds)
-        dtype = torch.float64 if self.dtype == "float64" else torch.float32
-        dev = self.device
-
-        def f(x):
-            return torch.as_tensor(np.concatenate(x), dtype=dtype, device=dev)
-
-        attrs = torch.zeros((len(kind), len(self.atomic_numbers)), dtype=dtype, device=dev)
-        attrs[torch.arange(len(kind), device=dev), torch.as_tensor(kind, device=dev)] = 1.0
-        return {
-            "positions": f(pos),
-            "node_attrs": attrs,
-            "edge_index": torch.as_tensor(
-                np.concatenate(edges, axis=1).astype(np.int64), device=dev
-            ),
-            "shifts": f(shifts),
-            "unit_shifts": f(unit_shifts),
-            "cell": f(cells),
-            "batch": torch.as_tensor(np.repeat(np.arange(len(batch)), counts), device=dev),
-            "ptr": torch.as_tensor(np.concatenate([[0], np.cumsum(counts)]), device=dev),
-            "head": torch.full((len(batch),), self._head, dtype=torch.long, device=dev),
-            # neutral, spin-unpolarised: what mace's AtomicData puts for plain structures
-            "charges": torch.zeros(len(kind), dtype=dtype, device=dev),
-            "total_charge": torch.zeros(len(batch), dtype=dtype, device=dev),
-            "total_spin": torch.ones(len(batch), dtype=dtype, device=dev),
-            "pbc": torch.as_tensor(np.array([a.pbc for a in batch]), device=dev),
-            "volume": torch.as_tensor(
-                [abs(np.linalg.det(c)) for c in cells], dtype=dtype, device=dev
-            ),
-        }
+        return mace_inputs(
+            batch,
+            self._z_index,
+            len(self.atomic_numbers),
+            self.r_max,
+            self.dtype,
+            self.device,
+            self._head,
+        )
 
     def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:
         d = self._graph(batch)
@@ -333,3 +295,78 @@ class MaceModel:
                 )
             )
         return out
+
+
+def mace_inputs(
+    batch: Sequence[Atoms],
+    z_index: np.ndarray,
+    n_elements: int,
+    r_max: float,
+    dtype: str,
+    device: str,
+    head: int = 0,
+) -> dict:
+    """The batched input mace's forward reads, built straight from the structures.
+
+    Same neighbour lists and fields as mace's ``AtomicData`` + ``DataLoader``
+    (which cost more than a small student's forward pass per structure), made
+    directly in the model's dtype: positions never pass through float32 on
+    the way to a float64 model.  ``z_index[Z]`` is the row of element ``Z`` in
+    the model's one-hot node attributes.
+    """
+    graphs = [mace_graph(a, z_index, r_max) for a in batch]
+    return mace_collate(graphs, n_elements, dtype, device, np.full(len(batch), head))
+
+
+def mace_graph(atoms: Atoms, z_index: np.ndarray, r_max: float) -> tuple:
+    """One structure's part of mace's input: positions, element rows, edges, shifts, cell, pbc."""
+    from mace.data.neighborhood import get_neighborhood
+
+    p = atoms.get_positions()
+    pbc = tuple(bool(x) for x in atoms.pbc)
+    e, s, us, cell = get_neighborhood(p, cutoff=r_max, pbc=pbc, cell=atoms.cell.array.copy())
+    return p, z_index[atoms.numbers], e, s, us, cell, pbc
+
+
+def mace_collate(graphs: Sequence[tuple], n_elements: int, dtype: str, device: str, heads) -> dict:
+    """Concatenate :func:`mace_graph` parts into one batch; ``heads[k]`` is graph k's readout."""
+    import torch
+
+    pos, kinds, edges, shifts, unit_shifts, cells = [], [], [], [], [], []
+    offset = 0
+    for p, k, e, s, us, cell, _ in graphs:
+        pos.append(p)
+        kinds.append(k)
+        edges.append(e + offset)
+        shifts.append(s)
+        unit_shifts.append(us)
+        cells.append(cell)
+        offset += len(p)
+    counts = np.array([len(p) for p in pos])
+    kind = np.concatenate(kinds)
+    tdtype = torch.float64 if dtype == "float64" else torch.float32
+    dev = device
+
+    def f(x):
+        return torch.as_tensor(np.concatenate(x), dtype=tdtype, device=dev)
+
+    n = len(graphs)
+    attrs = torch.zeros((len(kind), n_elements), dtype=tdtype, device=dev)
+    attrs[torch.arange(len(kind), device=dev), torch.as_tensor(kind, device=dev)] = 1.0
+    return {
+        "positions": f(pos),
+        "node_attrs": attrs,
+        "edge_index": torch.as_tensor(np.concatenate(edges, axis=1).astype(np.int64), device=dev),
+        "shifts": f(shifts),
+        "unit_shifts": f(unit_shifts),
+        "cell": f(cells),
+        "batch": torch.as_tensor(np.repeat(np.arange(n), counts), device=dev),
+        "ptr": torch.as_tensor(np.concatenate([[0], np.cumsum(counts)]), device=dev),
+        "head": torch.as_tensor(np.asarray(heads), dtype=torch.long, device=dev),
+        # neutral, spin-unpolarised: what mace's AtomicData puts for plain structures
+        "charges": torch.zeros(len(kind), dtype=tdtype, device=dev),
+        "total_charge": torch.zeros(n, dtype=tdtype, device=dev),
+        "total_spin": torch.ones(n, dtype=tdtype, device=dev),
+        "pbc": torch.as_tensor(np.array([g[6] for g in graphs]), device=dev),
+        "volume": torch.as_tensor([abs(np.linalg.det(c)) for c in cells], dtype=tdtype, device=dev),
+    }

@@ -11,13 +11,52 @@ def test_screening_metrics_recall_and_discard():
     student = np.array([0.0, 0.05, 0.12, 0.1, 0.4, 0.6, 0.0])
     m = screening_metrics(teacher, student, stable_threshold=0.02, target_recall=0.95)
     assert m["n_candidates"] == 6 and m["n_teacher_stable"] == 3
-    # all three teacher-stable kept once the threshold reaches 0.12; 2 of 6 discarded there
-    assert m["threshold"] == pytest.approx(0.12)
-    assert m["recall_at_threshold"] == 1.0
-    assert m["discarded_at_threshold"] == pytest.approx(2 / 6)
+    # three stable candidates can never show 95 % at 95 % confidence: no threshold
+    assert m["threshold"] is None and m["stable_needed"] == 59
+    c = m["curve"]
+    k = c["threshold"].index(0.12)
+    assert c["recall"][k] == 1.0 and c["discarded"][k] == pytest.approx(2 / 6)
+    assert c["recall_lower_bound"][k] == pytest.approx(0.05 ** (1 / 3))
     assert 0 < m["spearman_e_above_hull"] <= 1
-    two_thirds = screening_metrics(teacher, student, 0.02, 0.6)
-    assert two_thirds["threshold"] == pytest.approx(0.05)
+    loose = screening_metrics(teacher, student, 0.02, 0.1)
+    assert loose["threshold"] == pytest.approx(0.05)  # 2 of 3 found: bound 0.135…, 1 of 3: 0.017
+    assert loose["recall_at_threshold"] == pytest.approx(2 / 3)
+    assert screening_metrics(teacher, student, 0.02, 0.3)["threshold"] == pytest.approx(0.12)
+
+
+def test_clopper_pearson_bound_against_the_closed_forms():
+    from scipy.stats import binomtest
+
+    from hts.distill.evaluate import recall_bound, stable_needed
+
+    # none missed: the bound solves p^n = 1 - confidence
+    assert recall_bound(150, 150, 0.95) == pytest.approx(0.05 ** (1 / 150))
+    assert stable_needed(0.98, 0.95) == 149 and recall_bound(149, 149, 0.95) >= 0.98
+    assert recall_bound(148, 148, 0.95) < 0.98
+    # one miss: scipy's exact binomial interval (two-sided 90 % = one-sided 95 % lower end)
+    ci = binomtest(199, 200).proportion_ci(confidence_level=0.90, method="exact")
+    assert recall_bound(199, 200, 0.95) == pytest.approx(ci.low)
+    assert recall_bound(0, 10, 0.95) == 0.0
+
+
+def test_auto_keep_rule_needs_enough_stable_candidates(tmp_path):
+    curve = {
+        "threshold": [0.0, 0.1],
+        "recall": [0.9, 1.0],
+        "recall_lower_bound": [0.7, 0.9],
+        "discarded": [0.9, 0.8],
+    }
+    p = tmp_path / "report.json"
+    p.write_text(
+        '{"screening": {"calibration": {"n_teacher_stable": 30, "confidence": 0.95, "curve": '
+        + __import__("json").dumps(curve)
+        + "}}}"
+    )
+    with pytest.raises(
+        ReportError, match=r"30 teacher-stable .* at least 59 .* sampling.calibration"
+    ):
+        auto_keep_rule(p, 0.95)
+    assert auto_keep_rule(p, 0.9).text == "e_above_hull <= 0.1"
 
 
 def test_hull_energies_against_references_and_each_other():
@@ -58,3 +97,25 @@ def test_fitted_references_absorb_per_element_errors():
     # an element no training compound contains keeps the prior: the teacher's reference
     refs = fit_references(["ClNa"], [student[0]], t_form[:1], {**teacher_refs, "Li": -1.9})
     assert refs["Li"] == -1.9 and refs["Na"] != teacher_refs["Na"]
+
+
+def test_error_decomposition_splits_where_the_error_is():
+    from hts.distill.evaluate import error_decomposition
+
+    formulas = ["NaCl", "NaCl", "KCl", "KCl", "MgO"]
+    teacher = np.array([-3.40, -3.30, -3.45, -3.35, -5.9])
+    # right at the teacher's minima but 50 meV/atom deeper after relaxing on its own
+    at_teacher = teacher + 0.010
+    own = at_teacher - 0.050
+    own[1] = np.nan  # a candidate the student failed on
+    t_eh = np.array([0.0, 0.1, 0.0, 0.1, 0.0])
+    s_eh = np.array([0.0, np.nan, 0.02, 0.1, 0.05])
+    d = error_decomposition(formulas, teacher, at_teacher, own, t_eh, s_eh)
+    assert d["n_candidates"] == 4
+    assert d["energy_mae_at_teacher_minimum_mev"] == pytest.approx(10.0)
+    assert d["own_minus_at_teacher_mean_mev"] == pytest.approx(-50.0)
+    assert d["own_energy_mae_mev"] == pytest.approx(40.0)
+    assert d["own_within_20_mev"] == 0.0
+    # one pair left (KCl, KCl): a uniform shift cancels in the difference
+    assert d["n_pairs"] == 1 and d["pair_difference_mae_own_mev"] == pytest.approx(0.0)
+    assert d["ehull_mae_mev"] == pytest.approx(1000 * (0.02 + 0.05) / 4)

@@ -3,10 +3,11 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from hts.candidates import open_source
 from hts.distill.config import Sampling
-from hts.distill.sample import label_chunk, split_of, stratified
+from hts.distill.sample import held_out_system, label_chunk, on_policy_chunk, point_chunk
 from hts.models.analytic import LennardJonesModel
 from hts.spec import ModelSpec, RelaxSettings, parse_campaign
 from tests.conftest import lj_campaign
@@ -16,31 +17,39 @@ def _candidates(tmp_path):
     return list(open_source(parse_campaign(lj_campaign(tmp_path))))
 
 
-def test_stratified_covers_every_prototype_and_spreads_chemical_systems(tmp_path):
+def test_held_out_systems_are_whole_and_about_their_share(tmp_path):
     cands = _candidates(tmp_path)
-    picked = stratified(cands, 12, seed=0)
-    assert len(picked) == 12 and len({c.id for c in picked}) == 12
-    protos = Counter(c.prototype for c in picked)
-    assert set(protos) == {c.prototype for c in cands}
-    assert max(protos.values()) - min(protos.values()) <= 1
-    # within a prototype no chemical system repeats before all have been used once
-    for p in protos:
-        systems = [c.chemsys for c in picked if c.prototype == p]
-        assert len(systems) == len(set(systems))
-    assert [c.id for c in stratified(cands, 12, seed=0)] == [c.id for c in picked]
-    assert len(stratified(cands, 10_000, seed=1)) == len(cands)
-
-
-def test_split_keeps_groups_whole(tmp_path):
-    cands = _candidates(tmp_path)
-    splits = {c.id: split_of(c, "chemsys", 0.1, 0.3, seed=0) for c in cands}
-    by_sys: dict[str, set[str]] = {}
+    held = {c.id: held_out_system(c.chemsys, 0.3, seed=0) for c in cands}
+    by_sys: dict[str, set[bool]] = {}
     for c in cands:
-        by_sys.setdefault(c.chemsys, set()).add(splits[c.id])
+        by_sys.setdefault(c.chemsys, set()).add(held[c.id])
     assert all(len(v) == 1 for v in by_sys.values())
-    assert {"train", "test"} <= set(splits.values())
-    share = Counter(splits.values())["test"] / len(cands)
+    share = sum(next(iter(v)) for v in by_sys.values()) / len(by_sys)
     assert 0.1 < share < 0.6
+    assert held_out_system("Na-Cl", 0.0, 0) is False
+
+
+def test_point_and_on_policy_labels_are_the_teachers_values(tmp_path):
+    cands = _candidates(tmp_path)[:3]
+    lj = ModelSpec(name="lennard-jones")
+    model = LennardJonesModel()
+    points = point_chunk(cands, lj, model=model)
+    assert [f.candidate for f in points.frames] == [c.id for c in cands]
+    assert {f.kind for f in points.frames} == {"point"}
+    np.testing.assert_allclose(points.frames[0].positions, cands[0].positions)  # unrelaxed
+    assert points.frames[0].energy == model.predict([cands[0].to_atoms()])[0].energy
+    # on-policy: the student relaxes, the teacher labels where it went (end point included)
+    relax = RelaxSettings(fmax=0.05, max_steps=30)
+    res = on_policy_chunk(
+        cands, lj, relax, lj, snapshots=2, student_model=model, teacher_model=model
+    )
+    assert {f.kind for f in res.frames} == {"student"} and len(res.frames) >= len(cands)
+    from hts.stages.relax import relax_with
+
+    end = relax_with(model, [cands[0].to_atoms()], relax, lj)[0]
+    last = [f for f in res.frames if f.candidate == cands[0].id][-1]
+    np.testing.assert_allclose(last.positions, end.atoms.positions, atol=1e-9)
+    assert last.energy == pytest.approx(end.energy)
 
 
 def test_label_chunk_samples_the_relaxation_path_and_perturbations(tmp_path):
