@@ -542,6 +542,13 @@ def _f(x, fmt: str = ".1f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+_SPLITS = (
+    ("calibration", "calibration"),
+    ("seen systems", "seen_systems"),
+    ("held-out systems", "held_out_systems"),
+)
+
+
 def markdown(report: dict) -> str:
     sp, ds = report["speed"], report["dataset"]
     st = report["student"]
@@ -576,11 +583,7 @@ def markdown(report: dict) -> str:
         "| candidates | n | teacher-stable | Spearman ρ | threshold | recall | lower bound | discarded |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, key in (
-        ("all (calibration)", "calibration"),
-        ("seen systems", "seen_systems"),
-        ("held-out systems", "held_out_systems"),
-    ):
+    for label, key in _SPLITS:
         m = report["screening"][key]
         lines.append(
             f"| {label} | {m['n_candidates']} | {m['n_teacher_stable']} | "
@@ -603,11 +606,7 @@ def markdown(report: dict) -> str:
         "own within 20 meV | polymorph Δ at teacher's | polymorph Δ own | e_above_hull |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, key in (
-        ("calibration", "calibration"),
-        ("seen systems", "seen_systems"),
-        ("held-out systems", "held_out_systems"),
-    ):
+    for label, key in _SPLITS:
         e = report["errors"][key]
         lines.append(
             f"| {label} | {_f(e['energy_mae_at_teacher_minimum_mev'])} | "
