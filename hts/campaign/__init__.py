@@ -1,0 +1,14 @@
+"""Running a campaign: the driver loop and the rooms it delegates to.
+
+``run_campaign`` streams chunks through the stages into the store.  The
+driver (:mod:`hts.campaign.driver`) is the loop — backpressure, resume, stage
+hand-offs; the jobs it hands off live beside it: elemental references
+(:mod:`~hts.campaign.references`), scoring against the hull and the keep rule
+(:mod:`~hts.campaign.scoring`), the one task-waiting loop
+(:mod:`~hts.campaign.pool`), the DFT phase (:mod:`~hts.campaign.validate`), and
+the campaign resolved once at start-up (:mod:`~hts.campaign.resolve`).
+"""
+
+from hts.campaign.driver import RunStats, open_store, preflight, results_hash, run_campaign
+
+__all__ = ["RunStats", "open_store", "preflight", "results_hash", "run_campaign"]
