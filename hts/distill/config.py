@@ -14,15 +14,14 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
+from hts.config import read_mapping, validate
 from hts.spec import (
     Campaign,
     CampaignError,
     ModelSpec,
     RelaxSettings,
-    _format_errors,
     _Strict,
     load_campaign,
 )
@@ -289,19 +288,19 @@ class DistillConfig(_Strict):
 
 
 def load_distill(path: str | Path) -> DistillConfig:
-    """Read and validate a distillation file; :class:`CampaignError` names every bad field."""
+    """Read and validate a distillation file; :class:`CampaignError` names the file and every bad field.
+
+    The same reader as campaign and site files (:mod:`hts.config`), so a bad
+    distillation file reads like any other; relative paths in it are resolved
+    against the file's own folder.
+    """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise CampaignError(f"{path}: cannot read distillation file ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise CampaignError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise CampaignError(f"{path}: a distillation file must be a mapping of fields")
-    try:
-        return DistillConfig.model_validate({**data, "base_dir": str(path.resolve().parent)})
-    except ValidationError as err:
-        raise CampaignError(
-            _format_errors(err, str(path)).replace("campaign file", "distillation file")
-        ) from None
+    data = read_mapping(path, "distillation file", CampaignError)
+    return validate(
+        DistillConfig,
+        data,
+        str(path),
+        "distillation file",
+        CampaignError,
+        base_dir=str(path.resolve().parent),
+    )

@@ -139,12 +139,13 @@ class LabelStore:
         a squared loss, drown out the energy differences that matter.
         """
         from ase.io import write
+        from ase.units import GPa
 
         keep = []
         for a in self.frames(ids):
             e_min = self.candidates[a.info["hts_id"]]["energy_per_atom"]
             de = a.info["REF_energy"] / len(a) - e_min
-            stress = 160.21766 * float(np.abs(np.asarray(a.info["REF_stress"])).max())
+            stress = float(np.abs(np.asarray(a.info["REF_stress"])).max()) / GPa  # eV/Å³ → GPa
             if de <= energy_window and stress <= max_stress_gpa:
                 keep.append(a)
         if keep:

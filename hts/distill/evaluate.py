@@ -8,41 +8,61 @@ well the student's ``e_above_hull`` ranks the teacher's (Spearman) and, for a
 prefilter threshold ``t``, which fraction of the teacher-stable held-out
 candidates survives (recall) and which fraction of all is discarded.  ``keep:
 auto`` in a campaign reads that curve back (:func:`auto_keep_rule`).
+
+This module holds the energies and hulls, the student's fitted references and
+the error decomposition; its neighbours hold the rest, re-exported here so
+``hts.distill.evaluate`` stays the one place to import from:
+:mod:`~hts.distill.screening` (recall curve, confidence bound, threshold),
+:mod:`~hts.distill.report` (the report written and read back),
+:mod:`~hts.distill.speed` (student against teacher) and
+:mod:`~hts.distill.plots` (the figures).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from hts.distill.plots import plot_report
+from hts.distill.report import (
+    ReportError,
+    auto_keep_rule,
+    fitted_references,
+    markdown,
+    student_kind,
+)
+from hts.distill.screening import (
+    THRESHOLDS,
+    at_threshold,
+    recall_bound,
+    screening_metrics,
+    stable_needed,
+)
+from hts.distill.speed import speed_cells, speed_ratio
+
 __all__ = [
+    "THRESHOLDS",
     "ReportError",
     "at_threshold",
-    "error_decomposition",
-    "recall_bound",
-    "stable_needed",
     "auto_keep_rule",
-    "fitted_references",
+    "error_decomposition",
     "fit_references",
+    "fitted_references",
     "force_field_errors",
     "formation_energies",
     "hull_energies",
+    "markdown",
+    "plot_report",
+    "recall_bound",
     "screening_metrics",
+    "speed_cells",
     "speed_ratio",
+    "stable_needed",
     "student_kind",
 ]
-
-THRESHOLDS = np.round(np.arange(0.0, 1.0001, 0.005), 3)
-
-
-class ReportError(ValueError):
-    """A distillation report that is missing or cannot answer the question asked."""
 
 
 def force_field_errors(model, frames: Sequence) -> dict:
@@ -51,6 +71,8 @@ def force_field_errors(model, frames: Sequence) -> dict:
     ``frames`` are ASE Atoms with ``REF_energy``/``REF_forces``/``REF_stress``.
     Returns the errors and the per-frame pairs the parity plots need.
     """
+    from ase.units import GPa
+
     from hts.distill.dataset import frame_labels
 
     if not frames:
@@ -72,7 +94,7 @@ def force_field_errors(model, frames: Sequence) -> dict:
         "energy_mae_mev_per_atom": float(1000 * np.mean(np.abs(e_pred_a - e_ref_a))),
         "force_mae_mev_per_A": float(1000 * np.mean(np.abs(f_pred_a - f_ref_a))),
         "stress_mae_mev_per_A3": float(1000 * np.mean(np.concatenate(s_err))),
-        "stress_mae_gpa": float(160.21766 * np.mean(np.concatenate(s_err))),
+        "stress_mae_gpa": float(np.mean(np.concatenate(s_err)) / GPa),
         "_parity": {
             "energy": (e_ref_a.tolist(), e_pred_a.tolist()),
             "forces": (f_ref_a.tolist(), f_pred_a.tolist()),
@@ -229,413 +251,3 @@ def error_decomposition(
         if eh.sum() > 2
         else float("nan"),
     }
-
-
-def recall_bound(found: int, n: int, confidence: float) -> float:
-    """One-sided Clopper–Pearson lower bound on a recall of ``found`` out of ``n``.
-
-    The exact binomial bound (Clopper & Pearson, Biometrika 26, 404 (1934)):
-    the smallest recall under which seeing ``found`` or more has probability
-    ``1 - confidence``.  Zero when nothing was found or nothing could be.
-    """
-    from scipy.stats import beta
-
-    if n <= 0 or found <= 0:
-        return 0.0
-    return float(beta.ppf(1.0 - confidence, found, n - found + 1))
-
-
-def stable_needed(target: float, confidence: float) -> int:
-    """Fewest teacher-stable candidates whose bound can reach ``target`` (with none missed)."""
-    return math.ceil(math.log(1.0 - confidence) / math.log(target))
-
-
-def screening_metrics(
-    teacher_ehull: np.ndarray,
-    student_ehull: np.ndarray,
-    stable_threshold: float,
-    target_recall: float,
-    confidence: float = 0.95,
-) -> dict:
-    """Spearman ρ, recall/discard curves with a recall lower bound, and the calibrated threshold.
-
-    The threshold is the smallest ``t`` whose one-sided ``confidence`` lower
-    bound on the recall of teacher-stable candidates (``student e_above_hull <=
-    t`` among those with teacher ``e_above_hull <= stable_threshold``) reaches
-    ``target_recall``; None (with ``stable_needed``) when the candidates are too
-    few for any threshold to show it.
-    """
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(teacher_ehull) & np.isfinite(student_ehull)
-    t, s = teacher_ehull[ok], student_ehull[ok]
-    stable = t <= stable_threshold + 1e-9
-    n_stable = int(stable.sum())
-    found = [int((s[stable] <= x + 1e-9).sum()) for x in THRESHOLDS]
-    recall = [f / n_stable if n_stable else float("nan") for f in found]
-    lower = [recall_bound(f, n_stable, confidence) for f in found]
-    discarded = [float((s > x + 1e-9).mean()) if len(s) else float("nan") for x in THRESHOLDS]
-    chosen = _threshold_for(THRESHOLDS, lower, target_recall)
-    k = int(np.searchsorted(THRESHOLDS, chosen)) if chosen is not None else None
-    rho = float(spearmanr(t, s).statistic) if len(t) > 2 else float("nan")
-    return {
-        "n_candidates": int(ok.sum()),
-        "n_teacher_stable": n_stable,
-        "stable_threshold": stable_threshold,
-        "spearman_e_above_hull": rho,
-        "ehull_mae_mev_per_atom": float(1000 * np.mean(np.abs(t - s))) if len(t) else float("nan"),
-        "curve": {
-            "threshold": THRESHOLDS.tolist(),
-            "recall": recall,
-            "recall_lower_bound": lower,
-            "discarded": discarded,
-        },
-        "target_recall": target_recall,
-        "confidence": confidence,
-        "stable_needed": stable_needed(target_recall, confidence),
-        "threshold": chosen,
-        "recall_at_threshold": recall[k] if k is not None else None,
-        "recall_lower_bound_at_threshold": lower[k] if k is not None else None,
-        "discarded_at_threshold": discarded[k] if k is not None else None,
-    }
-
-
-def at_threshold(m: dict, threshold: float) -> tuple[float, float]:
-    """(recall, discarded share) of a :func:`screening_metrics` curve at a given threshold."""
-    c = m["curve"]
-    k = int(np.argmin(np.abs(np.asarray(c["threshold"]) - threshold)))
-    return c["recall"][k], c["discarded"][k]
-
-
-def _threshold_for(thresholds, recall, target: float) -> float | None:
-    for x, r in zip(thresholds, recall, strict=True):
-        if r == r and r >= target - 1e-12:
-            return float(x)
-    return None
-
-
-def _report_section(path: Path, *keys: str):
-    """One section of a distillation report, or a :class:`ReportError` naming the file."""
-    try:
-        data = json.loads(path.read_text())
-        for k in keys:
-            data = data[k]
-    except FileNotFoundError:
-        raise ReportError(
-            f"{path}: no such distillation report (run `hts distill` first)"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ReportError(f"{path}: not a readable hts distillation report ({err})") from None
-    return data
-
-
-def auto_keep_rule(report: str | Path, target_recall: float):
-    """``e_above_hull <= t``: the smallest ``t`` whose calibrated recall bound reaches the target.
-
-    The bound is the report's one-sided Clopper–Pearson lower bound on recall
-    of teacher-stable calibration candidates (held out from training).  Too few
-    of them for any threshold to show the target is an error naming the fix.
-    """
-    from hts.spec import KeepRule
-
-    path = Path(report)
-    cal = _report_section(path, "screening", "calibration")
-    curve = cal["curve"]
-    t = _threshold_for(curve["threshold"], curve["recall_lower_bound"], target_recall)
-    if t is None:
-        n, conf = cal["n_teacher_stable"], cal.get("confidence", 0.95)
-        need = stable_needed(target_recall, conf)
-        if n < need:
-            raise ReportError(
-                f"{path}: its calibration set holds {n} teacher-stable candidates, and a "
-                f"{conf:.0%} lower bound of {target_recall} on recall needs at least {need} "
-                "(with none missed): raise sampling.calibration in the distillation file and "
-                "run hts distill again, or lower distillation.target_recall"
-            )
-        raise ReportError(
-            f"{path}: no threshold up to {curve['threshold'][-1]} eV/atom shows recall "
-            f"{target_recall} at {conf:.0%} confidence on its {n} teacher-stable calibration "
-            "candidates; lower distillation.target_recall or improve the student"
-        )
-    return KeepRule.parse(f"e_above_hull <= {t:g}")
-
-
-def student_kind(report: str | Path) -> str | None:
-    """``direct`` or ``relax`` from a distillation report (None: a report from before kinds)."""
-    try:
-        return str(_report_section(Path(report), "student", "kind"))
-    except ReportError:
-        _report_section(Path(report))  # a missing or unreadable file still says so
-        return None
-
-
-def fitted_references(report: str | Path) -> dict[str, float]:
-    """The student's fitted elemental references from a distillation report (eV/atom)."""
-    table = _report_section(Path(report), "references", "student_fitted")
-    return {el: float("nan") if e is None else float(e) for el, e in table.items()}
-
-
-def speed_ratio(teacher, student, cells: Sequence, repeats: int = 3) -> dict:
-    """Seconds per structure of each model on the same cells, measured alternately in one process.
-
-    The student is timed as the prefilter calls it (its batch size) and one
-    structure per call; the teacher as the rescore stage calls it.
-    """
-    cells = list(cells)
-    teacher.predict(cells[:1])  # warm-up: lazy initialisation, first-call allocation
-    student.predict(cells[:1])
-    times: dict[str, list[float]] = {"teacher": [], "student_batched": [], "student_single": []}
-    for _ in range(repeats):
-        for name, fn in (
-            ("teacher", lambda: teacher.predict(cells)),
-            ("student_batched", lambda: student.predict(cells)),
-            ("student_single", lambda: [student.predict([c]) for c in cells]),
-        ):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) / len(cells))
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    n = [len(c) for c in cells]
-    return {
-        "n_cells": len(cells),
-        "atoms_min": int(min(n)),
-        "atoms_max": int(max(n)),
-        "teacher_s_per_structure": med["teacher"],
-        "student_s_per_structure_batched": med["student_batched"],
-        "student_s_per_structure_single": med["student_single"],
-        "ratio_batched": med["teacher"] / med["student_batched"],
-        "ratio_single": med["teacher"] / med["student_single"],
-    }
-
-
-def speed_cells(
-    structures: Sequence, lo: int = 8, hi: int = 32, n: int = 12, seed: int = 0
-) -> list:
-    """Supercells of the given structures with ``lo``–``hi`` atoms, spread over that range."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in rng.permutation(len(structures)):
-        a = structures[int(i)]
-        reps = [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (3, 2, 2), (3, 3, 2), (3, 3, 3)]
-        fits = [r for r in reps if lo <= len(a) * r[0] * r[1] * r[2] <= hi]
-        if fits:
-            out.append(a.repeat(fits[len(out) % len(fits)]))
-        if len(out) >= n:
-            break
-    return out
-
-
-def plot_report(report: dict, out_dir: Path) -> list[str]:
-    """parity.png (energies, e_above_hull), screening.png (recall and its bound), rounds.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [c for c in report["candidates"] if c["system"] == "primary" and not c["trained"]]
-
-    def col(key: str, held: bool | None = None) -> np.ndarray:
-        return np.array(
-            [
-                np.nan if c[key] is None else c[key]
-                for c in rows
-                if held is None or c["held_out_system"] == held
-            ],
-            dtype=float,
-        )
-
-    files = []
-    errs = report["errors"]["calibration"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
-    for ax, (tk, sk, unit, title) in zip(
-        axes,
-        (
-            (
-                "teacher_energy_per_atom",
-                "student_energy_per_atom",
-                "eV/atom",
-                f"relaxed energy: MAE {errs['own_energy_mae_mev']:.0f} meV/atom",
-            ),
-            (
-                "teacher_e_above_hull",
-                "student_e_above_hull",
-                "eV/atom",
-                f"e_above_hull: Spearman ρ {errs['spearman_e_above_hull']:.2f}",
-            ),
-        ),
-        strict=True,
-    ):
-        for held, color, label in (
-            (False, "tab:blue", "seen systems"),
-            (True, "tab:red", "held-out systems"),
-        ):
-            ax.scatter(col(tk, held), col(sk, held), s=6, alpha=0.5, c=color, label=label)
-        t, st = col(tk), col(sk)
-        ok = np.isfinite(t) & np.isfinite(st)
-        if ok.any():
-            lo, hi = float(min(t[ok].min(), st[ok].min())), float(max(t[ok].max(), st[ok].max()))
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel(f"teacher ({unit})")
-        ax.set_ylabel(f"student ({unit})")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
-    fig.suptitle("calibration candidates (never trained on)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out_dir / "parity.png", dpi=120)
-    plt.close(fig)
-    files.append("parity.png")
-
-    sc = report["screening"]["calibration"]
-    c = sc["curve"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.4))
-    ax.plot(c["threshold"], c["recall"], label="recall of teacher-stable")
-    ax.plot(
-        c["threshold"],
-        c["recall_lower_bound"],
-        ls="--",
-        label=f"its {sc['confidence']:.0%} lower bound (Clopper-Pearson)",
-    )
-    ax.plot(c["threshold"], c["discarded"], label="share discarded")
-    if sc.get("threshold") is not None:
-        ax.axvline(
-            sc["threshold"], color="tab:green", lw=1, label=f"keep: auto, t = {sc['threshold']:.3f}"
-        )
-    ax.axhline(sc["target_recall"], color="k", lw=0.8, ls=":")
-    ax.set_xlim(0, min(1.0, max(0.3, 2 * (sc.get("threshold") or 0.3))))
-    ax.set_xlabel("prefilter threshold on student e_above_hull (eV/atom)")
-    ax.set_title(
-        f"calibration: {sc['n_teacher_stable']} teacher-stable of {sc['n_candidates']}", fontsize=10
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "screening.png", dpi=120)
-    plt.close(fig)
-    files.append("screening.png")
-
-    rounds = report.get("rounds", [])
-    if rounds:
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-        x = [r["teacher_relaxations"] for r in rounds]
-        for key, label in (
-            ("recall", "recall at t"),
-            ("discarded", "discarded at t"),
-            ("spearman", "Spearman ρ"),
-        ):
-            a.plot(x, [np.nan if r[key] is None else r[key] for r in rounds], "o-", label=label)
-        a.set_xlabel("teacher relaxations (labels)")
-        a.legend(fontsize=8)
-        a.set_title("screening per round", fontsize=10)
-        b.plot(x, [r["own_energy_mae_mev"] for r in rounds], "o-", label="relaxed energy MAE")
-        b.plot(x, [r["ehull_mae_mev"] for r in rounds], "o-", label="e_above_hull MAE")
-        b.set_xlabel("teacher relaxations (labels)")
-        b.set_ylabel("meV/atom")
-        b.legend(fontsize=8)
-        b.set_title("error per round", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out_dir / "rounds.png", dpi=120)
-        plt.close(fig)
-        files.append("rounds.png")
-    return files
-
-
-def _f(x, fmt: str = ".1f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
-
-
-_SPLITS = (
-    ("calibration", "calibration"),
-    ("seen systems", "seen_systems"),
-    ("held-out systems", "held_out_systems"),
-)
-
-
-def markdown(report: dict) -> str:
-    sp, ds = report["speed"], report["dataset"]
-    st = report["student"]
-    lines = [
-        f"# Distillation report — {report['name']}",
-        "",
-        f"Teacher **{report['teacher']}** → {st['kind']} student **{st['file']}** "
-        f"({st['n_parameters']} parameters).  Space: {report['space']['candidates']} candidates; "
-        f"{ds['teacher_relaxations']} teacher relaxations: {ds['training_candidates']} for "
-        f"training, {ds['calibration_candidates']} in {ds['calibration_systems']} calibration "
-        f"systems (+ {ds['subsystem_candidates']} subsystem candidates for their hulls); "
-        f"{ds.get('single_points', 0)} teacher single points of unrelaxed candidates; "
-        f"{ds['held_out_share']:.0%} of chemical systems never trained on.",
-        "",
-        "## Rounds",
-        "",
-        "| round | teacher relaxations | training candidates | threshold | recall | lower bound | "
-        "discarded | Spearman ρ | energy MAE (meV/atom) | train (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rounds"]:
-        lines.append(
-            f"| {r['round']} | {r['teacher_relaxations']} | {r['training_candidates']} | "
-            f"{_f(r['threshold'], '.3f')} | {_f(r['recall'], '.3f')} | "
-            f"{_f(r['recall_lower_bound'], '.3f')} | {_f(r['discarded'], '.3f')} | "
-            f"{_f(r['spearman'], '.3f')} | {_f(r['own_energy_mae_mev'])} | {_f(r['train_wall_s'], '.0f')} |"
-        )
-    lines += [
-        "",
-        "## Screening (calibration systems, candidates never trained on)",
-        "",
-        "| candidates | n | teacher-stable | Spearman ρ | threshold | recall | lower bound | discarded |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for label, key in _SPLITS:
-        m = report["screening"][key]
-        lines.append(
-            f"| {label} | {m['n_candidates']} | {m['n_teacher_stable']} | "
-            f"{_f(m['spearman_e_above_hull'], '.3f')} | {_f(m['threshold'], '.3f')} | "
-            f"{_f(m['recall_at_threshold'], '.3f')} | {_f(m['recall_lower_bound_at_threshold'], '.3f')} | "
-            f"{_f(m['discarded_at_threshold'], '.3f')} |"
-        )
-    cal = report["screening"]["calibration"]
-    lines += [
-        "",
-        f"Teacher-stable: teacher e_above_hull ≤ {cal['stable_threshold']} eV/atom.  `keep: auto` "
-        f"takes the smallest threshold whose one-sided {cal['confidence']:.0%} Clopper-Pearson "
-        f"lower bound on recall reaches {cal['target_recall']} "
-        f"(needs ≥ {cal['stable_needed']} teacher-stable calibration candidates): "
-        f"`e_above_hull <= {_f(cal['threshold'], '.3f')}`.",
-        "",
-        "## Where the error is (meV/atom)",
-        "",
-        "| candidates | at teacher's minimum | own − at teacher's (mean) | own vs teacher | "
-        "own within 20 meV | polymorph Δ at teacher's | polymorph Δ own | e_above_hull |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for label, key in _SPLITS:
-        e = report["errors"][key]
-        lines.append(
-            f"| {label} | {_f(e['energy_mae_at_teacher_minimum_mev'])} | "
-            f"{_f(e['own_minus_at_teacher_mean_mev'])} | {_f(e['own_energy_mae_mev'])} | "
-            f"{_f(e['own_within_20_mev'], '.2f')} | {_f(e['pair_difference_mae_at_teacher_minimum_mev'])} | "
-            f"{_f(e['pair_difference_mae_own_mev'])} | {_f(e['ehull_mae_mev'])} |"
-        )
-    lines += [
-        "",
-        '"Own" is what the prefilter uses: a relaxing student\'s own relaxed energy, a direct '
-        "student's prediction from the unrelaxed candidate.",
-        "",
-        "## Speed (same process, alternating)",
-        "",
-        f"{sp['n_cells']} cells of {sp['atoms_min']}–{sp['atoms_max']} atoms on {report['device']}: "
-        f"teacher {1000 * sp['teacher_s_per_structure']:.1f} ms/structure, student "
-        f"{1000 * sp['student_s_per_structure_batched']:.1f} ms batched "
-        f"(**{sp['ratio_batched']:.1f}×**), {1000 * sp['student_s_per_structure_single']:.1f} ms one at a time "
-        f"({sp['ratio_single']:.1f}×).",
-        "",
-        "Time: "
-        + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in report["timing"].items())
-        + f"; {_f(report.get('wall_s'), '.0f')} s in all.",
-        "",
-        "![parity](parity.png)",
-        "",
-        "![screening](screening.png)",
-        "",
-        "![rounds](rounds.png)",
-        "",
-    ]
-    return "\n".join(lines)
