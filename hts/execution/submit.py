@@ -29,10 +29,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from hts.execution.sites import Site, SiteError, load_site, parse_walltime, site_file, store_key
+from hts.execution.parsl_config import store_key
+from hts.execution.site_files import load_site, site_file
+from hts.execution.site_schema import INHERITED, Site, SiteError, parse_walltime
 
-__all__ = ["Submission", "batch_script", "cancel", "job_states", "jobs_dir", "submit"]
+__all__ = [
+    "SubmitError",
+    "Submission",
+    "batch_script",
+    "cancel",
+    "driver_job",
+    "job_states",
+    "jobs_dir",
+    "submit",
+]
 
 _ACTIVE = {
     "PENDING",
@@ -69,6 +81,39 @@ def jobs_dir(store: Path | str) -> Path:
     return Path(f"{Path(store).resolve()}.jobs")
 
 
+def driver_job(site: Site, mode: str | None = None) -> dict[str, Any]:
+    """The driver job's resources for ``mode`` (default: the site's ``submit.mode``).
+
+    Three layers, later ones winning: the site's top-level scheduler fields;
+    in allocation and MPI modes the worker nodes' (the GPU executor's partition,
+    GPUs and cores, since the driver's job *is* the workers' allocation); then
+    whatever ``submit`` sets explicitly.  Only submission needs this, so it
+    lives here rather than on :class:`~hts.execution.site_schema.Site`.
+    """
+    s = site.submit
+    mode = mode or s.mode
+    job: dict[str, Any] = {k: getattr(site, k) for k in INHERITED}
+    job.update(gpus_per_node=0, cpus=s.cpus, nodes=1)
+    if mode != "pilot":
+        batch = [e for e in site.executors.values() if e.provider != "local"]
+        worker = next((e for e in batch if e.n_gpus()), batch[0] if batch else None)
+        if worker is not None:
+            job.update({k: getattr(worker, k) for k in INHERITED if getattr(worker, k)})
+            job["gpus_per_node"] = worker.n_gpus()
+            if worker.cores_per_node:
+                job["cpus"] = worker.cores_per_node
+        job["nodes"] = s.nodes
+    for k in (*INHERITED, "gpus_per_node", "walltime"):
+        if k in s.model_fields_set or k not in job:
+            job[k] = getattr(s, k)
+    job.update(
+        mode=mode,
+        scheduler_options=list(s.scheduler_options),
+        ranks_per_node=s.ranks_per_node,
+    )
+    return job
+
+
 def _hts_command() -> str:
     exe = Path(sys.executable).parent / "hts"
     return shlex.quote(str(exe)) if exe.exists() else f"{shlex.quote(sys.executable)} -m hts.cli"
@@ -92,7 +137,7 @@ def batch_script(
             f"site {site.name!r} has no batch scheduler: hts submit needs submit.scheduler "
             "(slurm or pbspro) or executors with provider slurm/pbspro; use hts run on this machine"
         )
-    job = site.job(mode)
+    job = driver_job(site, mode)
     if nodes:
         job["nodes"] = nodes
     if walltime:
@@ -291,7 +336,7 @@ def submit(
     sub = Submission(
         job_id=job_id,
         scheduler=str(scheduler),
-        mode=site.job(mode)["mode"],
+        mode=driver_job(site, mode)["mode"],
         script=str(target),
         campaign=str(campaign.resolve()),
         site=str(path.resolve()),

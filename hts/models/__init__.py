@@ -2,8 +2,15 @@
 
 ``load_model(spec)`` builds a model from a campaign's ``model`` section;
 ``get_model(spec)`` returns one that stays loaded for the life of the worker
-thread, so tasks after the first pay nothing for loading.  Every loader imports
+process, so tasks after the first pay nothing for loading.  Every loader imports
 its ML package only when called.
+
+The cache is per process, keyed by the spec: a model that is safe to share
+(``thread_safe``: MACE files, the analytic potential) is loaded once and
+serves every thread of a pool; one that is not (ASE calculators keep state on
+themselves; CHGNet and SevenNet are not checked for it) gets one instance per
+thread.  Either way the torch/OpenMP thread count is set once per process, at
+the first load (:func:`hts.models.base.configure_threads`).
 """
 
 from __future__ import annotations
@@ -16,9 +23,14 @@ from hts.models.base import CalculatorModel, Model, Prediction, configure_thread
 
 __all__ = ["Model", "Prediction", "get_model", "load_model"]
 
+# one instance per spec for the whole process (models that say thread_safe) …
+_shared: dict[str, Model] = {}
+# … and per thread for the others; the keys known to need that
 _local = threading.local()
+_per_thread: set[str] = set()
 # Loading compiles TorchScript (e3nn, sevenn), and torch.jit's compiler is not
 # thread-safe: two worker threads loading at once fail in its overload table.
+# The same lock makes "load once per process" hold for shared models.
 _load_lock = threading.Lock()
 
 
@@ -54,16 +66,38 @@ def load_model(spec) -> Model:
 
 
 def get_model(spec) -> Model:
-    """The worker thread's loaded model for ``spec`` (loaded on first use, then kept)."""
+    """The worker's loaded model for ``spec``: loaded on first use, then kept.
+
+    Shared by every thread of the process when the model is ``thread_safe``,
+    else one per thread.  After the first load this is a dictionary look-up:
+    no thread configuration, no lock.
+    """
     key = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-    cache = getattr(_local, "models", None)
-    if cache is None:
-        cache = _local.models = {}
-    if key not in cache:
-        with _load_lock:
-            cache[key] = load_model(spec)
-    configure_threads(spec.threads, torch_model=_uses_torch(spec))
-    return cache[key]
+    model = _shared.get(key)
+    if model is not None:
+        return model
+    mine = getattr(_local, "models", None)
+    if mine is None:
+        mine = _local.models = {}
+    if key in mine:
+        return mine[key]
+    with _load_lock:
+        model = _shared.get(key)
+        if model is not None:
+            return model
+        model = load_model(spec)
+        if key not in _per_thread and _shareable(model):
+            _shared[key] = model
+        else:
+            _per_thread.add(key)
+            mine[key] = model
+    return model
+
+
+def _shareable(model) -> bool:
+    """Whether one instance may serve several threads at once (see the module docstring)."""
+    # the analytic potential keeps no state between calls (hts/models/analytic.py)
+    return bool(getattr(model, "thread_safe", model.name == "lennard-jones"))
 
 
 def _uses_torch(spec) -> bool:

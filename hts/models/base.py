@@ -10,7 +10,10 @@ order (xx, yy, zz, yz, xz, xy), eV/Å³, negative under compression.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -20,6 +23,8 @@ import numpy as np
 if TYPE_CHECKING:
     from ase import Atoms
     from ase.calculators.calculator import Calculator
+
+log = logging.getLogger("hts.models")
 
 __all__ = [
     "CalculatorModel",
@@ -42,7 +47,12 @@ class Prediction:
 
 @runtime_checkable
 class Model(Protocol):
-    """What a stage needs from an MLIP: a name for the store and batched predictions."""
+    """What a stage needs from an MLIP: a name for the store and batched predictions.
+
+    A model may also say ``thread_safe = True``: one instance may then serve
+    several threads of a worker at once (:func:`hts.models.get_model` shares it
+    per process); without it each thread gets its own instance.
+    """
 
     name: str
     version: str
@@ -78,27 +88,62 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def configure_threads(threads: int, torch_model: bool = True) -> None:
-    """Pin torch and OpenMP to ``threads`` threads in this process.
+_threads_lock = threading.Lock()
+_threads: int | None = None  # what this process's OpenMP/torch threads were set to
+_torch_pinned = False
+_warned: set[int] = set()
+
+
+def configure_threads(threads: int, torch_model: bool = True) -> int:
+    """Pin torch and OpenMP to ``threads`` threads in this process, once; returns the count in force.
+
+    Thread counts are process-wide (``OMP_NUM_THREADS``, ``torch.set_num_threads``),
+    so they are set once per worker process — at its first model load — not per
+    task: every thread of a pool shares them, and re-setting them from several
+    threads while others compute would race.  A later request for a different
+    count is logged once and ignored (the first stage's count holds; a process
+    cannot have two).
 
     Measured on 2 busy cores: torch at 2 threads per process ran 10–100× slower
     than at 1, so the thread count is always set, never left to torch.  A model
     without torch (the analytic potentials) does not import it: ~250 MB of
-    resident memory per worker saved.
+    resident memory per worker saved; torch is then pinned when a torch model
+    first loads (or at once, if something else imported torch already).
     """
-    import sys
+    global _threads, _torch_pinned
+    want_torch = torch_model or "torch" in sys.modules
+    if _threads is not None and (_torch_pinned or not want_torch):
+        if threads != _threads:
+            _differs(threads)
+        return _threads
+    with _threads_lock:
+        if _threads is None:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+            _threads = threads
+        elif threads != _threads:
+            _differs(threads)
+        if want_torch and not _torch_pinned:
+            import torch
 
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
-    if not torch_model and "torch" not in sys.modules:
-        return
-    import torch
+            if torch.get_num_threads() != _threads:
+                torch.set_num_threads(_threads)
+            # can only be set once per process, before any parallel work
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(1)
+            _torch_pinned = True
+        return _threads
 
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    # can only be set once per process, before any parallel work
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
+
+def _differs(threads: int) -> None:
+    if threads not in _warned:
+        _warned.add(threads)
+        log.warning(
+            "model.threads %d asked for, but this worker process already runs at %d torch/OpenMP "
+            "threads (set once per process, by its first model); give its stages one thread count",
+            threads,
+            _threads,
+        )
 
 
 def _symbols(numbers: Sequence[int]) -> set[str]:
@@ -119,8 +164,11 @@ class CalculatorModel:
     """Any ASE calculator behind the model interface, one structure per call.
 
     Used for models without a batched entry point (ASE's EMT).  ``elements``
-    is the set the model was trained on.
+    is the set the model was trained on.  Not thread-safe: an ASE calculator
+    keeps the last atoms and results on itself, so each thread has its own.
     """
+
+    thread_safe = False
 
     def __init__(
         self,

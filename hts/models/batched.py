@@ -22,13 +22,16 @@ __all__ = [
     "mace_inputs",
 ]
 
-_GPA_TO_EV_PER_A3 = 1.0 / 160.21766208
-
 
 class ChgnetModel:
-    """CHGNet 0.3.0 (weights ship in the ``chgnet`` wheel), batched through ``predict_structure``."""
+    """CHGNet 0.3.0 (weights ship in the ``chgnet`` wheel), batched through ``predict_structure``.
+
+    Not marked thread-safe (its graph converter is not checked for shared
+    state), so each worker thread loads its own.
+    """
 
     name = "chgnet"
+    thread_safe = False
 
     def __init__(self, device: str, batch_size: int) -> None:
         import chgnet
@@ -50,6 +53,7 @@ class ChgnetModel:
         return CHGNetCalculator(model=self.model, use_device=self.device)
 
     def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        from ase.units import GPa
         from pymatgen.io.ase import AseAtomsAdaptor
 
         structures = [AseAtomsAdaptor.get_structure(a) for a in batch]
@@ -63,7 +67,7 @@ class ChgnetModel:
                 Prediction(
                     energy=float(p["e"]) * n,
                     forces=np.asarray(p["f"], dtype=float),
-                    stress=voigt(np.asarray(p["s"], dtype=float) * _GPA_TO_EV_PER_A3),
+                    stress=voigt(np.asarray(p["s"], dtype=float) * GPa),  # CHGNet: GPa
                 )
             )
         return out
@@ -85,6 +89,7 @@ class SevennetModel:
     """
 
     cpu_atoms = 64
+    thread_safe = False  # not checked: sevenn's modules may keep per-call state
 
     checkpoints = {"sevennet-0": "7net-0", "sevennet-l3i5": "7net-l3i5"}
 
@@ -220,11 +225,22 @@ def _load_mace_file(path: str, device: str):
 
 
 class MaceModel:
-    """A MACE model file (a foundation model or a distilled student), batched forward passes."""
+    """A MACE model file (a foundation model or a distilled student), batched forward passes.
+
+    Thread-safe, so one instance serves every thread of a worker process
+    (:func:`hts.models.get_model`): the weights are frozen and each forward
+    pass builds its own graph.  The one shared state is the inference swaps'
+    lazy per-element cache (:class:`~hts.models.mace_inference.FoldedContraction`
+    folds an element's tensors on its first forward pass); a batch with an
+    element no pass has seen yet runs under a lock, so each element's cache is
+    built once, and batches of known elements run side by side unlocked.
+    """
 
     name = "mace"
+    thread_safe = True
 
     def __init__(self, path: str, device: str, batch_size: int, dtype: str) -> None:
+        import threading
 
         self.path = path
         self.device = device
@@ -237,8 +253,10 @@ class MaceModel:
             p.requires_grad_(False)
         from hts.models.mace_inference import optimize_for_inference
 
-        self.optimized = optimize_for_inference(model)
+        optimize_for_inference(model)
         self.model = model
+        self._seen: frozenset[int] = frozenset()  # elements whose lazy caches are built
+        self._first_use = threading.Lock()
         self.atomic_numbers = [int(z) for z in model.atomic_numbers]
         self.r_max = float(model.r_max)
         self.heads = list(getattr(model, "heads", None) or ["Default"])
@@ -264,7 +282,13 @@ class MaceModel:
     def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
         out: list[Prediction] = []
         for part in _passes(batch, self.batch_size, None):
-            out.extend(self._forward(part))
+            elements = {int(z) for a in part for z in a.numbers}
+            if elements <= self._seen:
+                out.extend(self._forward(part))
+                continue
+            with self._first_use:  # builds the new elements' caches, once
+                out.extend(self._forward(part))
+                self._seen = self._seen | elements
         return out
 
     def _graph(self, batch: Sequence[Atoms]) -> dict:

@@ -129,17 +129,39 @@ def _expm_frechet3(a: np.ndarray, e: np.ndarray, method=None, compute_expm: bool
     return (_expm3(a), deriv) if compute_expm else deriv
 
 
-def _fast_cell_math(handle) -> None:
+_slow_cell_math_warned = False
+
+
+def _fast_cell_math(handle) -> bool:
     """Swap scipy's general logm/expm/expm_frechet in ASE's cell filter for 3×3 closed forms.
 
     scipy's versions cost ~3 ms (logm) and ~0.3 ms (each of 9 expm_frechet calls)
     per step, more than a small MLIP's forward pass; the eigendecomposition forms
     agree to 1e-11 and take ~0.1 ms.  Defective matrices fall back to scipy.  The
-    hook is ASE 3.29's ``CellUtility``; on another ASE the filter keeps its own.
+    hook is ASE 3.29's private ``CellUtility`` (``handle._utility``); on an ASE
+    without it the filter keeps scipy's (same results, relaxations ~30x slower),
+    and that is logged once per process, naming the ASE version, rather than
+    passing in silence.  Returns whether the swap was made.
     """
+    global _slow_cell_math_warned
     util = getattr(handle, "_utility", None)
     if util is not None and all(hasattr(util, k) for k in ("logm", "expm", "expm_frechet")):
         util.logm, util.expm, util.expm_frechet = _logm3, _expm3, _expm_frechet3
+        return True
+    if not _slow_cell_math_warned:
+        _slow_cell_math_warned = True
+        import logging
+
+        import ase
+
+        logging.getLogger("hts.stages").warning(
+            "ASE %s: %s has no CellUtility (_utility with logm/expm/expm_frechet) to give "
+            "closed-form 3x3 cell math; cell relaxations use scipy's and run ~30x slower "
+            "(same results). hts's fast path is written against ASE 3.29.",
+            ase.__version__,
+            type(handle).__name__,
+        )
+    return False
 
 
 class _Frozen:

@@ -74,7 +74,7 @@ def run_stage(
     from hts.stages.relax import relax_with
 
     if model is None:
-        model = get_model(stage.model)  # loaded once per worker; not part of this task's cost
+        model = get_model(stage.model)  # loaded once per worker process; not this task's cost
     t0 = time.perf_counter()
     records: dict[str, StageRecord] = {}
     todo: list[Candidate] = []

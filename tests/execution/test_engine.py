@@ -1,15 +1,144 @@
-"""Engines and sites: the real Parsl executors, built from site files."""
+"""Engines and sites: the real Parsl executors, built from site files, and one protocol for all.
+
+:func:`check_engine` is the conformance test of :class:`hts.execution.engine.Engine`:
+the serial engine, Parsl's thread pool and (under ``mpiexec``, ``-m mpi``) the MPI
+engine must all pass it alike.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from concurrent.futures import Future
+from pathlib import Path
+
 import pytest
+import yaml
 
 from hts.campaign import run_campaign
 from hts.execution import make_engine
+from hts.execution.engine import Engine
 from hts.execution.sites import SiteError, build_parsl_config, load_site
 from hts.spec import parse_campaign
 from hts.store import open_dataset
 from tests.conftest import lj_campaign
+
+ROOT = Path(__file__).resolve().parents[2]
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+
+
+def _square(x):
+    return x * x
+
+
+def _boom(message):
+    raise ValueError(message)
+
+
+def _launches(words: list[str], ranks: int) -> bool:
+    return Path(words[0]).name in ("mpiexec", "srun") and str(ranks) in words
+
+
+def check_engine(eng, *, parallel_launch: bool) -> None:
+    """The :class:`Engine` protocol, alike for every engine.
+
+    ``parallel_launch``: whether this engine can start a parallel code on 4 ranks
+    from its ``dft`` tasks (then ``launcher`` gives the words, ending in the
+    rank count); otherwise it must refuse with a SiteError, never return ``[]``.
+    """
+    assert isinstance(eng, Engine)
+    assert isinstance(eng.describe(), str) and eng.describe()
+    assert eng.workers("cpu") >= 1 and eng.workers("gpu") >= 1
+    futures = [eng.submit("cpu", _square, k) for k in range(8)]
+    assert all(isinstance(f, Future) for f in futures)
+    assert [f.result(timeout=60) for f in futures] == [k * k for k in range(8)]
+    bad = eng.submit("cpu", _boom, "boom in a task")
+    err = bad.exception(timeout=60)
+    assert isinstance(err, ValueError) and "boom in a task" in str(err)
+    with pytest.raises(ValueError, match="boom in a task"):
+        bad.result()
+    # no launcher configured (cpu): one plain process; one rank: none, or the site's on 1 rank
+    assert eng.launcher("cpu", None) == []
+    one = eng.launcher("dft", 1)
+    assert one == [] or _launches(one, 1)
+    if parallel_launch:
+        assert _launches(eng.launcher("dft", 4), 4)
+    else:
+        with pytest.raises(SiteError):
+            eng.launcher("dft", 4)
+    eng.close()
+    eng.close()  # idempotent
+
+
+def _thread_site(tmp_path: Path) -> Path:
+    p = tmp_path / "threads.yaml"
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "name": "threads",
+                "executors": {
+                    "cpu": {"kind": "threads", "workers": 2},
+                    "dft": {"kind": "threads", "workers": 1, "mpi_launcher": "mpiexec"},
+                },
+            }
+        )
+    )
+    return p
+
+
+@pytest.mark.parametrize("kind", ["serial", "parsl-threads"])
+def test_engine_conformance(kind, tmp_path):
+    if kind == "serial":
+        eng = make_engine("serial", "local", tmp_path)
+    else:
+        eng = make_engine("parsl", str(_thread_site(tmp_path)), tmp_path / "run")
+    try:
+        check_engine(eng, parallel_launch=True)
+    finally:
+        eng.close()
+
+
+def test_a_thread_pool_launcher_takes_mpiexec_from_this_environment(tmp_path):
+    """Tasks in the driver's process start the venv's mpiexec, without touching its PATH."""
+    path = os.environ.get("PATH")
+    eng = make_engine("parsl", str(_thread_site(tmp_path)), tmp_path / "run")
+    try:
+        words = eng.launcher("dft", 2)
+        bindir = Path(sys.executable).parent
+        if (bindir / "mpiexec").is_file():
+            assert words == [str(bindir / "mpiexec"), "-n", "2"]
+        else:
+            assert words == ["mpiexec", "-n", "2"]
+    finally:
+        eng.close()
+    assert os.environ.get("PATH") == path
+
+
+_MPI_CHECK = """
+from hts.execution.mpi import MPIEngine
+from tests.execution.test_engine import check_engine
+eng = MPIEngine()
+if eng.rank == 0:
+    check_engine(eng, parallel_launch=False)
+    print("conformant:", eng.describe())
+else:
+    eng.serve()
+"""
+
+
+@pytest.mark.mpi
+def test_mpi_engine_conformance():
+    proc = subprocess.run(
+        [MPIEXEC, "-n", "3", sys.executable, "-c", _MPI_CHECK],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "conformant: mpi: 3 ranks" in proc.stdout
 
 
 def test_shipped_sites_load():
@@ -27,17 +156,24 @@ def test_shipped_sites_load():
 def test_bad_site_names_the_field(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("name: bad\nexecutors:\n  cpu:\n    kind: mpi\n")
-    with pytest.raises(SiteError, match=r"bad.yaml: executors.cpu.kind"):
+    with pytest.raises(
+        SiteError, match=r"bad.yaml: 1 problem\(s\) in the site file\n  executors.cpu.kind: "
+    ):
         load_site(str(p))
     with pytest.raises(SiteError, match="not found"):
         load_site("nosuchsite")
 
 
 def test_parsl_config_has_one_executor_per_label(tmp_path):
+    path = os.environ.get("PATH")
     cfg = build_parsl_config(load_site("workstation"), tmp_path)
+    assert os.environ.get("PATH") == path  # the driver's environment is left alone
     assert [e.label for e in cfg.executors] == ["cpu", "dft"]
     assert type(cfg.executors[0]).__name__ == "HighThroughputExecutor"
-    assert "OMP_NUM_THREADS=1" in cfg.executors[0].provider.worker_init
+    init = cfg.executors[0].provider.worker_init
+    assert "OMP_NUM_THREADS=1" in init
+    assert f"export PATH={Path(sys.executable).parent}:$PATH" in init  # what workers need
+    assert Path(cfg.executors[0].interchange_launch_cmd[0]).is_absolute()
     # DFT tasks only wait on their job process: threads in the driver
     assert type(cfg.executors[1]).__name__ == "ThreadPoolExecutor"
 

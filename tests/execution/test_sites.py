@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from hts.execution import make_engine
+from hts.execution.checks import check_site
 from hts.execution.sites import (
     SiteError,
     build_parsl_config,
@@ -21,7 +22,7 @@ from hts.execution.sites import (
     site_names,
     store_key,
 )
-from hts.execution.submit import batch_script
+from hts.execution.submit import batch_script, driver_job
 
 NAMED = ("slurm", "perlmutter", "frontier", "polaris")
 
@@ -102,7 +103,7 @@ def test_environment_variables_fill_site_values(monkeypatch, tmp_path):
     [
         (
             {**slurm_site(), "partiton": "gpu"},
-            r"site.yaml: partiton: Extra inputs are not permitted",
+            r"site.yaml: 1 problem\(s\) in the site file\n  partiton: unknown field",
         ),
         (
             {
@@ -298,3 +299,48 @@ def _visible_device():
         os.environ.get("CUDA_VISIBLE_DEVICES"),
         os.environ.get("ROCR_VISIBLE_DEVICES"),
     )
+
+
+def test_site_files_refuse_repeated_keys_and_non_utf8(tmp_path):
+    p = tmp_path / "twice.yaml"
+    p.write_text("name: a\nname: b\nexecutors:\n  cpu: {kind: threads}\n")
+    with pytest.raises(SiteError, match=r"twice.yaml: not valid YAML: .*key 'name' is given twice"):
+        load_site(str(p))
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: caf\xe9\nexecutors:\n  cpu: {kind: threads}\n".encode("latin-1"))
+    with pytest.raises(SiteError, match=r"latin1.yaml: a site file must be UTF-8"):
+        load_site(str(p))
+    p = tmp_path / "list.yaml"
+    p.write_text("- name: a\n")
+    with pytest.raises(SiteError, match=r"list.yaml: a site file must be a mapping"):
+        load_site(str(p))
+
+
+def test_check_site_collects_every_gap(monkeypatch):
+    """What `hts sites check` renders: a structured result, every problem collected."""
+    monkeypatch.delenv("HTS_ACCOUNT", raising=False)
+    r = check_site("frontier", mode="pilot")
+    assert not r.ok and r.scheduler == "slurm"
+    assert any("environment variable HTS_ACCOUNT is not set" in m for m in r.missing)
+    assert any("network interface 'hsn0' not found" in m for m in r.missing)
+    assert [label for label, _ in r.executors] == list(r.site.executors)
+    assert r.strategy == "htex_auto_scale" and r.strategy_period == r.site.strategy_period
+    assert dict(r.job_fields())["account"] == "<HTS_ACCOUNT>" and r.job["mode"] == "pilot"
+    ws = check_site("workstation")
+    assert ws.ok and ws.scheduler is None and ws.job is None and ws.job_fields() == []
+
+
+def test_driver_job_layers_site_workers_and_submit(tmp_path):
+    data = {
+        **slurm_site(cores_per_node=32, partition="gpuq"),
+        "account": "mat123",
+        "partition": "login",
+        "submit": {"cpus": 4, "nodes": 3},
+    }
+    site = load_site(str(write_site(tmp_path, data)))
+    pilot = driver_job(site)
+    assert pilot["mode"] == "pilot" and pilot["partition"] == "login" and pilot["nodes"] == 1
+    assert pilot["cpus"] == 4 and pilot["gpus_per_node"] == 0
+    alloc = driver_job(site, "allocation")
+    assert alloc["partition"] == "gpuq" and alloc["gpus_per_node"] == 4
+    assert alloc["cpus"] == 32 and alloc["nodes"] == 3 and alloc["account"] == "mat123"

@@ -169,3 +169,82 @@ def test_passes_respect_structure_and_atom_limits():
     assert parts == [[8, 8, 8, 40], [70], [8, 8, 8]]  # a cell over the limit goes alone
     assert [len(p) for p in _passes(cells, 3, None)] == [3, 3, 2]
     assert sum(_passes(cells, 3, 64), []) == cells  # order kept, nothing lost
+
+
+def _in_threads(fn, n: int = 2) -> list:
+    """``fn()`` in ``n`` threads started together; their results in thread order."""
+    import threading
+
+    out: list = [None] * n
+    start = threading.Barrier(n)
+
+    def run(k):
+        start.wait()
+        out[k] = fn()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_models_safe_to_share_are_loaded_once_per_process(tmp_path):
+    lj = ModelSpec(name="lennard-jones", batch_size=7)
+    a, b = _in_threads(lambda: get_model(lj))
+    assert a is b is get_model(lj)  # one instance for every thread of the worker
+    mace = ModelSpec(name="mace", path=str(tiny_mace(tmp_path / "tiny.model")), batch_size=5)
+    a, b = _in_threads(lambda: get_model(mace))
+    assert a is b and a.thread_safe
+    # an ASE calculator keeps state on itself: one per thread, kept across that thread's tasks
+    emt = ModelSpec(name="emt", batch_size=9)
+    a, b = _in_threads(lambda: (get_model(emt), get_model(emt)))
+    assert a[0] is a[1] and b[0] is b[1] and a[0] is not b[0]
+
+
+def test_threads_are_set_once_per_process(monkeypatch, caplog):
+    import torch
+
+    from hts.models.base import configure_threads
+
+    spec = ModelSpec(name="lennard-jones", batch_size=11)
+    get_model(spec)
+    n = configure_threads(spec.threads)
+    assert torch.get_num_threads() == n
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda k: calls.append(k))
+    for _ in range(5):
+        get_model(spec)
+        get_model(ModelSpec(name="emt", batch_size=12))  # a new model, the same process
+    assert calls == []  # not per task, not per load
+    with caplog.at_level("WARNING", logger="hts.models"):
+        assert configure_threads(n + 1) == n
+    assert calls == [] and torch.get_num_threads() == n
+    assert f"already runs at {n}" in caplog.text
+
+
+def test_a_shared_mace_model_predicts_in_threads_as_alone(tmp_path):
+    """Two threads on one model, each starting with elements no pass has seen (lazy caches)."""
+    import itertools
+
+    from hts.models.batched import MaceModel
+
+    path = str(tiny_mace(tmp_path / "tiny.model"))
+    s = _structures()
+    batches = [[s[0], s[3]], [s[1], s[2]]]  # NaCl+LiF, Cu+MgO: disjoint elements
+    alone = [MaceModel(path, "cpu", 4, "float64").predict(b) for b in batches]
+    shared = MaceModel(path, "cpu", 4, "float64")
+    order = itertools.count()
+
+    def run():
+        first = next(order) % 2  # one thread starts with each batch
+        return {k: shared.predict(batches[k]) for k in (first, 1 - first)}
+
+    for got in _in_threads(run):
+        for k, ref in enumerate(alone):
+            for r, g in zip(ref, got[k], strict=True):
+                assert abs(r.energy - g.energy) < 1e-10
+                np.testing.assert_allclose(g.forces, r.forces, atol=1e-10)
+                np.testing.assert_allclose(g.stress, r.stress, atol=1e-12)
+    assert shared._seen == {3, 8, 9, 11, 12, 17, 29}

@@ -195,3 +195,26 @@ def test_in_flight_batching_keeps_the_batch_full():
         batch_atoms=5,
     )
     assert max(atoms for _, atoms in model.calls) <= 5
+
+
+def test_fast_cell_math_is_used_or_its_absence_is_logged(monkeypatch, caplog):
+    """The closed-form cell math hooks a private ASE class; another ASE must not pass silently."""
+    import ase
+
+    from hts.stages import relax
+
+    h = FrechetCellFilter(bulk("Cu", "fcc", a=3.6))
+    assert relax._fast_cell_math(h)  # the ASE this project pins (3.29)
+    assert h._utility.logm is relax._logm3 and h._utility.expm_frechet is relax._expm_frechet3
+
+    class OtherFilter:  # an ASE whose filter keeps its cell math elsewhere
+        pass
+
+    monkeypatch.setattr(relax, "_slow_cell_math_warned", False)
+    with caplog.at_level("WARNING", logger="hts.stages"):
+        assert not relax._fast_cell_math(OtherFilter())
+        assert not relax._fast_cell_math(OtherFilter())
+    warnings = [r for r in caplog.records if r.name == "hts.stages"]
+    assert len(warnings) == 1  # once per process, not per structure
+    assert f"ASE {ase.__version__}" in warnings[0].getMessage()
+    assert "OtherFilter" in warnings[0].getMessage()
