@@ -44,9 +44,7 @@ def _loader():
             seen[key] = key_node.start_mark.line
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
-    _UniqueKeys.add_constructor(
-        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping
-    )
+    _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     return _UniqueKeys
 
 
@@ -62,7 +60,9 @@ def read_mapping(path: str | Path, what: str, error: type[ValueError] = ConfigEr
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise error(f"{path}: a {what} must be UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise error(
+            f"{path}: a {what} must be UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
     except OSError as err:
         raise error(f"{path}: cannot read {what} ({err.strerror or err})") from None
     try:

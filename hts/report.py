@@ -1,143 +1,130 @@
-"""Summaries and exports of a store, for ``hts status`` and ``hts export``.
+"""Summaries and exports of a store, for ``hts status``, ``hts export`` and the dashboard.
 
-Everything here reads the store through :func:`hts.store.open_dataset`, which
-cuts off uncommitted rows, so it is safe while a run is writing.
+Everything here reads the store through :class:`hts.store.StoreReader` or
+:func:`hts.store.open_dataset`, which cut off uncommitted rows, so it is safe
+while a run is writing.  Summaries cost the ledger (running counters) plus a
+couple of float columns, not a pass over every string in the store.
 """
 
 from __future__ import annotations
 
 import csv
-import re
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from hts.store import open_dataset, structure_of
+from hts.store import StoreReader, open_dataset, structure_of
+from hts.store.counters import STATE_VARS, RowState
+from hts.store.reader import with_reader
 
-__all__ = ["dft_parity", "export_store", "summarize"]
-
-
-def _reason_key(reason: str) -> str:
-    """Group reasons that differ only in numbers, sites or quoted details."""
-    key = re.sub(r"site \d+ \(\w+\) and site \d+ \(\w+\)", "site i and site j", reason)
-    key = re.sub(r"[-+]?\d+\.?\d*(e[-+]?\d+)?", "#", key)
-    return key[:160]
+__all__ = ["best_entries", "dft_parity", "export_store", "rank", "stage_table", "summarize"]
 
 
-_SUMMARY_VARS = [
-    "id",
-    "formula",
-    "prototype",
-    "source",
-    "status",
-    "reason",
-    "kept",
-    "energy_per_atom",
-    "formation_energy",
-    "e_above_hull",
-    "stage_model",
-    "converged",
-    "time_s",
-    "dft_dir",
-]
+def rank(ehull_all: np.ndarray, eform_all: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the ``top`` most stable rows and the stage each is ranked at.
+
+    Ranked by the deepest stage a candidate reached (teacher values before
+    student values), then ``e_above_hull`` (to 0.1 meV), then formation
+    energy, then position: given any subset of rows in row order, the order
+    is the one the whole store gives them, so a running top list can be
+    merged with new rows (:class:`hts.dashboard.cache.RowCache`).
+    """
+    m, n_stages = ehull_all.shape
+    depth = np.zeros(m, dtype=int)
+    for k in range(n_stages):
+        depth[np.isfinite(ehull_all[:, k])] = k
+    idx = np.arange(m)
+    ehull = ehull_all[idx, depth] if m else np.zeros(0)
+    eform = eform_all[idx, depth] if m else ehull
+    finite = np.flatnonzero(np.isfinite(ehull))
+    keys = (eform[finite], np.round(ehull[finite], 4), n_stages - 1 - depth[finite])
+    order = finite[np.lexsort(keys)][:top]
+    return order, depth[order]
+
+
+BEST_VARS = ["id", "formula", "prototype", "source", "energy_per_atom", "e_above_hull"]
+BEST_VARS += ["formation_energy", "kept"]
+
+
+def best_entries(names: list[str], depth: np.ndarray, cols: dict[str, np.ndarray]) -> list[dict]:
+    """The best-candidates table; ``cols`` holds :data:`BEST_VARS` of the ranked rows, in order."""
+    eh, ef = cols["e_above_hull"], cols["formation_energy"]
+    return [
+        {
+            "id": cols["id"][j],
+            "formula": str(cols["formula"][j]),
+            "prototype": str(cols["prototype"][j]),
+            "source": str(cols["source"][j]),
+            "stage": names[d],
+            "energy_per_atom": float(cols["energy_per_atom"][j, d]),
+            "e_above_hull": float(eh[j, d]),
+            "formation_energy": float(ef[j, d]),
+            "e_above_hull_by_stage": {st: _num(eh[j, k]) for k, st in enumerate(names)},
+            "kept": bool(cols["kept"][j, d]),
+        }
+        for j, d in enumerate(depth)
+    ]
+
+
+def stage_table(counters, models: list[str]) -> list[dict]:
+    """The funnel: tried (``in``), scored (``ok``), failed and kept per stage, with its model."""
+    return [{**s, "model": models[k]} for k, s in enumerate(counters.stage_counts())]
 
 
 def summarize(path: str | Path, top: int = 10) -> dict:
-    ds = open_dataset(path, variables=_SUMMARY_VARS)
-    ledger = ds.attrs.get("ledger", {})
-    status = ds.status.values.astype(object)
-    reasons = ds.reason.values.astype(object)
-    ids = ds.id.values.astype(object)
-    names = list(ds.stage.values.astype(object))
-    ehull_all = ds.e_above_hull.values
-    stages = []
-    for k, st in enumerate(names):
-        scored = np.isfinite(ehull_all[:, k])
-        if k == 0:
-            n_in = len(status)
-        else:  # attempted: a teacher value, or a failure this stage recorded
-            tried = np.char.startswith(reasons.astype(str), f"{st}:")
-            n_in = int((np.isfinite(ds.energy_per_atom.values[:, k]) | tried).sum())
-        stages.append(
-            {
-                "stage": st,
-                "in": n_in,
-                "ok": int(scored.sum()),
-                "failed": n_in - int(scored.sum()),
-                "kept": int(ds.kept.values[:, k].sum()),
-                "model": str(ds.stage_model.values[k]),
-            }
-        )
-    groups: dict[str, list[str]] = defaultdict(list)
-    examples: dict[str, str] = {}
-    counts: Counter[str] = Counter()
-    for i in np.flatnonzero(status != "ok"):
-        key = _reason_key(reasons[i])
-        counts[key] += 1
-        examples.setdefault(key, reasons[i])
-        if len(groups[key]) < 3:
-            groups[key].append(ids[i])
-    failures = [
-        {"reason": examples[k], "count": c, "ids": groups[k]} for k, c in counts.most_common(15)
-    ]
-    # rank by the deepest stage a candidate reached: teacher values before student values
-    k_last = len(names) - 1
-    depth = np.zeros(len(status), dtype=int)
-    for k in range(len(names)):
-        depth[np.isfinite(ehull_all[:, k])] = k
-    ehull = ehull_all[np.arange(len(status)), depth] if len(status) else np.zeros(0)
-    eform = ds.formation_energy.values[np.arange(len(status)), depth] if len(status) else ehull
-    finite = np.flatnonzero(np.isfinite(ehull))
-    order = finite[np.lexsort((eform[finite], np.round(ehull[finite], 4), k_last - depth[finite]))][
-        :top
-    ]
-    best = [
-        {
-            "id": ids[i],
-            "formula": str(ds.formula.values[i]),
-            "prototype": str(ds.prototype.values[i]),
-            "source": str(ds.source.values[i]),
-            "stage": names[depth[i]],
-            "energy_per_atom": float(ds.energy_per_atom.values[i, depth[i]]),
-            "e_above_hull": float(ehull[i]),
-            "formation_energy": float(eform[i]),
-            "e_above_hull_by_stage": {st: _num(ehull_all[i, k]) for k, st in enumerate(names)},
-            "kept": bool(ds.kept.values[i, depth[i]]),
-        }
-        for i in order
-    ]
+    """What ``hts status`` shows, at the cost of the ledger plus two float columns.
+
+    Funnel counts and failures come from the writer's running counters; the
+    ranking reads ``e_above_hull`` and ``formation_energy`` and then only the
+    listed rows.  Stores from before counters are counted from their rows.
+    """
+    return with_reader(path, lambda r: _summarize(r, top))
+
+
+def _summarize(r: StoreReader, top: int) -> dict:
+    names, models = r.stages, r.stage_models()
+    cols = r.read_range(["e_above_hull", "formation_energy"])
+    rows, depth = rank(cols["e_above_hull"], cols["formation_energy"], top)
     return {
-        "dft": dft_parity(ds) if "validate" in names else None,
-        "campaign": ds.attrs.get("campaign_name", "?"),
-        "rows": int(ds.sizes["candidate"]),
-        "stages": stages,
-        "failures": failures,
-        "best": best,
-        "wall_s": float(ledger.get("wall_s", 0.0)),
-        "finalized": bool(ledger.get("finalized", False)),
-        "model": str(ds.stage_model.values[0]) if ds.sizes["stage"] else "",
+        "dft": dft_parity(r) if "validate" in names else None,
+        "campaign": r.attrs.get("campaign_name", "?"),
+        "rows": r.n_rows,
+        "stages": stage_table(r.counters(), models),
+        "failures": r.counters().failures(15),
+        "best": best_entries(names, depth, r.read(BEST_VARS, rows)),
+        "wall_s": float(r.ledger.get("wall_s", 0.0)),
+        "finalized": r.finalized,
+        "model": models[0] if names else "",
         "stage_names": names,
     }
 
 
-def dft_parity(ds) -> dict:
+_DFT_VARS = [*STATE_VARS, "id", "formula", "prototype", "formation_energy"]
+_DFT_VARS += ["converged", "time_s", "dft_dir"]
+
+
+def dft_parity(r: StoreReader) -> dict:
     """MLIP against DFT on the validated candidates: per-candidate values and MAE per MLIP stage.
 
     Formation energies are compared, not totals: each code's total energies
     have their own zero (GPAW's are relative to its atomic references).
+    Reads only the rows the ledger says DFT ran on.
     """
-    names = list(ds.stage.values.astype(object))
+    names = r.stages
     k = names.index("validate")
-    e_dft = ds.energy_per_atom.values[:, k]
+    where = r.stage_rows("validate")
+    where = np.arange(r.n_rows) if where is None else where
+    c = r.read(_DFT_VARS, where)
+    state = RowState.of(names, c)
+    e_dft = c["energy_per_atom"][:, k]
     rows = np.flatnonzero(np.isfinite(e_dft))
-    reasons = ds.reason.values.astype(object)
-    tried = np.char.startswith(reasons.astype(str), "validate:")
-    failed = np.flatnonzero(tried & ~np.isfinite(e_dft))
-    eform, ehull = ds.formation_energy.values, ds.e_above_hull.values
-    mlip = names[:k]
+    failed = np.array(
+        [j for j, (st, _) in sorted(state.failures.items()) if st == "validate"], dtype=np.int64
+    )
+    failed = failed[~np.isfinite(e_dft[failed])] if len(failed) else failed
+    eform, ehull = c["formation_energy"], c["e_above_hull"]
     mae = {}
-    for j, st in enumerate(mlip):
+    for j, st in enumerate(names[:k]):
         m = rows[np.isfinite(eform[rows, k]) & np.isfinite(eform[rows, j])]
         mae[st] = {
             "n": int(len(m)),
@@ -146,23 +133,23 @@ def dft_parity(ds) -> dict:
             else None,
             "e_above_hull": float(np.mean(np.abs(ehull[m, j] - ehull[m, k]))) if len(m) else None,
         }
-    dft_dir = ds.dft_dir.values.astype(object) if "dft_dir" in ds else np.full(len(reasons), "")
+    dft_dir = c.get("dft_dir", np.full(len(where), "", dtype=object))
     candidates = [
         {
-            "id": str(ds.id.values[i]),
-            "formula": str(ds.formula.values[i]),
-            "prototype": str(ds.prototype.values[i]),
+            "id": str(c["id"][i]),
+            "formula": str(c["formula"][i]),
+            "prototype": str(c["prototype"][i]),
             "formation_energy": {st: _num(eform[i, j]) for j, st in enumerate(names)},
             "e_above_hull": {st: _num(ehull[i, j]) for j, st in enumerate(names)},
-            "converged": bool(ds.converged.values[i, k]),
-            "time_s": _num(ds.time_s.values[i, k]),
-            "status": str(ds.status.values[i]),
-            "reason": str(reasons[i]),
+            "converged": bool(c["converged"][i, k]),
+            "time_s": _num(c["time_s"][i, k]),
+            "status": str(c["status"][i]),
+            "reason": state.failures[i][1] if i in state.failures else str(c["reason"][i]),
             "job_dir": str(dft_dir[i]),
         }
         for i in [*rows, *failed]
     ]
-    return {"code": str(ds.stage_model.values[k]), "mae": mae, "candidates": candidates}
+    return {"code": r.stage_models()[k], "mae": mae, "candidates": candidates}
 
 
 def _num(x) -> float | None:

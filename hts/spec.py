@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hts.config import read_mapping, validate
 
 __all__ = [
     "Campaign",
@@ -38,6 +39,22 @@ class CampaignError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# A field marked so says where or how the work runs, not what it computes: it is left out of
+# the campaign hash, so a store may be resumed with it changed (see Campaign.content_hash).
+NOT_HASHED = {"hashed": False}
+
+
+def _unhashed(model: BaseModel) -> dict:
+    """The nested ``exclude`` of every field marked :data:`NOT_HASHED`, under ``model``."""
+    out: dict = {}
+    for name, info in type(model).model_fields.items():
+        if info.json_schema_extra == NOT_HASHED:
+            out[name] = True
+        elif isinstance(value := getattr(model, name), BaseModel) and (sub := _unhashed(value)):
+            out[name] = sub
+    return out
 
 
 # --------------------------------------------------------------------------- candidates
@@ -162,6 +179,7 @@ class ModelSpec(_Strict):
     batch_atoms: int | None = Field(
         default=None,
         ge=1,
+        json_schema_extra=NOT_HASHED,
         description="At most this many atoms per model call in a relaxation, whatever "
         "batch_size allows: the limit that keeps a GPU's memory from overflowing on large cells.",
     )
@@ -279,6 +297,7 @@ class _RelaxStage(_KeepingStage):
     relax: RelaxSettings = RelaxSettings()
     resource: Literal["cpu", "gpu"] = Field(
         default="gpu",
+        json_schema_extra=NOT_HASHED,
         description="Executor label for this stage: gpu goes to the site's GPU workers, or to its "
         "cpu executor on a site without GPUs.",
     )
@@ -410,7 +429,9 @@ class ValidateStage(_KeepingStage):
     )
     keep: KeepRule = KeepRule.parse("e_above_hull <= 0.05")
     resource: Literal["dft", "cpu"] = Field(
-        default="dft", description="Executor label the site must supply for this stage."
+        default="dft",
+        description="Executor label the site must supply for this stage.",
+        json_schema_extra=NOT_HASHED,
     )
 
     def code_settings(self) -> GpawSettings | VaspSettings:
@@ -470,21 +491,31 @@ class Limits(_Strict):
         default=0.5, gt=0, lt=5, description="Closer atom pairs (Å) mark an input as overlapping."
     )
     max_in_flight: int | None = Field(
-        default=None, ge=1, description="Chunks submitted but not done; default 2 × workers."
+        default=None,
+        ge=1,
+        description="Chunks submitted but not done; default 2 × workers.",
+        json_schema_extra=NOT_HASHED,
     )
-    task_retries: int = Field(default=1, ge=0, le=10)
+    task_retries: int = Field(default=1, ge=0, le=10, json_schema_extra=NOT_HASHED)
 
 
 class Campaign(_Strict):
     """One screening campaign: where candidates come from, how they are judged, where results go."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
-    description: str = ""
+    description: str = Field(default="", json_schema_extra=NOT_HASHED)
     candidates: CandidateSource
     stages: Stages
     hull: HullSettings = HullSettings()
-    store: str = Field(description="Path of the Zarr store (relative to the working directory).")
-    site: str = Field(default="local", description="Name of a sites/*.yaml file or a path to one.")
+    store: str = Field(
+        description="Path of the Zarr store (relative to the working directory).",
+        json_schema_extra=NOT_HASHED,
+    )
+    site: str = Field(
+        default="local",
+        description="Name of a sites/*.yaml file or a path to one.",
+        json_schema_extra=NOT_HASHED,
+    )
     chunk_size: int = Field(default=64, ge=1, le=1_000_000)
     limits: Limits = Limits()
     seed: int = Field(default=0, ge=0)
@@ -498,61 +529,24 @@ class Campaign(_Strict):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
     def content_hash(self) -> str:
-        """Hash of everything that changes results (not the site or the store path).
+        """Hash of everything that changes results; fields marked :data:`NOT_HASHED` are left out.
 
         A store remembers the hash of the campaign that wrote it, so resuming with
-        a changed campaign is refused instead of silently mixing results.
+        a changed campaign is refused instead of silently mixing results, while
+        where it runs (site, store path, executor labels, batching limits) may change.
         """
-        data = self.model_dump(mode="json", exclude={"site", "store", "description", "base_dir"})
-        for stage in data["stages"].values():  # where a stage runs does not change its results
-            if isinstance(stage, dict):
-                stage.pop("resource", None)
-                if isinstance(stage.get("model"), dict):  # nor how its batches are cut
-                    stage["model"].pop("batch_atoms", None)
-        data["limits"].pop("max_in_flight", None)
-        data["limits"].pop("task_retries", None)
+        data = self.model_dump(mode="json", exclude=_unhashed(self))
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: {err.error_count()} problem(s) in the campaign file"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-")))
-        # pydantic puts the discriminated union member name into the path; drop it
-        loc = re.sub(r"\.(substitution|files)(?=\.|$)", "", loc)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see the README for the fields)"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        elif "input" in e and e["type"] not in ("value_error", "assertion_error"):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {loc or '<top level>'}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_campaign(data: object, source: str = "<campaign>", base_dir: str = ".") -> Campaign:
     """Validate a campaign mapping; raise :class:`CampaignError` naming every bad field."""
-    if not isinstance(data, dict):
-        raise CampaignError(
-            f"{source}: a campaign file must be a mapping of fields, got {type(data).__name__}"
-        )
-    try:
-        return Campaign.model_validate({**data, "base_dir": base_dir})
-    except ValidationError as err:
-        raise CampaignError(_format_errors(err, source)) from None
+    return validate(Campaign, data, source, "campaign file", CampaignError, base_dir=base_dir)
 
 
 def load_campaign(path: str | Path) -> Campaign:
     """Read and validate a campaign YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise CampaignError(f"{path}: cannot read campaign file ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise CampaignError(f"{path}: not valid YAML: {err}") from None
+    data = read_mapping(path, "campaign file", CampaignError)
     return parse_campaign(data, source=str(path), base_dir=str(path.resolve().parent))

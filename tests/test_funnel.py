@@ -144,7 +144,7 @@ def test_a_direct_prefilter_scores_each_candidate_in_one_pass(tmp_path):
 
 
 def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
-    from hts.campaign import _resolved_stage, preflight
+    from hts.campaign import preflight, resolve
 
     c = _funnel(tmp_path)
     data = c.model_dump(mode="json")
@@ -166,7 +166,7 @@ def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
     report = {"screening": {"calibration": {"curve": curve, "n_teacher_stable": 60}}}
     (tmp_path / "report.json").write_text(json.dumps(report))
     # the bound, not the point estimate, has to reach the target
-    rule = _resolved_stage(c, "prefilter").keep
+    rule = resolve(c).stages["prefilter"].keep
     assert rule.text == "e_above_hull <= 0.1"
     # a direct student's report needs a direct prefilter, and the other way round
     report["student"] = {"kind": "direct"}
@@ -176,7 +176,7 @@ def test_auto_keep_reads_the_threshold_from_the_report(tmp_path):
     d2 = c.model_dump(mode="json")
     d2["stages"]["prefilter"]["direct"] = True
     d2["stages"]["prefilter"].pop("relax")
-    assert _resolved_stage(parse_campaign(d2, base_dir=str(tmp_path)), "prefilter").keep.text == (
+    assert resolve(parse_campaign(d2, base_dir=str(tmp_path))).stages["prefilter"].keep.text == (
         "e_above_hull <= 0.1"
     )
     (tmp_path / "report.json").write_text("{not json")
@@ -234,7 +234,7 @@ def test_prefilter_takes_fitted_references_from_the_report(tmp_path):
     from hts.campaign import open_store
     from hts.store import StoreMismatchError
 
-    open_store(c).group.store.close()  # the same report reopens
+    open_store(c)  # the same report reopens
     report = json.loads((tmp_path / "report.json").read_text())
     report["references"]["student_fitted"]["F"] = -2.5
     (tmp_path / "report.json").write_text(json.dumps(report))

@@ -35,13 +35,13 @@ def test_shipped_campaigns_validate():
 
 def test_demo_ships_its_student_and_validates():
     """`hts run` with no argument must work on a fresh checkout: the student and its report ship."""
-    from hts.campaign import _resolved_stage, preflight
+    from hts.campaign import preflight, resolve
     from hts.cli import DEMO
     from hts.models import load_model
 
     c = load_campaign(DEMO)
     preflight(c)
-    stage = _resolved_stage(c, "prefilter")
+    stage = resolve(c).stages["prefilter"]
     assert stage.keep.terms[0][0] == "e_above_hull"
     model = load_model(stage.model)
     assert model.name == "mace" and model.unsupported([11, 17]) is None

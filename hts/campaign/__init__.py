@@ -9,6 +9,15 @@ hand-offs; the jobs it hands off live beside it: elemental references
 the campaign resolved once at start-up (:mod:`~hts.campaign.resolve`).
 """
 
-from hts.campaign.driver import RunStats, open_store, preflight, results_hash, run_campaign
+from hts.campaign.driver import RunStats, open_store, run_campaign
+from hts.campaign.resolve import ResolvedCampaign, preflight, resolve, results_hash
 
-__all__ = ["RunStats", "open_store", "preflight", "results_hash", "run_campaign"]
+__all__ = [
+    "ResolvedCampaign",
+    "RunStats",
+    "open_store",
+    "preflight",
+    "resolve",
+    "results_hash",
+    "run_campaign",
+]

@@ -15,8 +15,9 @@ Pruning is exact: an entry above the hull of its own system stays above it
 whatever is added later, because adding points only lowers the hull.
 
 Entries are kept as compact ``(formula, energy per atom)`` pairs — a
-``PDEntry`` costs ~20× the memory.  At most ``max_cached`` hulls are kept (the
-driver also clears them after each chunk), so the cache never grows with the run.
+``PDEntry`` costs ~20× the memory.  At most ``max_cached`` hulls are kept and a
+cached hull is dropped as soon as an entry of its system arrives, so the cache
+never grows with the run and is never stale.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["HullTracker", "MissingReferenceError"]
+__all__ = ["HullTracker", "MissingReferenceError", "elements_of"]
 
 Item = tuple[str, float]  # (formula, energy per atom in eV)
 
@@ -45,7 +46,8 @@ def _fractions(formula: str) -> dict[str, float]:
     return {el.symbol: float(x) for el, x in Composition(formula).fractional_composition.items()}
 
 
-def _key(formula: str) -> frozenset[str]:
+def elements_of(formula: str) -> frozenset[str]:
+    """The elements of a formula, by pymatgen's parser (the one the hull uses)."""
     return frozenset(_fractions(formula))
 
 
@@ -113,7 +115,7 @@ class HullTracker:
         """Add ``(formula, energy per atom)`` pairs and prune each touched system."""
         touched: set[frozenset[str]] = set()
         for item in items:
-            key = _key(item[0])
+            key = elements_of(item[0])
             self._stable[key].append(item)
             touched.add(key)
         for key in sorted(touched, key=len):
@@ -167,7 +169,7 @@ class HullTracker:
 
     def e_above_hull(self, formula: str, energy_per_atom: float) -> float:
         """Distance (eV/atom) above the current hull; negative if below it."""
-        return float(energy_per_atom) - self._diagram(_key(formula)).energy(formula)
+        return float(energy_per_atom) - self._diagram(elements_of(formula)).energy(formula)
 
     def formation_energy(self, formula: str, energy_per_atom: float) -> float:
         """Energy per atom relative to the elemental references (eV/atom)."""
@@ -181,6 +183,3 @@ class HullTracker:
 
     def stable_count(self) -> int:
         return sum(len(v) for v in self._stable.values())
-
-    def clear_cache(self) -> None:
-        self._diagrams.clear()

@@ -21,7 +21,11 @@ of candidate ``i`` are rows ``atom_start[i] : atom_start[i] + n_atoms[i]`` of
 Root attributes: ``hts_schema``, ``campaign_name``, ``campaign_hash``,
 ``campaign`` (the validated campaign as YAML), ``references`` (elemental
 reference energies per stage model), and ``ledger`` (committed row counts, the
-finished chunk indices as ranges, whether the final hull pass ran).
+finished chunk indices as ranges, the rows each later stage updated, whether
+the final hull pass ran, a ``generation`` bumped whenever committed rows were
+rewritten in place, and running ``counters``: per-stage counts and the failure
+histogram, see :mod:`hts.store.counters`).  :mod:`hts.store.reader` is the one
+place that reads them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ SCHEMA_VERSION = 1
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STATUS_NOT_RUN = ""
 
 # name -> (dimensions after "candidate", dtype, fill value, description)
 CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
@@ -62,6 +67,12 @@ CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
     "converged": (("stage",), bool, False, "relaxation reached fmax"),
     "n_steps": (("stage",), np.int32, 0, "relaxation steps"),
     "time_s": (("stage",), np.float64, np.nan, "worker seconds spent on this candidate"),
+    "stage_status": (
+        ("stage",),
+        str,
+        "",
+        "'' (stage not run on this candidate) | ok | failed: which stage a failure belongs to",
+    ),
 }
 
 ATOM_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {

@@ -6,6 +6,12 @@ root attributes (one atomic file replace in zarr's LocalStore).  The ledger's
 row counts are the truth: on open, anything past them — a chunk half-written
 when the driver was killed — is cut off, and that chunk, absent from the
 ledger, is computed again.  So no candidate is lost or written twice.
+
+The ledger also carries the running counters (:mod:`hts.store.counters`),
+adjusted by each commit, so readers never count the whole store again, and a
+``generation`` bumped whenever committed rows are rewritten in place (the
+final hull pass), which tells incremental readers to read everything again.
+Callers go through :class:`Store`'s methods; the zarr group stays private.
 """
 
 from __future__ import annotations
@@ -17,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES, SCHEMA_VERSION
+from hts.store.counters import STATE_VARS, Counters, RowState, recount
+from hts.store.layout import create_array, create_layout, drop_consolidated, plain
+from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION
 
 __all__ = ["Row", "StageUpdate", "Store", "StoreMismatchError"]
-
-_CAND_CHUNK = 4096
-_ATOM_CHUNK = 32768
 
 
 class StoreMismatchError(RuntimeError):
@@ -31,7 +36,11 @@ class StoreMismatchError(RuntimeError):
 
 @dataclass(slots=True)
 class Row:
-    """Everything the store keeps about one candidate."""
+    """Everything the store keeps about one candidate.
+
+    ``stage`` maps each stage that produced values for the row to them; those
+    stages' ``stage_status`` is set to ``status``.
+    """
 
     id: str
     formula: str
@@ -50,7 +59,7 @@ class Row:
 
 @dataclass(slots=True)
 class StageUpdate:
-    """A later stage's result for one existing row."""
+    """A later stage's result for one existing row (``status`` also goes to its ``stage_status``)."""
 
     row: int
     values: dict[str, float | bool | int]
@@ -77,12 +86,47 @@ def _expand(ranges: list[list[int]]) -> set[int]:
     return {i for a, b in ranges for i in range(a, b + 1)}
 
 
+def _append_columns(rows: Sequence[Row], stages: list[str], a0: int) -> dict[str, np.ndarray]:
+    """One chunk's rows as columns of the candidate variables."""
+    m = len(rows)
+    counts = np.array([len(r.numbers) for r in rows], dtype=np.int64)
+    starts = a0 + np.concatenate([[0], np.cumsum(counts)[:-1]]) if m else np.zeros(0, np.int64)
+    cols: dict[str, np.ndarray] = {
+        "id": np.array([r.id for r in rows], dtype=object),
+        "formula": np.array([r.formula for r in rows], dtype=object),
+        "chemsys": np.array([r.chemsys for r in rows], dtype=object),
+        "prototype": np.array([r.prototype for r in rows], dtype=object),
+        "source": np.array([r.source for r in rows], dtype=object),
+        "chunk": np.array([r.chunk for r in rows], dtype=np.int64),
+        "n_atoms": counts.astype(np.int32),
+        "atom_start": starts.astype(np.int64),
+        "status": np.array([r.status for r in rows], dtype=object),
+        "reason": np.array([r.reason for r in rows], dtype=object),
+        "stage_reached": np.array([r.stage_reached for r in rows], dtype=object),
+        "dft_dir": np.full(m, "", dtype=object),
+        "committed_at": np.full(m, time.time()),
+        "cell": np.array([r.cell for r in rows], dtype=np.float64).reshape(m, 3, 3),
+    }
+    for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
+        if dims != ("stage",):
+            continue
+        col = np.full((m, len(stages)), fill, dtype=dtype)
+        for i, r in enumerate(rows):
+            for s, values in r.stage.items():
+                if name == "stage_status":
+                    col[i, stages.index(s)] = r.status
+                elif name in values:
+                    col[i, stages.index(s)] = values[name]
+        cols[name] = col
+    return cols
+
+
 class Store:
     """A campaign's results on disk, opened for writing by exactly one process."""
 
     def __init__(self, path: str | Path, group, stages: list[str]) -> None:
         self.path = Path(path)
-        self.group = group
+        self._group = group
         self.stages = stages
         ledger = dict(group.attrs.get("ledger", {}))
         self.n_rows = int(ledger.get("n_rows", 0))
@@ -91,13 +135,18 @@ class Store:
         # rows whose later-stage results (rescore, …) are committed, per stage
         self.stage_done = {k: _expand(v) for k, v in ledger.get("stage_rows", {}).items()}
         self.finalized = bool(ledger.get("finalized", False))
+        self.generation = int(ledger.get("generation", 0))
+        self._rewritten = False  # rows rewritten in place since the last commit
         self._wall_before = float(ledger.get("wall_s", 0.0))
         self._opened = time.time()
         for name, (dims, dtype, fill, doc) in CANDIDATE_VARS.items():
             if name not in group:  # a variable added since the store was written
-                self._create(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
+                create_array(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
                 group[name].resize((self.n_rows, *group[name].shape[1:]))
         self._arrays = {name: group[name] for name in (*CANDIDATE_VARS, *ATOM_VARS)}
+        self.counters = Counters.from_json(ledger.get("counters"), stages) or Counters.empty(
+            stages
+        )
 
     # -- opening ---------------------------------------------------------------
 
@@ -111,12 +160,18 @@ class Store:
         campaign_yaml: str,
         stages: list[str],
     ) -> Store:
-        """Create the store, or reopen it for resuming after checking it is the same campaign."""
+        """Create the store, or reopen it for resuming after checking it is the same campaign.
+
+        Reopening counts the counters again from the arrays: a writer killed
+        mid-update leaves values in committed rows that its ledger never
+        counted (they are computed again, and must be counted from what is
+        there).
+        """
         import zarr
 
         path = Path(path)
         if path.exists() and (path / "zarr.json").exists():
-            cls._drop_consolidated(path)
+            drop_consolidated(path)
             group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
             attrs = group.attrs
             if attrs.get("hts_schema") != SCHEMA_VERSION:
@@ -131,25 +186,16 @@ class Store:
                 )
             store = cls(path, group, stages)
             store._truncate_to_ledger()
+            counted = store.recount()
+            if counted != store.counters:
+                store.counters = counted
+                store._commit()
             return store
         if path.exists() and any(path.iterdir()):
             raise StoreMismatchError(
                 f"{path}: exists and is not an hts store; refusing to overwrite it"
             )
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        for name, (dims, dtype, fill, doc) in CANDIDATE_VARS.items():
-            cls._create(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
-        for name, (dims, dtype, fill, doc) in ATOM_VARS.items():
-            cls._create(group, name, ("atom", *dims), dtype, fill, doc, len(stages))
-        coord = group.create_array(
-            "stage", shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value=""
-        )
-        coord[:] = np.array(stages, dtype=object)
-        for name in ("stage_model", "stage_model_version"):
-            a = group.create_array(
-                name, shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value=""
-            )
-            a.attrs["description"] = "model (and version) that produced each stage's values"
+        group = create_layout(path, stages)
         group.attrs.update(
             {
                 "hts_schema": SCHEMA_VERSION,
@@ -157,26 +203,17 @@ class Store:
                 "campaign_hash": campaign_hash,
                 "campaign": campaign_yaml,
                 "references": {},
-                "ledger": {"n_rows": 0, "n_atom_rows": 0, "chunks_done": [], "finalized": False},
+                "ledger": {
+                    "n_rows": 0,
+                    "n_atom_rows": 0,
+                    "chunks_done": [],
+                    "finalized": False,
+                    "generation": 0,
+                    "counters": Counters.empty(stages).to_json(),
+                },
             }
         )
         return cls(path, group, stages)
-
-    @staticmethod
-    def _create(group, name, dims, dtype, fill, doc, n_stages):
-        sizes = {**FIXED_SIZES, "stage": n_stages, "candidate": 0, "atom": 0}
-        shape = tuple(sizes[d] for d in dims)
-        chunk0 = _CAND_CHUNK if dims[0] == "candidate" else _ATOM_CHUNK
-        chunks = (chunk0, *shape[1:])
-        arr = group.create_array(
-            name,
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            fill_value=fill,
-            dimension_names=list(dims),
-        )
-        arr.attrs["description"] = doc
 
     def _truncate_to_ledger(self) -> None:
         """Cut off rows written after the last committed chunk (a killed driver's half chunk)."""
@@ -185,64 +222,33 @@ class Store:
             if arr.shape[0] != n:
                 arr.resize((n, *arr.shape[1:]))
 
-    @staticmethod
-    def _drop_consolidated(path: Path) -> None:
-        """Consolidated metadata would go stale while rows are appended: remove it first."""
-        import json
+    def recount(self) -> Counters:
+        """The counters counted again from the committed rows (O(store))."""
+        return recount(self.stages, self.n_rows, self._read_range)
 
-        meta_path = path / "zarr.json"
-        meta = json.loads(meta_path.read_text())
-        if meta.pop("consolidated_metadata", None) is not None:
-            tmp = meta_path.with_name("zarr.json.tmp")
-            tmp.write_text(json.dumps(meta))
-            tmp.replace(meta_path)
+    def _read_range(self, names: Sequence[str], start: int, stop: int) -> dict[str, np.ndarray]:
+        return {name: plain(self._arrays[name][start:stop]) for name in names}
 
     # -- writing ---------------------------------------------------------------
 
     def set_stage_model(self, stage: str, name: str, version: str) -> None:
         k = self.stages.index(stage)
-        self.group["stage_model"][k] = name
-        self.group["stage_model_version"][k] = version
+        self._group["stage_model"][k] = name
+        self._group["stage_model_version"][k] = version
 
     @property
     def references(self) -> dict:
-        return dict(self.group.attrs.get("references", {}))
+        return dict(self._group.attrs.get("references", {}))
 
     def set_references(self, refs: dict) -> None:
-        self.group.attrs["references"] = refs
+        self._group.attrs["references"] = refs
 
     def append(self, rows: Sequence[Row], chunk_index: int) -> None:
-        """Write one chunk's rows, then commit it in the ledger."""
+        """Write one chunk's rows, then commit it in the ledger (and count them)."""
         m = len(rows)
         n0, a0 = self.n_rows, self.n_atom_rows
-        counts = np.array([len(r.numbers) for r in rows], dtype=np.int64)
-        starts = a0 + np.concatenate([[0], np.cumsum(counts)[:-1]]) if m else np.zeros(0, np.int64)
-        n_atoms_new = int(counts.sum())
-        cols: dict[str, np.ndarray] = {
-            "id": np.array([r.id for r in rows], dtype=object),
-            "formula": np.array([r.formula for r in rows], dtype=object),
-            "chemsys": np.array([r.chemsys for r in rows], dtype=object),
-            "prototype": np.array([r.prototype for r in rows], dtype=object),
-            "source": np.array([r.source for r in rows], dtype=object),
-            "chunk": np.array([r.chunk for r in rows], dtype=np.int64),
-            "n_atoms": counts.astype(np.int32),
-            "atom_start": starts.astype(np.int64),
-            "status": np.array([r.status for r in rows], dtype=object),
-            "reason": np.array([r.reason for r in rows], dtype=object),
-            "stage_reached": np.array([r.stage_reached for r in rows], dtype=object),
-            "dft_dir": np.full(m, "", dtype=object),
-            "committed_at": np.full(m, time.time()),
-            "cell": np.array([r.cell for r in rows], dtype=np.float64).reshape(m, 3, 3),
-        }
-        for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
-            if dims != ("stage",):
-                continue
-            col = np.full((m, len(self.stages)), fill, dtype=dtype)
-            for i, r in enumerate(rows):
-                for s, values in r.stage.items():
-                    if name in values:
-                        col[i, self.stages.index(s)] = values[name]
-            cols[name] = col
+        cols = _append_columns(rows, self.stages, a0)
+        n_atoms_new = int(cols["n_atoms"].sum())
         for name, arr in self._arrays.items():
             if name in ATOM_VARS:
                 continue
@@ -259,18 +265,29 @@ class Store:
             arr.resize((a0 + n_atoms_new, *arr.shape[1:]))
             if n_atoms_new:
                 arr[a0 : a0 + n_atoms_new] = data
+        state = RowState.of(self.stages, cols)
+        self.counters.add_counts(state)
+        for i, (st, text) in state.failures.items():
+            self.counters.add_failure(n0 + i, st, text, str(cols["id"][i]))
         self.n_rows, self.n_atom_rows = n0 + m, a0 + n_atoms_new
         self.done.add(chunk_index)
         self.finalized = False
         self._commit()
 
     def _commit(self) -> None:
-        self.group.attrs["ledger"] = {
+        if self.counters.stale:
+            self.counters = self.recount()
+        if self._rewritten:
+            self.generation += 1
+            self._rewritten = False
+        self._group.attrs["ledger"] = {
             "n_rows": self.n_rows,
             "n_atom_rows": self.n_atom_rows,
             "chunks_done": _ranges(self.done),
             "stage_rows": {k: _ranges(v) for k, v in self.stage_done.items()},
             "finalized": self.finalized,
+            "generation": self.generation,
+            "counters": self.counters.to_json(),
             "wall_s": round(self._wall_before + time.time() - self._opened, 3),
             "updated_at": time.time(),
         }
@@ -291,36 +308,66 @@ class Store:
         ups = [updates[i] for i in order]
         if rows.max() >= self.n_rows:
             raise IndexError(f"row {int(rows.max())} is not committed (store has {self.n_rows})")
+        old = self.read(STATE_VARS, rows)
+        new = {name: v.copy() for name, v in old.items()}
         for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
-            if dims != ("stage",) or not any(name in u.values for u in ups):
+            if name == "stage_status":
+                col = np.array([u.status for u in ups], dtype=object)
+            elif dims != ("stage",) or not any(name in u.values for u in ups):
                 continue
-            col = np.array([u.values.get(name, fill) for u in ups], dtype=dtype)
+            else:
+                col = np.array([u.values.get(name, fill) for u in ups], dtype=dtype)
             self._arrays[name].oindex[rows, k] = col
+            if name in new:
+                new[name][:, k] = col
         for name in ("status", "reason", "stage_reached"):
-            self._arrays[name].oindex[rows] = np.array(
-                [getattr(u, name) for u in ups], dtype=object
-            )
+            col = np.array([getattr(u, name) for u in ups], dtype=object)
+            self._arrays[name].oindex[rows] = col
+            if name in new:
+                new[name] = col
         with_dir = [(r, u.dft_dir) for r, u in zip(rows, ups, strict=True) if u.dft_dir is not None]
         if with_dir:
             self._arrays["dft_dir"].oindex[np.array([r for r, _ in with_dir])] = np.array(
                 [d for _, d in with_dir], dtype=object
             )
-        with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
-        if with_structure:
-            idx = np.array([r for r, _ in with_structure])
-            self._arrays["cell"].oindex[idx] = np.array([u.cell for _, u in with_structure])
-            starts = self._arrays["atom_start"].oindex[idx]
-            counts = self._arrays["n_atoms"].oindex[idx]
-            pos = self._arrays["positions"]
-            for (_, u), a0, n in zip(with_structure, starts, counts, strict=True):
-                if len(u.positions) != n:
-                    raise ValueError(
-                        f"{stage}: structure has {len(u.positions)} atoms, row has {n}"
-                    )
-                pos[int(a0) : int(a0) + int(n)] = u.positions
+        self._write_structures(stage, rows, ups)
+        self._count_changes(rows, old, new)
         self.stage_done.setdefault(stage, set()).update(int(r) for r in rows)
         self.finalized = False
         self._commit()
+
+    def _write_structures(self, stage: str, rows: np.ndarray, ups: list[StageUpdate]) -> None:
+        with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
+        if not with_structure:
+            return
+        idx = np.array([r for r, _ in with_structure])
+        self._arrays["cell"].oindex[idx] = np.array([u.cell for _, u in with_structure])
+        starts = self._arrays["atom_start"].oindex[idx]
+        counts = self._arrays["n_atoms"].oindex[idx]
+        pos = self._arrays["positions"]
+        for (_, u), a0, n in zip(with_structure, starts, counts, strict=True):
+            if len(u.positions) != n:
+                raise ValueError(f"{stage}: structure has {len(u.positions)} atoms, row has {n}")
+            pos[int(a0) : int(a0) + int(n)] = u.positions
+
+    def _count_changes(self, rows: np.ndarray, old: dict, new: dict) -> None:
+        """Move the counters from the rows' old state to their new one."""
+        before, after = RowState.of(self.stages, old), RowState.of(self.stages, new)
+        self.counters.add_counts(before, sign=-1)
+        self.counters.add_counts(after)
+        changed = [
+            j
+            for j in range(len(rows))
+            if before.failures.get(j) != after.failures.get(j)
+        ]
+        for j in changed:
+            if j in before.failures:
+                self.counters.remove_failure(int(rows[j]), *before.failures[j])
+        gained = [j for j in changed if j in after.failures]
+        if gained:
+            ids = self.read(["id"], rows[gained])["id"]
+            for j, cid in zip(gained, ids, strict=True):
+                self.counters.add_failure(int(rows[j]), *after.failures[j], str(cid))
 
     def structures(self, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(numbers, positions, cell) of committed rows, read in as few slices as possible."""
@@ -339,6 +386,28 @@ class Store:
             out.append((species[sl].astype(np.int64), positions[sl], cell))
         return out
 
+    def read(self, names: Sequence[str], rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """Committed values of candidate variables at scattered rows.
+
+        The one way callers read back what they wrote (identity columns to
+        build a later stage's batch, a stage's energies for the hull), so that
+        nobody reaches into the zarr group.  Stage variables come back as
+        ``[len(rows), n_stages]`` arrays, strings as numpy object arrays.
+        """
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_rows):
+            raise IndexError(f"rows outside the {self.n_rows} committed rows")
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            if name not in CANDIDATE_VARS:
+                raise KeyError(f"{name!r} is not a candidate variable")
+            arr = self._arrays[name]
+            if len(idx):
+                out[name] = plain(arr.oindex[idx])
+            else:
+                out[name] = plain(np.zeros((0, *arr.shape[1:]), dtype=arr.dtype))
+        return out
+
     # -- the final pass --------------------------------------------------------
 
     def iter_blocks(
@@ -350,14 +419,29 @@ class Store:
             yield start, {name: self._arrays[name][start:stop] for name in names}
 
     def write_stage_column(self, name: str, stage: str, start: int, values: np.ndarray) -> None:
-        k = self.stages.index(stage)
-        self._arrays[name][start : start + len(values), k] = values
+        """A stage column over a slice of rows (the final pass); committed by the next commit."""
+        self.write_stage_rows(name, stage, np.arange(start, start + len(values)), values)
 
     def write_stage_rows(self, name: str, stage: str, rows: np.ndarray, values: np.ndarray) -> None:
         """A stage column at scattered rows (the few rows a late stage computed)."""
-        self._arrays[name].oindex[np.asarray(rows, dtype=np.int64), self.stages.index(stage)] = (
-            values
-        )
+        k = self.stages.index(stage)
+        rows = np.asarray(rows, dtype=np.int64)
+        contiguous = len(rows) > 0 and bool((np.diff(rows) == 1).all())
+        arr = self._arrays[name]
+        if name in ("e_above_hull", "kept") and len(rows):
+            old = arr[int(rows[0]) : int(rows[-1]) + 1, k] if contiguous else arr.oindex[rows, k]
+            if name == "e_above_hull":
+                delta = int(np.isfinite(values).sum()) - int(np.isfinite(old).sum())
+                self.counters.scored[k] += delta
+            else:
+                self.counters.kept[k] += int(np.asarray(values, bool).sum()) - int(old.sum())
+        elif name in STATE_VARS:
+            self.counters.stale = True  # not a column the final pass writes: count again
+        if contiguous:
+            arr[int(rows[0]) : int(rows[-1]) + 1, k] = values
+        elif len(rows):
+            arr.oindex[rows, k] = values
+        self._rewritten = True
 
     def set_finalized(self, value: bool) -> None:
         self.finalized = value

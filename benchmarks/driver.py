@@ -1,0 +1,148 @@
+"""The driver's own ceiling: candidates/s one driver sustains when the model costs nothing.
+
+Everything the driver does per candidate — generating it from the lazy
+substitution space and computing its id, checking it, scoring it against the
+running hull, appending it to the store, bookkeeping, the final hull pass —
+measured with the work of the model taken out.  Tasks run inline on the serial
+engine with a zero-step analytic potential (one Lennard-Jones single point per
+candidate), and their time is clocked and subtracted: what is left is the
+driver's time, so ``candidates / driver time`` says how many candidates per
+second one driver can hand to workers, i.e. how many GPUs it can feed
+(a GPU running the student at R candidates/s needs ``R`` of it).
+
+A second, profiled run splits the driver's time into its parts (cProfile's
+overhead inflates every part alike, so the shares are what to read from it).
+
+    python benchmarks/driver.py                         # 20,000 candidates, chunks of 1,024
+    python benchmarks/driver.py --candidates 100000 --chunk-size 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report, wide_campaign  # noqa: E402
+
+
+class ClockedSerial:
+    """The serial engine, with the time spent inside tasks added up (the model's share)."""
+
+    def __init__(self) -> None:
+        from hts.execution.engine import SerialEngine
+
+        self.inner = SerialEngine()
+        self.task_s = 0.0
+
+    def submit(self, label, fn, *args):
+        def clocked(*a):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                self.task_s += time.perf_counter() - t0
+
+        return self.inner.submit(label, clocked, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+# parts of the driver's time, by the functions that own them (cumulative time in cProfile)
+_PARTS = {
+    "generation, ids, checks": [("hts/candidates/__init__.py", "chunks")],
+    "streaming hull + keep rule": [
+        ("hts/campaign/driver.py", "_prefilter_rows"),
+    ],
+    "store append": [("hts/store/writer.py", "append")],
+    "final hull pass": [("hts/campaign/driver.py", "_finalize")],
+}
+
+
+def _run(n: int, chunk_size: int, profile: bool) -> dict:
+    from hts.campaign import run_campaign
+    from hts.spec import parse_campaign
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = wide_campaign(
+            str(Path(tmp) / "run.zarr"), n, {"name": "lennard-jones"}, chunk_size, max_steps=0
+        )
+        data["hull"] = {"model_references": True}
+        campaign = parse_campaign(data, base_dir=tmp)
+        engine = ClockedSerial()
+        prof = cProfile.Profile() if profile else None
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        stats = run_campaign(campaign, engine)
+        if prof:
+            prof.disable()
+        wall = time.perf_counter() - t0
+    driver_s = wall - engine.task_s
+    out = {
+        "candidates": stats.done,
+        "wall_s": round(wall, 2),
+        "task_s": round(engine.task_s, 2),
+        "driver_s": round(driver_s, 2),
+        "driver_cand_per_s": round(stats.done / driver_s, 1),
+    }
+    if prof is not None:
+        st = pstats.Stats(prof)
+        for part, keys in _PARTS.items():
+            ct = 0.0
+            for (file, _line, func), (_cc, _nc, _tt, cum, _callers) in st.stats.items():
+                if any(file.endswith(f) and func == fn for f, fn in keys):
+                    ct += cum
+            out[part] = ct
+        # tasks run inside the loop: the parts above exclude them except where noted
+        out["profiled_driver_s"] = wall - engine.task_s
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--candidates", type=int, default=20_000)
+    ap.add_argument("--chunk-size", type=int, default=1024)
+    args = ap.parse_args()
+
+    plain = _run(args.candidates, args.chunk_size, profile=False)
+    prof = _run(args.candidates, args.chunk_size, profile=True)
+    total = prof["profiled_driver_s"]
+    rows = [
+        {
+            "part": part,
+            "share_of_driver_%": round(100 * prof[part] / total, 1),
+            "us_per_candidate": round(
+                1e6 * prof[part] / prof["candidates"] * plain["driver_s"] / total, 1
+            ),
+        }
+        for part in _PARTS
+    ]
+    accounted = sum(prof[p] for p in _PARTS)
+    rows.append(
+        {
+            "part": "other (loop, references, bookkeeping)",
+            "share_of_driver_%": round(100 * (total - accounted) / total, 1),
+            "us_per_candidate": round(
+                1e6 * (total - accounted) / prof["candidates"] * plain["driver_s"] / total, 1
+            ),
+        }
+    )
+    report(
+        f"driver ceiling: {plain['candidates']} candidates, chunks of {args.chunk_size}: "
+        f"{plain['driver_cand_per_s']} candidates/s "
+        f"(driver {plain['driver_s']} s of {plain['wall_s']} s wall; tasks {plain['task_s']} s)",
+        ["part", "share_of_driver_%", "us_per_candidate"],
+        rows,
+        {"summary": plain},
+    )
+
+
+if __name__ == "__main__":
+    main()

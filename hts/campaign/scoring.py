@@ -1,0 +1,143 @@
+"""Scoring: a stage's energies against its own hull, then its keep rule — written once.
+
+Each stage (student, teacher, DFT) has its own hull: energies of different
+models are not comparable.  :meth:`StageScorer.verdict` is the one place where
+an energy becomes ``e_above_hull``, a formation energy and a keep decision; the
+streaming verdicts while chunks arrive, the final pass over the whole store and
+the DFT stage all call it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hts.stages.hull import HullTracker, MissingReferenceError, elements_of
+
+__all__ = ["StageScorer", "Verdict"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the hull and the keep rule say of one energy; ``why`` is set when it could not be scored."""
+
+    e_above_hull: float
+    formation_energy: float
+    kept: bool
+    why: str = ""
+
+
+@dataclass
+class StageScorer:
+    """One stage's hull, its keep rule and why some elements have no reference.
+
+    Parameters
+    ----------
+    name
+        The stage (``prefilter``, ``rescore``, ``validate``).
+    k
+        Its index on the store's stage axis.
+    keep
+        The stage's keep rule: called with ``e_above_hull``, ``energy_per_atom``,
+        ``n_atoms`` and ``converged``.
+    """
+
+    name: str
+    k: int
+    keep: object
+    hull: HullTracker = field(default_factory=HullTracker)
+    ref_reasons: dict[str, str] = field(default_factory=dict)  # element -> why no reference
+
+    def add_references(self, table: dict[str, dict]) -> None:
+        """Elemental references ``{el: {"energy_per_atom": e, "reason": …}}``; a NaN one records why."""
+        for el, r in table.items():
+            e = r.get("energy_per_atom")
+            if e is None or not math.isfinite(e):
+                self.ref_reasons[el] = r.get("reason") or "reference relaxation failed"
+            else:
+                self.hull.add_reference(el, float(e))
+
+    def verdict(
+        self, formula: str, energy_per_atom: float, n_atoms: int, converged: bool
+    ) -> Verdict:
+        """Score one energy against the hull as it stands and apply the keep rule."""
+        try:
+            ehull = self.hull.e_above_hull(formula, energy_per_atom)
+            eform = self.hull.formation_energy(formula, energy_per_atom)
+        except MissingReferenceError as err:
+            present = elements_of(formula)
+            why = "; ".join(f"{el}: {r}" for el, r in self.ref_reasons.items() if el in present)
+            return Verdict(math.nan, math.nan, False, f"{err}{' (' + why + ')' if why else ''}")
+        kept = bool(
+            self.keep(
+                {
+                    "e_above_hull": ehull,
+                    "energy_per_atom": energy_per_atom,
+                    "n_atoms": n_atoms,
+                    "converged": converged,
+                }
+            )
+        )
+        return Verdict(ehull, eform, kept)
+
+    def columns(self, rec, formula: str, n_atoms: int) -> tuple[dict[str, float | bool | int], str]:
+        """The store's stage columns for one successful record, and why scoring failed ('' if not)."""
+        v = self.verdict(formula, rec.energy_per_atom, n_atoms, rec.converged)
+        values: dict[str, float | bool | int] = {
+            "energy": rec.energy,
+            "energy_per_atom": rec.energy_per_atom,
+            "e_above_hull": v.e_above_hull,
+            "formation_energy": v.formation_energy,
+            "converged": rec.converged,
+            "n_steps": rec.n_steps,
+            "time_s": rec.time_s,
+            "kept": v.kept,
+        }
+        return values, v.why
+
+    def score_rows(
+        self,
+        formulas: np.ndarray,
+        energies: np.ndarray,
+        n_atoms: np.ndarray,
+        converged: np.ndarray,
+        ok: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(e_above_hull, formation_energy, kept)`` for many rows; NaN energies stay unscored.
+
+        ``ok`` (optional) vetoes keeping a row whatever its energy (a DFT job
+        that ended with values but failed its checks).
+        """
+        ehull = np.full(len(energies), np.nan)
+        eform = np.full(len(energies), np.nan)
+        kept = np.zeros(len(energies), dtype=bool)
+        for i in np.flatnonzero(np.isfinite(energies)):
+            v = self.verdict(
+                str(formulas[i]), float(energies[i]), int(n_atoms[i]), bool(converged[i])
+            )
+            ehull[i], eform[i] = v.e_above_hull, v.formation_energy
+            kept[i] = v.kept and (ok is None or bool(ok[i]))
+        return ehull, eform, kept
+
+    def final_pass(self, store) -> int:
+        """Score every committed row against the final hull and write the stage's columns.
+
+        Streams the store in blocks, so memory stays flat however large the run;
+        returns how many rows the stage keeps.
+        """
+        kept_total = 0
+        names = ["formula", "energy_per_atom", "n_atoms", "converged"]
+        for start, b in store.iter_blocks(names):
+            ehull, eform, kept = self.score_rows(
+                b["formula"],
+                b["energy_per_atom"][:, self.k],
+                b["n_atoms"],
+                b["converged"][:, self.k],
+            )
+            store.write_stage_column("e_above_hull", self.name, start, ehull)
+            store.write_stage_column("kept", self.name, start, kept)
+            store.write_stage_column("formation_energy", self.name, start, eform)
+            kept_total += int(kept.sum())
+        return kept_total

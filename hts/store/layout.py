@@ -1,0 +1,86 @@
+"""Creating the store's arrays and handling zarr's metadata files: the zarr-specific details.
+
+Kept apart from the writer's logic so that everything that knows how zarr
+lays a group out on disk (``zarr.json``, consolidated metadata, numpy's
+StringDType for ``str`` arrays) sits in one small module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES
+
+__all__ = ["create_array", "create_layout", "drop_consolidated", "plain", "root_attributes"]
+
+CAND_CHUNK = 4096
+ATOM_CHUNK = 32768
+
+
+def plain(values) -> np.ndarray:
+    """Numpy StringDType (zarr's ``str``) → object strings, which callers compare and join freely."""
+    values = np.asarray(values)
+    if values.dtype.kind in "TU":
+        return values.astype(object)
+    return values
+
+
+def create_array(group, name, dims, dtype, fill, doc, n_stages) -> None:
+    """One empty variable, chunked along its first dimension."""
+    sizes = {**FIXED_SIZES, "stage": n_stages, "candidate": 0, "atom": 0}
+    shape = tuple(sizes[d] for d in dims)
+    chunk0 = CAND_CHUNK if dims[0] == "candidate" else ATOM_CHUNK
+    arr = group.create_array(
+        name,
+        shape=shape,
+        chunks=(chunk0, *shape[1:]),
+        dtype=dtype,
+        fill_value=fill,
+        dimension_names=list(dims),
+    )
+    arr.attrs["description"] = doc
+
+
+def create_layout(path: Path, stages: list[str]):
+    """A new, empty store: every variable, the ``stage`` coordinate and the stage models."""
+    import zarr
+
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    for name, (dims, dtype, fill, doc) in CANDIDATE_VARS.items():
+        create_array(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
+    for name, (dims, dtype, fill, doc) in ATOM_VARS.items():
+        create_array(group, name, ("atom", *dims), dtype, fill, doc, len(stages))
+    coord = group.create_array(
+        "stage", shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value=""
+    )
+    coord[:] = np.array(stages, dtype=object)
+    for name in ("stage_model", "stage_model_version"):
+        a = group.create_array(
+            name, shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value=""
+        )
+        a.attrs["description"] = "model (and version) that produced each stage's values"
+    return group
+
+
+def drop_consolidated(path: Path) -> None:
+    """Consolidated metadata would go stale while rows are appended: remove it first."""
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    if meta.pop("consolidated_metadata", None) is not None:
+        tmp = meta_path.with_name("zarr.json.tmp")
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(meta_path)
+
+
+def root_attributes(path: Path) -> dict:
+    """The root group's attributes straight from ``zarr.json`` (one small file, no zarr import).
+
+    The writer replaces that file atomically at each commit, so one read is a
+    consistent ledger.  Raises ``OSError``/``ValueError`` when it is absent or
+    caught mid-replace on a filesystem without atomic renames.
+    """
+    meta = json.loads((Path(path) / "zarr.json").read_text())
+    return dict(meta.get("attributes", {}))
