@@ -643,56 +643,31 @@ def sites_check(
     mode: Annotated[str | None, typer.Option(help="Submission mode to show.")] = None,
 ) -> None:
     """Print the resolved Parsl config and the driver job of a site, and what is missing."""
-    import shutil
+    from hts.execution.checks import check_site
+    from hts.execution.sites import SiteError
 
-    from hts.execution.sites import SiteError, build_parsl_config, describe_config, load_site
-
-    missing: list[str] = []
     try:
-        s = load_site(site, missing=missing)
+        r = check_site(site, mode)
     except SiteError as err:
         _fail(str(err))
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        alloc = (mode or s.submit.mode) == "allocation"
-        try:
-            cfg = build_parsl_config(s, Path(tmp), allocation=alloc, resolve_address=False)
-            build_parsl_config(s, Path(tmp), allocation=alloc)
-        except (SiteError, OSError, ValueError) as err:
-            missing.append(str(err))
-    out.print(f"[bold]{s.name}[/]: {s.description}", highlight=False)
-    if cfg is not None:
+    out.print(f"[bold]{r.site.name}[/]: {r.site.description}", highlight=False)
+    if r.executors:
         t = Table(title="resolved Parsl config", show_lines=True)
         t.add_column("label")
         t.add_column("executor / provider / launcher")
-        for label, text in describe_config(cfg):
+        for label, text in r.executors:
             t.add_row(label, text)
         out.print(t)
-        out.print(f"strategy {cfg.strategy}, every {cfg.strategy_period} s", highlight=False)
-    scheduler = s.scheduler()
-    if scheduler:
-        job = s.job(mode)
+        out.print(f"strategy {r.strategy}, every {r.strategy_period} s", highlight=False)
+    if r.job is not None:
         out.print(
-            f"driver job ({scheduler}, {job['mode']} mode): "
-            + ", ".join(
-                f"{k}={v}" for k, v in job.items() if v not in (None, [], "", 0) and k != "mode"
-            ),
+            f"driver job ({r.scheduler}, {r.job['mode']} mode): "
+            + ", ".join(f"{k}={v}" for k, v in r.job_fields()),
             highlight=False,
         )
-        for tool in (
-            ("sbatch", "squeue", "scancel") if scheduler == "slurm" else ("qsub", "qstat", "qdel")
-        ):
-            if shutil.which(tool) is None:
-                missing.append(f"{tool} not on PATH (run hts submit on a login node)")
-    if s.container is not None:
-        if shutil.which(s.container.runtime) is None:
-            missing.append(f"container runtime {s.container.runtime} not on PATH")
-        if "://" not in s.container.image and not Path(s.container.image).exists():
-            missing.append(f"container image {s.container.image} not found")
-    if missing:
+    if not r.ok:
         out.print("[bold yellow]missing:[/]", highlight=False)
-        for m in missing:
+        for m in r.missing:
             out.print(f"  - {m}", highlight=False)
         raise typer.Exit(1)
     out.print("[green]ok[/]: nothing missing", highlight=False)
