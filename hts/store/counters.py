@@ -143,7 +143,11 @@ class Counters:
     def add_counts(self, state: RowState, sign: int = 1) -> None:
         for name in ("tried", "scored", "kept"):
             delta = getattr(state, name).sum(axis=0)
-            setattr(self, name, [int(a + sign * b) for a, b in zip(getattr(self, name), delta, strict=True)])
+            setattr(
+                self,
+                name,
+                [int(a + sign * b) for a, b in zip(getattr(self, name), delta, strict=True)],
+            )
 
     def add_failure(self, row: int, stage: str, text: str, cid: str) -> None:
         key = (stage, reason_key(text))

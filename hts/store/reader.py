@@ -114,7 +114,9 @@ class StoreReader:
             if not self.has(n):
                 continue
             arr = self._array(n)
-            out[n] = plain(arr.oindex[idx] if len(idx) else np.zeros((0, *arr.shape[1:]), arr.dtype))
+            out[n] = plain(
+                arr.oindex[idx] if len(idx) else np.zeros((0, *arr.shape[1:]), arr.dtype)
+            )
         return out
 
     def structure(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -144,9 +144,7 @@ class Store:
                 create_array(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
                 group[name].resize((self.n_rows, *group[name].shape[1:]))
         self._arrays = {name: group[name] for name in (*CANDIDATE_VARS, *ATOM_VARS)}
-        self.counters = Counters.from_json(ledger.get("counters"), stages) or Counters.empty(
-            stages
-        )
+        self.counters = Counters.from_json(ledger.get("counters"), stages) or Counters.empty(stages)
 
     # -- opening ---------------------------------------------------------------
 
@@ -355,11 +353,7 @@ class Store:
         before, after = RowState.of(self.stages, old), RowState.of(self.stages, new)
         self.counters.add_counts(before, sign=-1)
         self.counters.add_counts(after)
-        changed = [
-            j
-            for j in range(len(rows))
-            if before.failures.get(j) != after.failures.get(j)
-        ]
+        changed = [j for j in range(len(rows)) if before.failures.get(j) != after.failures.get(j)]
         for j in changed:
             if j in before.failures:
                 self.counters.remove_failure(int(rows[j]), *before.failures[j])
