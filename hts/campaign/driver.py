@@ -180,16 +180,19 @@ class _Driver:
 
     # -- the prefilter ---------------------------------------------------------
 
+    def _records(self, stage: str, d: Done, cands: list[Candidate], what: str) -> list[StageRecord]:
+        """A finished stage task's records (its time counted), or failures if the task died."""
+        if not d.ok:
+            log.warning("%s failed as a whole: %s", what, d.describe_error())
+            return _task_failed(cands, d)
+        self.store.set_stage_model(stage, d.result.model_name, d.result.model_version)
+        self.stats.worker_s += d.result.wall_s
+        self.stats.model_s += d.result.model_s
+        return d.result.records
+
     def _collect_prefilter(self, d: Done, chunk: Chunk) -> None:
         s = self.stats
-        if d.ok:
-            recs = d.result.records
-            self.store.set_stage_model("prefilter", d.result.model_name, d.result.model_version)
-            s.worker_s += d.result.wall_s
-            s.model_s += d.result.model_s
-        else:
-            log.warning("chunk %d failed as a whole: %s", chunk.index, d.describe_error())
-            recs = _task_failed(chunk.candidates, d)
+        recs = self._records("prefilter", d, chunk.candidates, f"chunk {chunk.index}")
         rows = _prefilter_rows(chunk, recs, self.pre)
         first = self.store.n_rows
         self.store.append(rows, chunk.index)
@@ -230,14 +233,7 @@ class _Driver:
     def _collect_rescore(self, d: Done, rows: list[int], cands: list[Candidate]) -> None:
         t, s = self.re, self.stats
         assert t is not None
-        if d.ok:
-            recs = d.result.records
-            self.store.set_stage_model("rescore", d.result.model_name, d.result.model_version)
-            s.worker_s += d.result.wall_s
-            s.model_s += d.result.model_s
-        else:
-            log.warning("a rescore task failed as a whole: %s", d.describe_error())
-            recs = _task_failed(cands, d)
+        recs = self._records("rescore", d, cands, "a rescore task")
         t.hull.add(
             (c.formula, r.energy_per_atom)
             for c, r in zip(cands, recs, strict=True)

@@ -51,10 +51,6 @@ class TaskPool:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def tags(self) -> list:
-        """Tags of the tasks still in flight."""
-        return list(self._pending.values())
-
     def submit(self, label: str, tag: Any, fn: Callable, *args: Any) -> None:
         """Start ``fn(*args)`` on the engine's ``label`` executor, remembered under ``tag``."""
         self._pending[self.engine.submit(label, fn, *args)] = tag
