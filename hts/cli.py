@@ -10,16 +10,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+from hts import render
+from hts.render import console, out
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=False,
     help="High-throughput screening of crystalline materials: MLIP prefilter → Zarr store.",
 )
-console = Console(stderr=True)
-out = Console()
 
 DEMO = Path(__file__).resolve().parent / "data" / "demo.yaml"
 
@@ -58,103 +57,25 @@ def validate(campaign: Annotated[Path, typer.Argument(help="Campaign YAML file."
     )
 
 
-class _Display:
-    """Live counts on a terminal; a plain line every few seconds otherwise (CI, log files)."""
-
-    def __init__(self, name: str, quiet: bool) -> None:
-        self.name = name
-        self.quiet = quiet
-        self.tty = console.is_terminal
-        self.live = None
-        self._last = 0.0
-
-    def __enter__(self):
-        if self.tty and not self.quiet:
-            from rich.live import Live
-
-            self.live = Live(console=console, refresh_per_second=4, transient=False)
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
-    def render(self, s):
-        from rich.progress_bar import ProgressBar
-
-        total = s.total_estimate
-        done = s.done + s.resumed
-        eta = s.eta_s
-        t = Table.grid(padding=(0, 2))
-        t.add_row(
-            f"[bold]{self.name}[/] — {s.phase}",
-            ProgressBar(total=float(total or max(done, 1)), completed=float(done), width=30),
-        )
-        t.add_row(
-            f"done {done}{'/' + str(total) + ' (upper bound)' if total else ''}  "
-            f"ok {s.ok}  failed {s.failed}  kept {s.kept}  in flight {s.in_flight} tasks",
-            f"{s.rate:.2f} cand/s  ETA {_hms(eta) if eta is not None else '?'}",
-        )
-        if s.rescored or s.rescore_waiting:
-            t.add_row(
-                f"teacher: rescored {s.rescored}  kept {s.rescore_kept}  waiting {s.rescore_waiting}",
-                "",
-            )
-        if s.validated or s.validate_waiting:
-            t.add_row(
-                f"DFT: finished {s.validated}  failed {s.validate_failed}  waiting {s.validate_waiting}",
-                "",
-            )
-        return t
-
-    def __call__(self, s) -> None:
-        if self.quiet:
-            return
-        if self.live is not None:
-            self.live.update(self.render(s))
-            return
-        now = time.time()
-        if now - self._last >= 5 or s.phase in ("done",):
-            self._last = now
-            eta = s.eta_s
-            console.print(
-                f"\\[{self.name}] {s.phase}: done {s.done + s.resumed}"
-                f"{'/' + str(s.total_estimate) if s.total_estimate else ''} ok {s.ok} failed {s.failed} "
-                f"kept {s.kept}{_teacher(s)} | {s.rate:.2f} cand/s | ETA {_hms(eta) if eta is not None else '?'}",
-                highlight=False,
-            )
-
-
-def _teacher(s) -> str:
-    text = ""
-    if s.rescored or s.rescore_waiting:
-        text += (
-            f" | teacher: rescored {s.rescored} kept {s.rescore_kept} waiting {s.rescore_waiting}"
-        )
-    if s.validated or s.validate_waiting:
-        text += f" | DFT: finished {s.validated} failed {s.validate_failed} waiting {s.validate_waiting}"
-    return text
-
-
 def _quiet_logging() -> None:
-    """Warnings and errors on the console; Parsl's chatter goes to its run_dir log only."""
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    """Warnings and errors on the console; Parsl's chatter goes to its run_dir log only.
+
+    Idempotent: the console handler is added to the root logger once per
+    process, however many commands (or tests) call this.
+    """
     root = logging.getLogger()
-    root.addHandler(handler)
+    if not any(getattr(h, "_hts_console", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._hts_console = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     logging.getLogger("parsl").propagate = False
     import warnings
 
     # TorchScript compiling e3nn/sevenn modules in worker threads: noise, not a problem
     warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
     warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 @app.command()
@@ -227,14 +148,14 @@ def run(
     console.print(f"engine: {eng.describe()}", highlight=False)
     t0 = time.time()
     try:
-        with _Display(c.name, quiet) as display:
+        with render.Display(c.name, quiet) as display:
             stats = run_campaign(c, eng, store_path=store_path, progress=display)
     except (EmptySourceError, CampaignError, StoreMismatchError, SiteError) as err:
         _fail(str(err))
     finally:
         eng.close()
     console.print(
-        f"finished in {_hms(time.time() - t0)}: {stats.done} screened this run, {stats.resumed} resumed from the store",
+        f"finished in {render.hms(time.time() - t0)}: {stats.done} screened this run, {stats.resumed} resumed from the store",
         highlight=False,
     )
     if stats.worker_s > 0:
@@ -243,7 +164,7 @@ def run(
             f"({100 * stats.model_s / stats.worker_s:.1f} %)",
             highlight=False,
         )
-    _print_status(store_path, top=top)
+    render.print_status(store_path, top=top)
 
 
 def _stop_on_sigterm() -> None:
@@ -255,111 +176,6 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-
-
-def _print_jobs(store_path: Path) -> None:
-    """The store's batch jobs (hts submit), when it has any."""
-    from hts.execution.submit import job_states, jobs_dir
-
-    if not (jobs_dir(store_path) / "jobs.json").is_file():
-        return
-    t = Table(title="batch jobs of this store")
-    for col in ("job", "role", "state", "name", "elapsed", "nodes / reason"):
-        t.add_column(col)
-    for r in job_states(store_path):
-        t.add_row(r["job_id"], r["role"], r["state"], r["name"], r["elapsed"], r["where"])
-    out.print(t)
-
-
-def _print_status(store_path: Path, top: int = 10) -> None:
-    from hts.report import summarize
-
-    s = summarize(store_path, top=top)
-    funnel = Table(title=f"funnel — {s['campaign']} ({store_path})")
-    for col in ("stage", "model", "in", "ok", "failed", "kept"):
-        funnel.add_column(col, justify="left" if col in ("stage", "model") else "right")
-    funnel.add_row("candidates", "", str(s["rows"]), "", "", "")
-    for st in s["stages"]:
-        funnel.add_row(
-            st["stage"],
-            st["model"],
-            str(st["in"]),
-            str(st["ok"]),
-            str(st["failed"]),
-            str(st["kept"]),
-        )
-    out.print(funnel)
-    if s["wall_s"]:
-        out.print(
-            f"rate: {s['rows'] / s['wall_s']:.2f} candidates/s over {s['wall_s']:.0f} s of run time"
-            f"{'' if s['finalized'] else '  (run in progress or interrupted: e_above_hull values are running values)'}",
-            highlight=False,
-        )
-    if s["failures"]:
-        t = Table(title="failures by reason")
-        t.add_column("count", justify="right")
-        t.add_column("reason")
-        t.add_column("example ids")
-        for f in s["failures"]:
-            t.add_row(str(f["count"]), f["reason"], ", ".join(f["ids"]))
-        out.print(t)
-    if s.get("dft"):
-        _print_dft(s["dft"])
-    if s["best"]:
-        names = s["stage_names"]
-        t = Table(title="most stable candidates (deepest stage first; energies in eV/atom)")
-        t.add_column("id", no_wrap=True, min_width=16)
-        for col in ("formula", "prototype", "E_form", *(f"E_hull {n}" for n in names), "kept"):
-            t.add_column(col, no_wrap=True)
-        for b in s["best"]:
-            t.add_row(
-                b["id"],
-                b["formula"],
-                b["prototype"] or b["source"],
-                f"{b['formation_energy']:.3f}",
-                *(
-                    ""
-                    if b["e_above_hull_by_stage"][n] is None
-                    else f"{b['e_above_hull_by_stage'][n]:.3f}"
-                    for n in names
-                ),
-                f"yes ({b['stage']})" if b["kept"] else "",
-            )
-        out.print(t)
-
-
-def _print_dft(d: dict) -> None:
-    """The validated candidates, DFT next to each MLIP stage, and the MLIP-vs-DFT error."""
-
-    def f(x) -> str:
-        return "" if x is None else f"{x:.3f}"
-
-    mlip = list(d["mae"])
-    t = Table(title=f"DFT validation ({d['code']}): formation energy and e_above_hull, eV/atom")
-    for col in ("id", "formula", "prototype", *(f"E_form {st}" for st in mlip), "E_form DFT"):
-        t.add_column(col, no_wrap=True)
-    for col in ("E_hull DFT", "converged", "time", "status"):
-        t.add_column(col, no_wrap=True)
-    for c in d["candidates"]:
-        t.add_row(
-            c["id"],
-            c["formula"],
-            c["prototype"],
-            *(f(c["formation_energy"][st]) for st in mlip),
-            f(c["formation_energy"]["validate"]),
-            f(c["e_above_hull"]["validate"]),
-            "yes" if c["converged"] else "no",
-            "" if c["time_s"] is None else _hms(c["time_s"]),
-            c["status"] if c["status"] == "ok" else c["reason"][:80],
-        )
-    out.print(t)
-    for st, m in d["mae"].items():
-        if m["n"]:
-            out.print(
-                f"MLIP vs DFT, {st}: formation energy MAE {1000 * m['formation_energy']:.0f} meV/atom, "
-                f"e_above_hull MAE {1000 * m['e_above_hull']:.0f} meV/atom over {m['n']} candidates",
-                highlight=False,
-            )
 
 
 @app.command()
@@ -422,36 +238,7 @@ def distill(
         _fail(str(err))
     finally:
         eng.close()
-    cal = report["screening"]["calibration"]
-    err = report["errors"]["calibration"]
-    sp = report["speed"]
-
-    def pct(x) -> str:
-        return "n/a" if x is None else f"{100 * x:.0f} %"
-
-    out.print(
-        f"finished in {_hms(time.time() - t0)}\n"
-        f"calibration ({cal['n_candidates']} candidates never trained on, "
-        f"{cal['n_teacher_stable']} teacher-stable): energy MAE {err['own_energy_mae_mev']:.1f} "
-        f"meV/atom, Spearman ρ(e_above_hull) {cal['spearman_e_above_hull']:.2f}\n"
-        f"keep: auto → e_above_hull <= {cal['threshold']}: keeps {pct(cal['recall_at_threshold'])} "
-        f"of teacher-stable ({cal['confidence']:.0%} lower bound "
-        f"{pct(cal['recall_lower_bound_at_threshold'])}), discards {pct(cal['discarded_at_threshold'])}\n"
-        f"speed: student {sp['ratio_batched']:.1f}× faster than the teacher per structure "
-        f"({sp['atoms_min']}–{sp['atoms_max']} atoms, {report['device']})",
-        highlight=False,
-    )
-    direct = report["student"]["kind"] == "direct"
-    out.print(
-        f"student: {out_dir / 'student.model'}\nreport:  {out_dir / 'report.md'}\n"
-        "use it in a campaign:\n  prefilter:\n    model: {name: mace, path: "
-        f"{out_dir / 'student.model'}, dtype: {cfg.training.dtype}}}\n"
-        + ("    direct: true\n" if direct else "")
-        + "    keep: auto\n"
-        f"    distillation: {{report: {out_dir / 'report.json'}}}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    render.print_distilled(report, out_dir, cfg.training.dtype, time.time() - t0)
 
 
 @app.command()
@@ -465,8 +252,8 @@ def status(
 ) -> None:
     """Funnel counts, rates, failures by reason and the best candidates of a store (safe while it runs)."""
     try:
-        _print_status(store, top=top)
-        _print_jobs(store)
+        render.print_status(store, top=top)
+        render.print_jobs(store)
         if plot is not None:
             from hts.report import plot_store
             from hts.store import open_dataset
@@ -625,16 +412,14 @@ def sites_list() -> None:
     """The sites found (./sites, the project's sites/), with their descriptions."""
     from hts.execution.sites import SiteError, load_site, site_file, site_names
 
-    t = Table(title="sites")
-    for col in ("name", "description", "file"):
-        t.add_column(col)
+    rows = []
     for name in site_names():
         try:
             desc = load_site(name, missing=[]).description
         except SiteError as err:
             desc = f"[red]invalid:[/] {err}"
-        t.add_row(name, desc, str(site_file(name)))
-    out.print(t)
+        rows.append((name, desc, str(site_file(name))))
+    render.print_sites(rows)
 
 
 @sites_app.command("check")
@@ -650,27 +435,9 @@ def sites_check(
         r = check_site(site, mode)
     except SiteError as err:
         _fail(str(err))
-    out.print(f"[bold]{r.site.name}[/]: {r.site.description}", highlight=False)
-    if r.executors:
-        t = Table(title="resolved Parsl config", show_lines=True)
-        t.add_column("label")
-        t.add_column("executor / provider / launcher")
-        for label, text in r.executors:
-            t.add_row(label, text)
-        out.print(t)
-        out.print(f"strategy {r.strategy}, every {r.strategy_period} s", highlight=False)
-    if r.job is not None:
-        out.print(
-            f"driver job ({r.scheduler}, {r.job['mode']} mode): "
-            + ", ".join(f"{k}={v}" for k, v in r.job_fields()),
-            highlight=False,
-        )
+    render.print_check(r)
     if not r.ok:
-        out.print("[bold yellow]missing:[/]", highlight=False)
-        for m in r.missing:
-            out.print(f"  - {m}", highlight=False)
         raise typer.Exit(1)
-    out.print("[green]ok[/]: nothing missing", highlight=False)
 
 
 def main() -> None:

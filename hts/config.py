@@ -13,11 +13,17 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["ConfigError", "format_errors", "read_mapping", "validate"]
+__all__ = ["ConfigError", "Strict", "format_errors", "read_mapping", "validate"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """The base of every settings model: unknown fields are errors, and settings never change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ConfigError(ValueError):

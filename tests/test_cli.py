@@ -82,3 +82,24 @@ def test_distill_reports_bad_fields(tmp_path):
     bad.write_text("name: x\ncampaign: nowhere.yaml\noutput: out\n")
     res = _hts("distill", str(bad), cwd=tmp_path)
     assert res.returncode == 2 and "nowhere.yaml" in res.stderr
+
+
+def test_console_logging_is_set_up_once():
+    """Each command sets up console logging; a second call (a test, a nested command) adds nothing."""
+    import logging
+
+    from hts.cli import _quiet_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        _quiet_logging()
+        _quiet_logging()
+        added = [h for h in root.handlers if h not in before]
+        assert (
+            len(added) <= 1 and sum(getattr(h, "_hts_console", False) for h in root.handlers) == 1
+        )
+    finally:
+        for h in root.handlers[:]:
+            if h not in before:
+                root.removeHandler(h)

@@ -16,13 +16,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from hts.config import read_mapping, validate
+from hts.config import Strict, read_mapping, validate
 from hts.spec import (
     Campaign,
     CampaignError,
     ModelSpec,
     RelaxSettings,
-    _Strict,
     load_campaign,
 )
 
@@ -39,7 +38,7 @@ _PER_CANDIDATE = (
 )
 
 
-class Sampling(_Strict):
+class Sampling(Strict):
     """Which candidates the teacher labels, and what it labels for each.
 
     Two samples of the campaign's space, drawn without walking it
@@ -100,7 +99,7 @@ class Sampling(_Strict):
     )
 
 
-class Rounds(_Strict):
+class Rounds(Strict):
     """Further rounds of labels after the first training, each followed by retraining.
 
     A relaxing student relaxes ``labels`` training candidates and the teacher
@@ -137,7 +136,7 @@ class Rounds(_Strict):
     )
 
 
-class Student(_Strict):
+class Student(Strict):
     """A small MACE: invariant messages (max_L 0) are several times cheaper than the teacher.
 
     ``direct``: the student predicts the teacher's relaxed energy from the
@@ -160,7 +159,7 @@ class Student(_Strict):
     )
 
 
-class Training(_Strict):
+class Training(Strict):
     """mace-torch training; energy is weighted up because screening ranks by energy."""
 
     epochs: int = Field(default=100, ge=1, le=100_000)
@@ -209,7 +208,7 @@ class Training(_Strict):
     seed: int = 0
 
 
-class Evaluation(_Strict):
+class Evaluation(Strict):
     """What the student is judged by, on the calibration systems."""
 
     stable_threshold: float | None = Field(
@@ -238,7 +237,7 @@ class Evaluation(_Strict):
     speed_repeats: int = Field(default=3, ge=1, le=50)
 
 
-class DistillConfig(_Strict):
+class DistillConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     campaign: str = Field(description="Campaign file whose candidates, limits and site are used.")
     teacher: ModelSpec | None = Field(

@@ -21,7 +21,9 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from hts.config import Strict
 
 __all__ = [
     "INHERITED",
@@ -63,11 +65,7 @@ def parse_walltime(value: str | int) -> str:
     return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Container(_Strict):
+class Container(Strict):
     """A container image that HTEX workers (and the submitted driver) start inside."""
 
     image: str = Field(description="Image file (.sif) or URI given to the runtime.")
@@ -87,7 +85,7 @@ class Container(_Strict):
         return " ".join([*words, self.image])
 
 
-class _Batch(_Strict):
+class _Batch(Strict):
     """Scheduler fields shared by executors and the submitted driver job."""
 
     account: str | None = Field(default=None, description="Allocation/project to charge.")
@@ -281,7 +279,7 @@ class SubmitSpec(_Batch):
     )
 
 
-class Site(_Strict):
+class Site(Strict):
     """One machine: its executors per resource label, scheduler defaults and driver job.
 
     Top-level ``account``, ``partition``, … are defaults that every batch

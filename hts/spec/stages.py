@@ -1,169 +1,29 @@
-"""Campaign file → validated settings.
-
-A campaign is parsed once, up front, into frozen pydantic models with
-``extra="forbid"``; every problem is reported with its path in the file
-(``stages.prefilter.relax.fmax: must be > 0``) before any work starts.  The
-resulting :class:`Campaign` is the one settings object passed to every part of
-the engine; nothing reads global configuration.
-"""
+"""The funnel's stages: the models they load, how they relax, what they keep, and DFT."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from hts.config import read_mapping, validate
+from hts.spec.base import NOT_HASHED, Strict
 
 __all__ = [
-    "Campaign",
-    "CampaignError",
     "Distillation",
+    "GpawSettings",
     "KeepRule",
     "ModelSpec",
     "PrefilterStage",
     "RelaxSettings",
     "RescoreStage",
+    "Stages",
     "ValidateStage",
-    "load_campaign",
+    "VaspSettings",
 ]
 
 
-class CampaignError(ValueError):
-    """A campaign file that cannot be run; the message names the file and the field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# A field marked so says where or how the work runs, not what it computes: it is left out of
-# the campaign hash, so a store may be resumed with it changed (see Campaign.content_hash).
-NOT_HASHED = {"hashed": False}
-
-
-def _unhashed(model: BaseModel) -> dict:
-    """The nested ``exclude`` of every field marked :data:`NOT_HASHED`, under ``model``."""
-    out: dict = {}
-    for name, info in type(model).model_fields.items():
-        if info.json_schema_extra == NOT_HASHED:
-            out[name] = True
-        elif isinstance(value := getattr(model, name), BaseModel) and (sub := _unhashed(value)):
-            out[name] = sub
-    return out
-
-
-# --------------------------------------------------------------------------- candidates
-
-
-class PrototypeChoice(_Strict):
-    """One prototype of the substitution library, optionally with its own element lists."""
-
-    name: str
-    elements: dict[str, list[str]] | None = Field(
-        default=None,
-        description="Allowed elements per site role (A, B, X); overrides the source's.",
-    )
-    charge_balance: bool | None = Field(
-        default=None, description="Overrides the source's charge_balance for this prototype."
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known_prototype(cls, name: str) -> str:
-        from hts.candidates.prototypes import PROTOTYPES
-
-        if name not in PROTOTYPES:
-            raise ValueError(f"unknown prototype {name!r}; known: {', '.join(sorted(PROTOTYPES))}")
-        return name
-
-
-class SubstitutionSource(_Strict):
-    """Prototypes × allowed elements per Wyckoff-site role, enumerated lazily."""
-
-    kind: Literal["substitution"]
-    prototypes: list[PrototypeChoice | str] = Field(min_length=1)
-    elements: dict[str, list[str]] = Field(
-        default_factory=dict, description="Default allowed elements per role (A, B, X)."
-    )
-    charge_balance: bool = Field(
-        default=True,
-        description="Keep only compositions that balance with common oxidation states.",
-    )
-    distinct_elements: bool = Field(
-        default=True, description="Never put the same element on two different roles."
-    )
-    oxidation_states: Literal["common", "icsd"] = Field(
-        default="common",
-        description="States charge balance may use: pymatgen's common ones, or every state seen "
-        "in ICSD compounds (Ti3+, Cu+, Mn3+, Bi5+, ...).",
-    )
-
-    @field_validator("prototypes")
-    @classmethod
-    def _normalise(cls, items: list[PrototypeChoice | str]) -> list[PrototypeChoice | str]:
-        return [PrototypeChoice(name=p) if isinstance(p, str) else p for p in items]
-
-    @field_validator("elements")
-    @classmethod
-    def _known_elements(cls, elements: dict[str, list[str]]) -> dict[str, list[str]]:
-        _check_elements(elements)
-        return elements
-
-    @model_validator(mode="after")
-    def _roles_covered(self) -> SubstitutionSource:
-        from hts.candidates.prototypes import PROTOTYPES
-
-        for i, choice in enumerate(self.prototypes):
-            assert isinstance(choice, PrototypeChoice)
-            if choice.elements is not None:
-                _check_elements(choice.elements, where=f"prototypes.{i}.elements")
-            table = choice.elements or self.elements
-            for role in PROTOTYPES[choice.name].roles:
-                if not table.get(role):
-                    raise ValueError(
-                        f"prototypes.{i} ({choice.name}) needs elements for role {role!r}: "
-                        f"give elements.{role} or prototypes.{i}.elements.{role}"
-                    )
-        return self
-
-
-def _check_elements(table: dict[str, list[str]], where: str = "elements") -> None:
-    from ase.data import atomic_numbers
-
-    for role, symbols in table.items():
-        if not re.fullmatch(r"[A-Z]", role):
-            raise ValueError(f"{where}: role {role!r} must be one capital letter (A, B, X)")
-        for s in symbols:
-            if s not in atomic_numbers or s == "X":
-                raise ValueError(f"{where}.{role}: {s!r} is not a chemical element")
-        if len(set(symbols)) != len(symbols):
-            raise ValueError(f"{where}.{role}: repeated elements in {symbols}")
-
-
-class FileSource(_Strict):
-    """Structures read from files: a folder, a glob, or an ASE database."""
-
-    kind: Literal["files"]
-    path: str = Field(
-        description="A folder, a glob (``data/*.cif``), or an ASE database (``.db``)."
-    )
-    formats: list[Literal["cif", "poscar", "extxyz", "db"]] = Field(
-        default_factory=lambda: ["cif", "poscar", "extxyz", "db"]
-    )
-
-
-CandidateSource = Annotated[SubstitutionSource | FileSource, Field(discriminator="kind")]
-
-
-# --------------------------------------------------------------------------- models and stages
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """Which MLIP (or analytic potential) to load, and where it runs."""
 
     name: Literal["sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones"]
@@ -194,7 +54,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class RelaxSettings(_Strict):
+class RelaxSettings(Strict):
     """FIRE relaxation of positions (and the cell) for each candidate."""
 
     fmax: float = Field(default=0.05, gt=0, le=10, description="eV/Å (and eV/Å on the cell DOF).")
@@ -218,7 +78,7 @@ _RULE_TERM = re.compile(
 )
 
 
-class KeepRule(_Strict):
+class KeepRule(Strict):
     """A conjunction of comparisons, e.g. ``e_above_hull <= 0.1 and converged``."""
 
     text: str
@@ -260,7 +120,7 @@ class KeepRule(_Strict):
         return True
 
 
-class Distillation(_Strict):
+class Distillation(Strict):
     """Links a prefilter to the ``hts distill`` report of its student model."""
 
     report: str = Field(description="report.json written by `hts distill` for this student.")
@@ -277,7 +137,7 @@ class Distillation(_Strict):
     )
 
 
-class _KeepingStage(_Strict):
+class _KeepingStage(Strict):
     """A stage with a keep rule, written in the file as its text."""
 
     keep: KeepRule = KeepRule.parse("e_above_hull <= 0.1")
@@ -348,7 +208,7 @@ class RescoreStage(_RelaxStage):
     )
 
 
-class GpawSettings(_Strict):
+class GpawSettings(Strict):
     """GPAW plane-wave DFT, run through an atomate2 ASE maker."""
 
     xc: Literal["PBE", "PBEsol", "LDA"] = "PBE"
@@ -368,7 +228,7 @@ class GpawSettings(_Strict):
     maxiter: int = Field(default=300, ge=1, le=10_000, description="SCF iterations per step.")
 
 
-class VaspSettings(_Strict):
+class VaspSettings(Strict):
     """VASP through atomate2's Materials-Project-compatible makers (the production path)."""
 
     input_set: Literal["mp-gga", "atomate2"] = Field(
@@ -385,7 +245,7 @@ class VaspSettings(_Strict):
     )
 
 
-class DftRelax(_Strict):
+class DftRelax(Strict):
     """The DFT relaxation before the static, when ``workflow: relax_static``."""
 
     fmax: float = Field(default=0.05, gt=0, le=10, description="eV/Å.")
@@ -438,7 +298,7 @@ class ValidateStage(_KeepingStage):
         return getattr(self, self.code)
 
 
-class Stages(_Strict):
+class Stages(Strict):
     # ``validate`` would shadow BaseModel.validate: the field is validate_, spelled validate in files
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
@@ -468,85 +328,3 @@ class Stages(_Strict):
     def mlip_names(self) -> list[str]:
         """The stages that relax with an MLIP and keep their own hull."""
         return [n for n in ("prefilter", "rescore") if getattr(self, n) is not None]
-
-
-# --------------------------------------------------------------------------- the campaign
-
-
-class HullSettings(_Strict):
-    """What the convex hull is built from, besides every candidate scored so far."""
-
-    model_references: bool = Field(
-        default=True, description="Relax elemental reference phases with the stage's model."
-    )
-    reference_entries: str | None = Field(
-        default=None, description="JSON file of pymatgen ComputedEntry/PDEntry objects."
-    )
-
-
-class Limits(_Strict):
-    max_candidates: int | None = Field(default=None, ge=1, description="Stop after this many.")
-    max_atoms: int = Field(default=64, ge=1, le=10_000, description="Larger inputs are failed.")
-    min_distance: float = Field(
-        default=0.5, gt=0, lt=5, description="Closer atom pairs (Å) mark an input as overlapping."
-    )
-    max_in_flight: int | None = Field(
-        default=None,
-        ge=1,
-        description="Chunks submitted but not done; default 2 × workers.",
-        json_schema_extra=NOT_HASHED,
-    )
-    task_retries: int = Field(default=1, ge=0, le=10, json_schema_extra=NOT_HASHED)
-
-
-class Campaign(_Strict):
-    """One screening campaign: where candidates come from, how they are judged, where results go."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
-    description: str = Field(default="", json_schema_extra=NOT_HASHED)
-    candidates: CandidateSource
-    stages: Stages
-    hull: HullSettings = HullSettings()
-    store: str = Field(
-        description="Path of the Zarr store (relative to the working directory).",
-        json_schema_extra=NOT_HASHED,
-    )
-    site: str = Field(
-        default="local",
-        description="Name of a sites/*.yaml file or a path to one.",
-        json_schema_extra=NOT_HASHED,
-    )
-    chunk_size: int = Field(default=64, ge=1, le=1_000_000)
-    limits: Limits = Limits()
-    seed: int = Field(default=0, ge=0)
-
-    # Where the file was read from, so relative input paths resolve next to it.
-    base_dir: str = Field(default=".", exclude=True)
-
-    def resolve_input(self, path: str) -> Path:
-        """Input files are relative to the campaign file, not to where ``hts`` runs."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
-
-    def content_hash(self) -> str:
-        """Hash of everything that changes results; fields marked :data:`NOT_HASHED` are left out.
-
-        A store remembers the hash of the campaign that wrote it, so resuming with
-        a changed campaign is refused instead of silently mixing results, while
-        where it runs (site, store path, executor labels, batching limits) may change.
-        """
-        data = self.model_dump(mode="json", exclude=_unhashed(self))
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def parse_campaign(data: object, source: str = "<campaign>", base_dir: str = ".") -> Campaign:
-    """Validate a campaign mapping; raise :class:`CampaignError` naming every bad field."""
-    return validate(Campaign, data, source, "campaign file", CampaignError, base_dir=base_dir)
-
-
-def load_campaign(path: str | Path) -> Campaign:
-    """Read and validate a campaign YAML file."""
-    path = Path(path)
-    data = read_mapping(path, "campaign file", CampaignError)
-    return parse_campaign(data, source=str(path), base_dir=str(path.resolve().parent))

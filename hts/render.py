@@ -1,0 +1,288 @@
+"""What ``hts`` prints: live progress, the status tables, the distillation summary, sites.
+
+Kept apart from :mod:`hts.cli` (which parses options, calls into the package
+and maps errors to exit codes) so that the commands read as what they do, and
+so that rendering can change without touching them.  Everything here takes
+plain data (summaries, reports, check results) and prints it with rich.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = [
+    "Display",
+    "console",
+    "hms",
+    "out",
+    "print_check",
+    "print_distilled",
+    "print_jobs",
+    "print_sites",
+    "print_status",
+]
+
+console = Console(stderr=True)  # progress, messages and errors
+out = Console()  # results
+
+
+class Display:
+    """Live counts on a terminal; a plain line every few seconds otherwise (CI, log files)."""
+
+    def __init__(self, name: str, quiet: bool) -> None:
+        self.name = name
+        self.quiet = quiet
+        self.tty = console.is_terminal
+        self.live = None
+        self._last = 0.0
+
+    def __enter__(self):
+        if self.tty and not self.quiet:
+            from rich.live import Live
+
+            self.live = Live(console=console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def render(self, s):
+        from rich.progress_bar import ProgressBar
+
+        total = s.total_estimate
+        done = s.done + s.resumed
+        eta = s.eta_s
+        t = Table.grid(padding=(0, 2))
+        t.add_row(
+            f"[bold]{self.name}[/] — {s.phase}",
+            ProgressBar(total=float(total or max(done, 1)), completed=float(done), width=30),
+        )
+        t.add_row(
+            f"done {done}{'/' + str(total) + ' (upper bound)' if total else ''}  "
+            f"ok {s.ok}  failed {s.failed}  kept {s.kept}  in flight {s.in_flight} tasks",
+            f"{s.rate:.2f} cand/s  ETA {hms(eta) if eta is not None else '?'}",
+        )
+        if s.rescored or s.rescore_waiting:
+            t.add_row(
+                f"teacher: rescored {s.rescored}  kept {s.rescore_kept}  waiting {s.rescore_waiting}",
+                "",
+            )
+        if s.validated or s.validate_waiting:
+            t.add_row(
+                f"DFT: finished {s.validated}  failed {s.validate_failed}  waiting {s.validate_waiting}",
+                "",
+            )
+        return t
+
+    def __call__(self, s) -> None:
+        if self.quiet:
+            return
+        if self.live is not None:
+            self.live.update(self.render(s))
+            return
+        now = time.time()
+        if now - self._last >= 5 or s.phase in ("done",):
+            self._last = now
+            eta = s.eta_s
+            console.print(
+                f"\\[{self.name}] {s.phase}: done {s.done + s.resumed}"
+                f"{'/' + str(s.total_estimate) if s.total_estimate else ''} ok {s.ok} failed {s.failed} "
+                f"kept {s.kept}{_teacher(s)} | {s.rate:.2f} cand/s | ETA {hms(eta) if eta is not None else '?'}",
+                highlight=False,
+            )
+
+
+def _teacher(s) -> str:
+    text = ""
+    if s.rescored or s.rescore_waiting:
+        text += (
+            f" | teacher: rescored {s.rescored} kept {s.rescore_kept} waiting {s.rescore_waiting}"
+        )
+    if s.validated or s.validate_waiting:
+        text += f" | DFT: finished {s.validated} failed {s.validate_failed} waiting {s.validate_waiting}"
+    return text
+
+
+def hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def print_jobs(store_path: Path) -> None:
+    """The store's batch jobs (hts submit), when it has any."""
+    from hts.execution.submit import job_states, jobs_dir
+
+    if not (jobs_dir(store_path) / "jobs.json").is_file():
+        return
+    t = Table(title="batch jobs of this store")
+    for col in ("job", "role", "state", "name", "elapsed", "nodes / reason"):
+        t.add_column(col)
+    for r in job_states(store_path):
+        t.add_row(r["job_id"], r["role"], r["state"], r["name"], r["elapsed"], r["where"])
+    out.print(t)
+
+
+def print_status(store_path: Path, top: int = 10) -> None:
+    from hts.report import summarize
+
+    s = summarize(store_path, top=top)
+    funnel = Table(title=f"funnel — {s['campaign']} ({store_path})")
+    for col in ("stage", "model", "in", "ok", "failed", "kept"):
+        funnel.add_column(col, justify="left" if col in ("stage", "model") else "right")
+    funnel.add_row("candidates", "", str(s["rows"]), "", "", "")
+    for st in s["stages"]:
+        funnel.add_row(
+            st["stage"],
+            st["model"],
+            str(st["in"]),
+            str(st["ok"]),
+            str(st["failed"]),
+            str(st["kept"]),
+        )
+    out.print(funnel)
+    if s["wall_s"]:
+        out.print(
+            f"rate: {s['rows'] / s['wall_s']:.2f} candidates/s over {s['wall_s']:.0f} s of run time"
+            f"{'' if s['finalized'] else '  (run in progress or interrupted: e_above_hull values are running values)'}",
+            highlight=False,
+        )
+    if s["failures"]:
+        t = Table(title="failures by reason")
+        t.add_column("count", justify="right")
+        t.add_column("reason")
+        t.add_column("example ids")
+        for f in s["failures"]:
+            t.add_row(str(f["count"]), f["reason"], ", ".join(f["ids"]))
+        out.print(t)
+    if s.get("dft"):
+        _print_dft(s["dft"])
+    if s["best"]:
+        names = s["stage_names"]
+        t = Table(title="most stable candidates (deepest stage first; energies in eV/atom)")
+        t.add_column("id", no_wrap=True, min_width=16)
+        for col in ("formula", "prototype", "E_form", *(f"E_hull {n}" for n in names), "kept"):
+            t.add_column(col, no_wrap=True)
+        for b in s["best"]:
+            t.add_row(
+                b["id"],
+                b["formula"],
+                b["prototype"] or b["source"],
+                f"{b['formation_energy']:.3f}",
+                *(
+                    ""
+                    if b["e_above_hull_by_stage"][n] is None
+                    else f"{b['e_above_hull_by_stage'][n]:.3f}"
+                    for n in names
+                ),
+                f"yes ({b['stage']})" if b["kept"] else "",
+            )
+        out.print(t)
+
+
+def _print_dft(d: dict) -> None:
+    """The validated candidates, DFT next to each MLIP stage, and the MLIP-vs-DFT error."""
+
+    def f(x) -> str:
+        return "" if x is None else f"{x:.3f}"
+
+    mlip = list(d["mae"])
+    t = Table(title=f"DFT validation ({d['code']}): formation energy and e_above_hull, eV/atom")
+    for col in ("id", "formula", "prototype", *(f"E_form {st}" for st in mlip), "E_form DFT"):
+        t.add_column(col, no_wrap=True)
+    for col in ("E_hull DFT", "converged", "time", "status"):
+        t.add_column(col, no_wrap=True)
+    for c in d["candidates"]:
+        t.add_row(
+            c["id"],
+            c["formula"],
+            c["prototype"],
+            *(f(c["formation_energy"][st]) for st in mlip),
+            f(c["formation_energy"]["validate"]),
+            f(c["e_above_hull"]["validate"]),
+            "yes" if c["converged"] else "no",
+            "" if c["time_s"] is None else hms(c["time_s"]),
+            c["status"] if c["status"] == "ok" else c["reason"][:80],
+        )
+    out.print(t)
+    for st, m in d["mae"].items():
+        if m["n"]:
+            out.print(
+                f"MLIP vs DFT, {st}: formation energy MAE {1000 * m['formation_energy']:.0f} meV/atom, "
+                f"e_above_hull MAE {1000 * m['e_above_hull']:.0f} meV/atom over {m['n']} candidates",
+                highlight=False,
+            )
+
+
+def print_distilled(report: dict, out_dir: Path, dtype: str, elapsed: float) -> None:
+    """The distillation's closing summary and how to use the student in a campaign."""
+    cal = report["screening"]["calibration"]
+    err = report["errors"]["calibration"]
+    sp = report["speed"]
+
+    def pct(x) -> str:
+        return "n/a" if x is None else f"{100 * x:.0f} %"
+
+    out.print(
+        f"finished in {hms(elapsed)}\n"
+        f"calibration ({cal['n_candidates']} candidates never trained on, "
+        f"{cal['n_teacher_stable']} teacher-stable): energy MAE {err['own_energy_mae_mev']:.1f} "
+        f"meV/atom, Spearman ρ(e_above_hull) {cal['spearman_e_above_hull']:.2f}\n"
+        f"keep: auto → e_above_hull <= {cal['threshold']}: keeps {pct(cal['recall_at_threshold'])} "
+        f"of teacher-stable ({cal['confidence']:.0%} lower bound "
+        f"{pct(cal['recall_lower_bound_at_threshold'])}), discards {pct(cal['discarded_at_threshold'])}\n"
+        f"speed: student {sp['ratio_batched']:.1f}× faster than the teacher per structure "
+        f"({sp['atoms_min']}–{sp['atoms_max']} atoms, {report['device']})",
+        highlight=False,
+    )
+    direct = report["student"]["kind"] == "direct"
+    out.print(
+        f"student: {out_dir / 'student.model'}\nreport:  {out_dir / 'report.md'}\n"
+        "use it in a campaign:\n  prefilter:\n    model: {name: mace, path: "
+        f"{out_dir / 'student.model'}, dtype: {dtype}}}\n"
+        + ("    direct: true\n" if direct else "")
+        + "    keep: auto\n"
+        f"    distillation: {{report: {out_dir / 'report.json'}}}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def print_sites(rows: list[tuple[str, str, str]]) -> None:
+    """``hts sites list``: name, description (or why the file is invalid), file."""
+    t = Table(title="sites")
+    for col in ("name", "description", "file"):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+
+
+def print_check(r) -> None:
+    """``hts sites check``: the resolved Parsl config, the driver job, and what is missing."""
+    out.print(f"[bold]{r.site.name}[/]: {r.site.description}", highlight=False)
+    if r.executors:
+        t = Table(title="resolved Parsl config", show_lines=True)
+        t.add_column("label")
+        t.add_column("executor / provider / launcher")
+        for label, text in r.executors:
+            t.add_row(label, text)
+        out.print(t)
+        out.print(f"strategy {r.strategy}, every {r.strategy_period} s", highlight=False)
+    if r.job is not None:
+        out.print(
+            f"driver job ({r.scheduler}, {r.job['mode']} mode): "
+            + ", ".join(f"{k}={v}" for k, v in r.job_fields()),
+            highlight=False,
+        )
+    if not r.ok:
+        out.print("[bold yellow]missing:[/]", highlight=False)
+        for m in r.missing:
+            out.print(f"  - {m}", highlight=False)
+        return
+    out.print("[green]ok[/]: nothing missing", highlight=False)
