@@ -17,7 +17,35 @@ from hts.store import StoreReader, open_dataset, structure_of
 from hts.store.counters import STATE_VARS, RowState
 from hts.store.reader import with_reader
 
-__all__ = ["best_entries", "dft_parity", "export_store", "rank", "stage_table", "summarize"]
+__all__ = [
+    "BEST_VARS",
+    "best_entries",
+    "dft_parity",
+    "export_store",
+    "rank",
+    "rank_keys",
+    "stage_table",
+    "summarize",
+]
+
+
+def rank_keys(ehull_all: np.ndarray, eform_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ranking key and the stage it is ranked at.
+
+    The key is ``[stages below the deepest scored one, e_above_hull to 0.1 meV,
+    formation energy]`` per row (smaller ranks first; NaN where no stage scored
+    the row), compared left to right, then by row.
+    """
+    m, n_stages = ehull_all.shape
+    depth = np.zeros(m, dtype=int)
+    for k in range(n_stages):
+        depth[np.isfinite(ehull_all[:, k])] = k
+    idx = np.arange(m)
+    ehull = ehull_all[idx, depth] if m else np.zeros(0)
+    eform = eform_all[idx, depth] if m else ehull
+    keys = np.stack([(n_stages - 1 - depth).astype(float), np.round(ehull, 4), eform], axis=1)
+    keys[~np.isfinite(ehull)] = np.nan
+    return keys, depth
 
 
 def rank(ehull_all: np.ndarray, eform_all: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,16 +57,9 @@ def rank(ehull_all: np.ndarray, eform_all: np.ndarray, top: int) -> tuple[np.nda
     is the one the whole store gives them, so a running top list can be
     merged with new rows (:class:`hts.dashboard.cache.RowCache`).
     """
-    m, n_stages = ehull_all.shape
-    depth = np.zeros(m, dtype=int)
-    for k in range(n_stages):
-        depth[np.isfinite(ehull_all[:, k])] = k
-    idx = np.arange(m)
-    ehull = ehull_all[idx, depth] if m else np.zeros(0)
-    eform = eform_all[idx, depth] if m else ehull
-    finite = np.flatnonzero(np.isfinite(ehull))
-    keys = (eform[finite], np.round(ehull[finite], 4), n_stages - 1 - depth[finite])
-    order = finite[np.lexsort(keys)][:top]
+    keys, depth = rank_keys(ehull_all, eform_all)
+    finite = np.flatnonzero(np.isfinite(keys[:, 1]))
+    order = finite[np.lexsort(keys[finite].T[::-1])][:top]
     return order, depth[order]
 
 
@@ -137,6 +158,7 @@ def dft_parity(r: StoreReader) -> dict:
     candidates = [
         {
             "id": str(c["id"][i]),
+            "row": int(where[i]),
             "formula": str(c["formula"][i]),
             "prototype": str(c["prototype"][i]),
             "formation_energy": {st: _num(eform[i, j]) for j, st in enumerate(names)},
@@ -206,17 +228,28 @@ def plot_store(ds, png: Path) -> Path:
         c.set_title(f"rescore: {int(kept_t.sum())} kept of {int(m.sum())} rescored")
         c.legend(fontsize=7)
     if "validate" in names:
-        _plot_dft_parity(axes[-1], ds, names)
+        eform_all = ds.formation_energy.values
+        k = names.index("validate")
+        formulas = {
+            int(i): str(ds.formula.values[i]) for i in np.flatnonzero(np.isfinite(eform_all[:, k]))
+        }
+        models = [str(m) for m in ds.stage_model.values]
+        plot_dft_parity(axes[-1], eform_all, formulas, names, models)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
 
 
-def _plot_dft_parity(ax, ds, names: list[str]) -> None:
-    """MLIP formation energy of each MLIP stage against DFT's, validated candidates only."""
+def plot_dft_parity(
+    ax, eform: np.ndarray, formulas: dict[int, str], names: list[str], models: list[str]
+) -> None:
+    """MLIP formation energy of each MLIP stage against DFT's, validated candidates only.
+
+    ``eform`` is the store's ``formation_energy`` ``[rows, stages]``; ``formulas``
+    labels rows by position.
+    """
     k = names.index("validate")
-    eform = ds.formation_energy.values
     rows = np.flatnonzero(np.isfinite(eform[:, k]))
     markers = {"prefilter": ("o", "tab:blue"), "rescore": ("s", "tab:orange")}
     lo, hi = [], []
@@ -232,16 +265,16 @@ def _plot_dft_parity(ax, ds, names: list[str]) -> None:
             marker=marker,
             color=color,
             s=30,
-            label=f"{st} ({ds.stage_model.values[j]}): MAE {1000 * mae:.0f} meV/atom",
+            label=f"{st} ({models[j]}): MAE {1000 * mae:.0f} meV/atom",
         )
         lo.append(min(eform[m, k].min(), eform[m, j].min()))
         hi.append(max(eform[m, k].max(), eform[m, j].max()))
     for i in rows:
-        ax.annotate(str(ds.formula.values[i]), (eform[i, k], eform[i, k]), fontsize=7, alpha=0.7)
+        ax.annotate(formulas.get(int(i), ""), (eform[i, k], eform[i, k]), fontsize=7, alpha=0.7)
     if lo:
         a, b = min(lo) - 0.1, max(hi) + 0.1
         ax.plot([a, b], [a, b], "k--", lw=0.8)
-    ax.set_xlabel(f"DFT formation energy ({ds.stage_model.values[k]}), eV/atom")
+    ax.set_xlabel(f"DFT formation energy ({models[k]}), eV/atom")
     ax.set_ylabel("MLIP formation energy (eV/atom)")
     ax.set_title(f"validate: {len(rows)} candidates with DFT")
     ax.legend(fontsize=7)

@@ -1,15 +1,15 @@
 """What the dashboard shows, computed from a store: one JSON snapshot and a few SVG plots.
 
-Every read goes through :func:`hts.store.open_dataset` (committed rows only,
-read-only, no lock), so a store that a run is writing is never touched.
-Snapshots are cached per ledger state: a page polling every few seconds
-costs one small read of the root attributes until something is committed.
+Reads go through :class:`hts.dashboard.cache.RowCache` (committed rows only,
+read-only, no lock), so a store that a run is writing is never touched, and a
+refresh reads only what the last commits changed: a page polling every few
+seconds costs one small read of the root attributes until something is
+committed, and then O(new rows), not O(store).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import sqlite3
 import threading
 import time
@@ -17,97 +17,88 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.report import summarize
+from hts.dashboard.cache import RowCache
+from hts.report import dft_parity, stage_table
 
 __all__ = ["StoreViews", "parsl_monitoring"]
 
 PLOTS = ("hull", "parity", "throughput")
 
 
-def _ledger_key(path: Path) -> str:
-    """Changes whenever the writer commits (the ledger lives in the root zarr.json)."""
-    try:
-        meta = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    ledger = meta.get("attributes", {}).get("ledger", {})
-    return json.dumps(ledger, sort_keys=True)
-
-
 class StoreViews:
-    """The dashboard's data for one store, recomputed only when the ledger changes."""
+    """The dashboard's data for one store, brought up to date on each request."""
 
     def __init__(self, path: str | Path, top: int = 50) -> None:
         self.path = Path(path)
         self.top = top
+        self.cache = RowCache(self.path, top=top)
         self._lock = threading.Lock()
-        self._key = None
         self._snapshot: dict = {}
         self._plots: dict[str, bytes] = {}
-        self._rows: dict[str, int] = {}
+        self._dft_key: tuple | None = None
+        self._dft: dict | None = None
+        self._description: str | None = None
 
     # -- the snapshot ----------------------------------------------------------
 
     def snapshot(self) -> dict:
         with self._lock:
-            key = _ledger_key(self.path)
-            if key != self._key or not self._snapshot:
+            if self.cache.refresh() or not self._snapshot:
                 self._snapshot = self._compute()
                 self._plots = {}
-                self._key = key
             snap = dict(self._snapshot)
         snap["served_at"] = time.time()
         return snap
 
     def _compute(self) -> dict:
-        from hts.store import open_dataset
-
-        s = summarize(self.path, top=self.top)
-        ds = open_dataset(
-            self.path,
-            variables=["id", "committed_at", "time_s", "status", "stage_model", "energy_per_atom"],
-        )
-        self._rows = {str(x): i for i, x in enumerate(ds.id.values.astype(object))}
-        names = s["stage_names"]
-        ledger = ds.attrs.get("ledger", {})
-        committed = ds.committed_at.values if "committed_at" in ds else np.zeros(0)
-        times = committed[np.isfinite(committed)]
-        now = time.time()
-        recent = float((times > now - 60).sum()) / 60.0 if len(times) else 0.0
+        r = self.cache.reader
+        assert r is not None
+        names, models = r.stages, r.stage_models()
+        counters = r.counters()
+        recent = self.cache.committed_since(time.time() - 60) / 60.0
         per_stage_time = {}
-        for k, st in enumerate(names):
-            t = ds.time_s.values[:, k]
-            t = t[np.isfinite(t)]
+        for st, (n, total) in zip(names, self.cache.time_totals, strict=True):
             per_stage_time[st] = {
-                "n": int(len(t)),
-                "total_s": float(t.sum()),
-                "mean_s": float(t.mean()) if len(t) else None,
+                "n": int(n),
+                "total_s": float(total),
+                "mean_s": float(total / n) if n else None,
             }
-        campaign = {}
-        try:
-            import yaml
-
-            campaign = yaml.safe_load(ds.attrs.get("campaign", "")) or {}
-        except Exception:
-            pass
+        wall_s = float(r.ledger.get("wall_s", 0.0))
         return {
-            "campaign": s["campaign"],
-            "description": campaign.get("description", ""),
+            "campaign": r.attrs.get("campaign_name", "?"),
+            "description": self._campaign_description(r.attrs.get("campaign", "")),
             "store": str(self.path),
-            "rows": s["rows"],
-            "stages": s["stages"],
+            "rows": r.n_rows,
+            "stages": stage_table(counters, models),
             "stage_names": names,
-            "failures": s["failures"],
-            "best": s["best"],
-            "dft": s.get("dft"),
-            "finalized": s["finalized"],
-            "wall_s": s["wall_s"],
-            "updated_at": float(ledger.get("updated_at", 0.0)),
-            "rate_overall": s["rows"] / s["wall_s"] if s["wall_s"] else 0.0,
+            "failures": counters.failures(15),
+            "best": self.cache.best(),
+            "dft": self._dft_parity(r) if "validate" in names else None,
+            "finalized": r.finalized,
+            "wall_s": wall_s,
+            "updated_at": float(r.ledger.get("updated_at", 0.0)),
+            "rate_overall": r.n_rows / wall_s if wall_s else 0.0,
             "rate_last_minute": recent,
             "time_per_stage": per_stage_time,
             "parsl": parsl_monitoring(Path(f"{self.path}.parsl")),
         }
+
+    def _campaign_description(self, text: str) -> str:
+        if self._description is None:
+            try:
+                import yaml
+
+                self._description = str((yaml.safe_load(text) or {}).get("description", ""))
+            except Exception:  # an unreadable description is not worth a failed page
+                self._description = ""
+        return self._description
+
+    def _dft_parity(self, r) -> dict:
+        """The DFT table, read again only when DFT rows were committed or rewritten."""
+        key = (r.generation, int(self.cache.logged[r.stages.index("validate")]))
+        if key != self._dft_key:
+            self._dft, self._dft_key = dft_parity(r), key
+        return self._dft
 
     # -- plots -----------------------------------------------------------------
 
@@ -127,26 +118,15 @@ class StoreViews:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from hts.store import open_dataset
-
-        ds = open_dataset(
-            self.path,
-            variables=[
-                "e_above_hull",
-                "formation_energy",
-                "kept",
-                "stage_model",
-                "committed_at",
-                "formula",
-            ],
-        )
-        names = list(ds.stage.values.astype(object))
+        r = self.cache.reader
+        assert r is not None
+        names, models, cols = r.stages, r.stage_models(), self.cache.cols
         if name == "hull":
-            fig = _hull_histograms(plt, ds, names)
+            fig = _hull_histograms(plt, cols, names, models)
         elif name == "parity":
-            fig = _parities(plt, ds, names)
+            fig = _parities(plt, cols, names, models, self._snapshot.get("dft"))
         else:
-            fig = _throughput(plt, ds)
+            fig = _throughput(plt, cols["committed_at"])
         buf = io.BytesIO()
         fig.savefig(buf, format="svg")
         plt.close(fig)
@@ -155,23 +135,25 @@ class StoreViews:
     # -- structures ------------------------------------------------------------
 
     def structure(self, cid: str, fmt: str = "cif") -> bytes:
-        """One candidate's stored structure as CIF or extxyz text."""
-        import zarr
+        """One candidate's stored structure as CIF or extxyz text.
+
+        The best candidates' rows are at hand; any other id is looked up by a
+        scan of the id column (the page only links the best ones).
+        """
         from ase import Atoms
         from ase.io import write
 
         self.snapshot()
-        if cid not in self._rows:
-            raise KeyError(cid)
-        i = self._rows[cid]  # a committed row: its atoms are committed too
-        g = zarr.open_group(self.path, mode="r", use_consolidated=False)
-        s, n = int(g["atom_start"][i]), int(g["n_atoms"][i])  # one slice, not the atom arrays
-        atoms = Atoms(
-            numbers=g["species"][s : s + n].astype(int),
-            positions=g["positions"][s : s + n],
-            cell=g["cell"][i],
-            pbc=True,
-        )
+        with self._lock:
+            r = self.cache.reader
+            assert r is not None
+            row = next((b["row"] for b in self._best_rows() if b["id"] == cid), None)
+            if row is None:
+                row = r.find_id(cid)
+            if row is None:
+                raise KeyError(cid)
+            numbers, positions, cell = r.structure(row)  # a committed row: its atoms are too
+        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
         if fmt == "cif":  # ase writes CIF as bytes, extxyz as text
             raw = io.BytesIO()
             write(raw, atoms, format="cif")
@@ -180,11 +162,17 @@ class StoreViews:
         write(text, atoms, format="extxyz")
         return text.getvalue().encode()
 
+    def _best_rows(self) -> list[dict]:
+        return [
+            {"row": int(row), "id": str(b["id"])}
+            for row, b in zip(self.cache.best_rows, self._snapshot.get("best", []), strict=False)
+        ]
 
-def _hull_histograms(plt, ds, names):
+
+def _hull_histograms(plt, cols, names, models):
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
-    eh = ds.e_above_hull.values
-    kept = ds.kept.values
+    eh = cols["e_above_hull"]
+    kept = cols["kept"]
     for k, (ax, st) in enumerate(zip(axes[0], names, strict=True)):
         v = eh[:, k]
         m = np.isfinite(v)
@@ -192,7 +180,7 @@ def _hull_histograms(plt, ds, names):
         bins = np.linspace(0, hi, 30)
         ax.hist(np.clip(v[m], 0, hi), bins=bins, color="0.75", label="scored")
         ax.hist(np.clip(v[m & kept[:, k]], 0, hi), bins=bins, color="tab:green", label="kept")
-        ax.set_title(f"{st} ({ds.stage_model.values[k]}): {int(m.sum())} scored")
+        ax.set_title(f"{st} ({models[k]}): {int(m.sum())} scored")
         ax.set_xlabel("e_above_hull (eV/atom)")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("candidates")
@@ -200,8 +188,8 @@ def _hull_histograms(plt, ds, names):
     return fig
 
 
-def _parities(plt, ds, names):
-    from hts.report import _plot_dft_parity
+def _parities(plt, cols, names, models, dft):
+    from hts.report import plot_dft_parity
 
     panels = (["rescore"] if "rescore" in names else []) + (
         ["validate"] if "validate" in names else []
@@ -209,19 +197,21 @@ def _parities(plt, ds, names):
     fig, axes = plt.subplots(
         1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 3.8), squeeze=False
     )
-    eh = ds.e_above_hull.values
+    eh = cols["e_above_hull"]
     for ax, panel in zip(axes[0], panels, strict=False):
         if panel == "rescore":
             k = names.index("rescore")
-            m = np.isfinite(eh[:, 0]) & np.isfinite(eh[:, k])
-            ax.scatter(eh[m, k], eh[m, 0], s=10, color="tab:blue")
-            lim = float(np.nanmax(eh[m][:, [0, k]])) if m.any() else 1.0
+            rows = np.flatnonzero(np.isfinite(eh[:, 0]) & np.isfinite(eh[:, k]))
+            shown = _sample(rows)
+            ax.scatter(eh[shown, k], eh[shown, 0], s=10, color="tab:blue")
+            lim = float(np.nanmax(eh[rows][:, [0, k]])) if len(rows) else 1.0
             ax.plot([0, lim], [0, lim], "k--", lw=0.8)
-            ax.set_xlabel(f"teacher e_above_hull ({ds.stage_model.values[k]})")
-            ax.set_ylabel(f"student e_above_hull ({ds.stage_model.values[0]})")
-            ax.set_title(f"student vs teacher: {int(m.sum())} candidates")
+            ax.set_xlabel(f"teacher e_above_hull ({models[k]})")
+            ax.set_ylabel(f"student e_above_hull ({models[0]})")
+            some = f" ({len(shown):,} shown)" if len(shown) < len(rows) else ""
+            ax.set_title(f"student vs teacher: {len(rows):,} candidates{some}")
         else:
-            _plot_dft_parity(ax, ds, names)
+            plot_dft_parity(ax, cols["formation_energy"], _formulas(dft), names, models)
     if not panels:
         axes[0][0].text(0.5, 0.5, "one MLIP stage: no parity to show", ha="center", va="center")
         axes[0][0].set_axis_off()
@@ -229,9 +219,25 @@ def _parities(plt, ds, names):
     return fig
 
 
-def _throughput(plt, ds):
+_MAX_POINTS = 5000  # an SVG with 10⁶ markers weighs megabytes and says no more than 5,000
+
+
+def _sample(rows: np.ndarray) -> np.ndarray:
+    """At most :data:`_MAX_POINTS` of ``rows`` to draw, the same ones at every redraw."""
+    if len(rows) <= _MAX_POINTS:
+        return rows
+    return np.sort(np.random.default_rng(0).choice(rows, _MAX_POINTS, replace=False))
+
+
+def _formulas(dft: dict | None) -> dict[int, str]:
+    """Row → formula of the DFT-validated candidates, for the parity plot's labels."""
+    if not dft:
+        return {}
+    return {c["row"]: c["formula"] for c in dft["candidates"] if "row" in c}
+
+
+def _throughput(plt, t):
     fig, ax = plt.subplots(figsize=(6.5, 3.0))
-    t = ds.committed_at.values if "committed_at" in ds else np.zeros(0)
     t = np.sort(t[np.isfinite(t)])
     if len(t):
         t0 = t[0]
@@ -241,7 +247,8 @@ def _throughput(plt, ds):
         counts, edges = np.histogram(t - t0, bins=bins)
         ax.bar(edges[:-1] / 60, counts / width, width=width / 60, align="edge", color="tab:blue")
         ax2 = ax.twinx()
-        ax2.plot((t - t0) / 60, np.arange(1, len(t) + 1), color="k", lw=1)
+        at = np.unique(np.linspace(0, len(t) - 1, min(len(t), _MAX_POINTS)).astype(int))
+        ax2.plot((t[at] - t0) / 60, at + 1, color="k", lw=1)  # the curve, at most 5,000 points
         ax2.set_ylabel("candidates stored")
     else:
         ax.text(

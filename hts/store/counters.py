@@ -173,6 +173,33 @@ class Counters:
         elif row == g[1] or any(r == row for r, _ in g[3]):
             self.stale = True  # the next example lies somewhere in the store
 
+    def move(self, stages: list[str], rows: np.ndarray, old: dict, new: dict, ids) -> None:
+        """Move the counts from rows' old state to their new one (a later stage's results).
+
+        ``old``/``new`` hold :data:`STATE_VARS` of ``rows`` before and after;
+        ``ids(rows)`` reads the candidate ids of rows that gained a failure.
+        """
+        before, after = RowState.of(stages, old), RowState.of(stages, new)
+        self.add_counts(before, sign=-1)
+        self.add_counts(after)
+        changed = [j for j in range(len(rows)) if before.failures.get(j) != after.failures.get(j)]
+        for j in changed:
+            if j in before.failures:
+                self.remove_failure(int(rows[j]), *before.failures[j])
+        gained = [j for j in changed if j in after.failures]
+        if gained:
+            for j, cid in zip(gained, ids(rows[gained]), strict=True):
+                self.add_failure(int(rows[j]), *after.failures[j], str(cid))
+
+    def rewrite(self, name: str, k: int, old: np.ndarray, values: np.ndarray) -> None:
+        """Stage ``k``'s column ``name`` rewritten in place (the final pass) from ``old`` to ``values``."""
+        if name == "e_above_hull":
+            self.scored[k] += int(np.isfinite(values).sum()) - int(np.isfinite(old).sum())
+        elif name == "kept":
+            self.kept[k] += int(np.asarray(values, bool).sum()) - int(np.asarray(old, bool).sum())
+        else:
+            self.stale = True  # not a column the final pass writes: count again
+
     # -- what readers show -------------------------------------------------------
 
     def stage_counts(self) -> list[dict]:

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES
+from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES, UPDATE_VARS
 
-__all__ = ["create_array", "create_layout", "drop_consolidated", "plain", "root_attributes"]
+__all__ = [
+    "add_missing",
+    "create_array",
+    "create_layout",
+    "drop_consolidated",
+    "plain",
+    "root_attributes",
+]
 
 CAND_CHUNK = 4096
 ATOM_CHUNK = 32768
@@ -30,9 +37,9 @@ def plain(values) -> np.ndarray:
 
 def create_array(group, name, dims, dtype, fill, doc, n_stages) -> None:
     """One empty variable, chunked along its first dimension."""
-    sizes = {**FIXED_SIZES, "stage": n_stages, "candidate": 0, "atom": 0}
+    sizes = {**FIXED_SIZES, "stage": n_stages, "candidate": 0, "atom": 0, "update": 0}
     shape = tuple(sizes[d] for d in dims)
-    chunk0 = CAND_CHUNK if dims[0] == "candidate" else ATOM_CHUNK
+    chunk0 = ATOM_CHUNK if dims[0] == "atom" else CAND_CHUNK
     arr = group.create_array(
         name,
         shape=shape,
@@ -53,6 +60,8 @@ def create_layout(path: Path, stages: list[str]):
         create_array(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
     for name, (dims, dtype, fill, doc) in ATOM_VARS.items():
         create_array(group, name, ("atom", *dims), dtype, fill, doc, len(stages))
+    for name, (dims, dtype, fill, doc) in UPDATE_VARS.items():
+        create_array(group, name, ("update", *dims), dtype, fill, doc, len(stages))
     coord = group.create_array(
         "stage", shape=(len(stages),), dtype=str, dimension_names=["stage"], fill_value=""
     )
@@ -63,6 +72,15 @@ def create_layout(path: Path, stages: list[str]):
         )
         a.attrs["description"] = "model (and version) that produced each stage's values"
     return group
+
+
+def add_missing(group, stages: list[str], lengths: dict[str, int]) -> None:
+    """Variables added to the schema since a store was written, filled to its committed lengths."""
+    for dim, table in (("candidate", CANDIDATE_VARS), ("update", UPDATE_VARS)):
+        for name, (dims, dtype, fill, doc) in table.items():
+            if name not in group:
+                create_array(group, name, (dim, *dims), dtype, fill, doc, len(stages))
+                group[name].resize((lengths[dim], *group[name].shape[1:]))
 
 
 def drop_consolidated(path: Path) -> None:

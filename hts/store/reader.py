@@ -12,13 +12,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hts.store.counters import Counters, recount
 from hts.store.layout import plain, root_attributes
+from hts.store.schema import CANDIDATE_VARS
 
-__all__ = ["StoreReader", "expand_ranges", "open_dataset", "read_ledger", "with_reader"]
+__all__ = [
+    "RowReader",
+    "StoreReader",
+    "expand_ranges",
+    "open_dataset",
+    "read_ledger",
+    "with_reader",
+]
 
 
 def expand_ranges(ranges) -> np.ndarray:
@@ -40,7 +49,120 @@ def read_ledger(path: str | Path) -> dict:
         return {}
 
 
-class StoreReader:
+class RowReader:
+    """Committed rows of a store's arrays: the reads the writer and every reader share.
+
+    Subclasses set ``path``, ``n_rows``, ``n_atom_rows`` and ``_group``; arrays
+    are opened on first use and kept.  Reads never go past ``n_rows``.
+    """
+
+    path: Path
+    n_rows: int
+    n_atom_rows: int
+    n_updates: int = 0
+    _group: Any
+    _arrays: dict
+
+    def has(self, name: str) -> bool:
+        return self._array(name) is not None
+
+    def _array(self, name: str):
+        if name not in self._arrays:
+            try:
+                self._arrays[name] = self._group[name]
+            except KeyError:  # a variable added since this store was written
+                self._arrays[name] = None
+        return self._arrays[name]
+
+    def read_range(
+        self, names: Sequence[str], start: int = 0, stop: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Committed rows ``start:stop`` of candidate variables (absent variables are left out)."""
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        out = {}
+        for name in names:
+            if (arr := self._array(_candidate_var(name))) is not None:
+                out[name] = plain(arr[start:stop])
+        return out
+
+    def read(self, names: Sequence[str], rows) -> dict[str, np.ndarray]:
+        """Committed values of candidate variables at scattered rows (absent ones left out).
+
+        The one way code outside this package reads rows back (identity columns
+        to build a later stage's batch, a stage's energies for the hull), so
+        nobody reaches into the zarr group.  Stage variables come back as
+        ``[len(rows), n_stages]`` arrays, strings as numpy object arrays.
+        """
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_rows):
+            raise IndexError(f"rows outside the {self.n_rows} committed rows")
+        out = {}
+        for name in names:
+            if (arr := self._array(_candidate_var(name))) is None:
+                continue
+            values = arr.oindex[idx] if len(idx) else np.zeros((0, *arr.shape[1:]), arr.dtype)
+            out[name] = plain(values)
+        return out
+
+    def iter_blocks(self, names: Sequence[str], block: int = 16384):
+        """Committed rows in blocks ``(start, columns)``, for passes over the whole store."""
+        for start in range(0, self.n_rows, block):
+            yield start, self.read_range(names, start, start + block)
+
+    def structures(self, rows) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(numbers, positions, cell) of committed rows, read in as few slices as possible."""
+        if not len(rows):
+            return []
+        c = self.read(["atom_start", "n_atoms", "cell"], rows)
+        starts, counts = c["atom_start"], c["n_atoms"]
+        lo, hi = int(starts.min()), int((starts + counts).max())
+        species = self._array("species")[lo:hi]
+        positions = self._array("positions")[lo:hi]
+        out = []
+        for a0, n, cell in zip(starts - lo, counts, c["cell"], strict=True):
+            sl = slice(int(a0), int(a0 + n))
+            out.append((species[sl].astype(np.int64), positions[sl], cell))
+        return out
+
+    def structure(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(numbers, positions, cell) of one committed row: one slice of the atom arrays."""
+        if not 0 <= row < self.n_rows:
+            raise IndexError(row)
+        return self.structures([row])[0]
+
+    def find_id(self, cid: str, block: int = 65536) -> int | None:
+        """The row of a candidate id, by a scan in blocks (for ids not at hand)."""
+        for start, cols in self.iter_blocks(["id"], block):
+            hit = np.flatnonzero(cols["id"] == cid)
+            if len(hit):
+                return start + int(hit[0])
+        return None
+
+    # -- the later stages' update log ----------------------------------------------
+
+    def updates(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Entries ``start:stop`` of the update log: (row, stage index) of each committed result.
+
+        Every result a later stage commits for an existing row appends one
+        entry, so a reader that remembers how far it read learns what changed
+        since then in O(changes).
+        """
+        stop = self.n_updates if stop is None else min(stop, self.n_updates)
+        if self._array("update_row") is None or stop <= start:
+            return np.zeros(0, np.int64), np.zeros(0, np.int8)
+        return (
+            np.asarray(self._array("update_row")[start:stop], dtype=np.int64),
+            np.asarray(self._array("update_stage")[start:stop], dtype=np.int8),
+        )
+
+
+def _candidate_var(name: str) -> str:
+    if name not in CANDIDATE_VARS:
+        raise KeyError(f"{name!r} is not a candidate variable")
+    return name
+
+
+class StoreReader(RowReader):
     """A read-only snapshot of a store: its ledger, counters and committed rows.
 
     The ledger is read when the reader is made; arrays are opened after it,
@@ -59,10 +181,9 @@ class StoreReader:
         self.ledger = dict(self.attrs.get("ledger", {}))
         self.n_rows = int(self.ledger.get("n_rows", 0))
         self.n_atom_rows = int(self.ledger.get("n_atom_rows", 0))
+        self.n_updates = int(self.ledger.get("n_updates", 0))
         self.stages = [str(s) for s in plain(self._group["stage"][...])]
         self._arrays: dict = {}
-
-    # -- the ledger --------------------------------------------------------------
 
     @property
     def generation(self) -> int:
@@ -73,11 +194,12 @@ class StoreReader:
         return bool(self.ledger.get("finalized", False))
 
     def stage_rows(self, stage: str) -> np.ndarray | None:
-        """Rows a later stage committed results for, sorted; None if the ledger does not say."""
-        rows = self.ledger.get("stage_rows")
-        if rows is None:
-            return None
-        return expand_ranges(rows.get(stage, []))
+        """Rows a later stage committed results for, sorted; None if the store does not say."""
+        if "n_updates" in self.ledger:
+            rows, stage_idx = self.updates()
+            return np.unique(rows[stage_idx == self.stages.index(stage)])
+        legacy = self.ledger.get("stage_rows")  # stores from before the update log
+        return None if legacy is None else expand_ranges(legacy.get(stage, []))
 
     def stage_models(self) -> list[str]:
         return [str(s) for s in plain(self._group["stage_model"][...])]
@@ -86,58 +208,6 @@ class StoreReader:
         """The writer's running counters; counted from the rows for stores that have none."""
         c = Counters.from_json(self.ledger.get("counters"), self.stages)
         return c if c is not None else recount(self.stages, self.n_rows, self.read_range)
-
-    # -- rows --------------------------------------------------------------------
-
-    def has(self, name: str) -> bool:
-        return name in self._group
-
-    def _array(self, name: str):
-        if name not in self._arrays:
-            self._arrays[name] = self._group[name]
-        return self._arrays[name]
-
-    def read_range(
-        self, names: Sequence[str], start: int = 0, stop: int | None = None
-    ) -> dict[str, np.ndarray]:
-        """Committed rows ``start:stop`` of candidate variables (absent variables are left out)."""
-        stop = self.n_rows if stop is None else min(stop, self.n_rows)
-        return {n: plain(self._array(n)[start:stop]) for n in names if self.has(n)}
-
-    def read(self, names: Sequence[str], rows) -> dict[str, np.ndarray]:
-        """Committed values at scattered rows, as :meth:`hts.store.Store.read`."""
-        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_rows):
-            raise IndexError(f"rows outside the {self.n_rows} committed rows")
-        out = {}
-        for n in names:
-            if not self.has(n):
-                continue
-            arr = self._array(n)
-            out[n] = plain(
-                arr.oindex[idx] if len(idx) else np.zeros((0, *arr.shape[1:]), arr.dtype)
-            )
-        return out
-
-    def structure(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(numbers, positions, cell) of one committed row: one slice of the atom arrays."""
-        if not 0 <= row < self.n_rows:
-            raise IndexError(row)
-        s, n = int(self._array("atom_start")[row]), int(self._array("n_atoms")[row])
-        return (
-            self._array("species")[s : s + n].astype(int),
-            self._array("positions")[s : s + n],
-            self._array("cell")[row],
-        )
-
-    def find_id(self, cid: str, block: int = 65536) -> int | None:
-        """The row of a candidate id, by a scan in blocks (for ids not at hand)."""
-        for start in range(0, self.n_rows, block):
-            ids = self.read_range(["id"], start, start + block)["id"]
-            hit = np.flatnonzero(ids == cid)
-            if len(hit):
-                return start + int(hit[0])
-        return None
 
 
 def open_dataset(path: str | Path, variables: list[str] | None = None, retries: int = 20):
@@ -165,6 +235,7 @@ def open_dataset(path: str | Path, variables: list[str] | None = None, retries: 
             limits = {
                 "candidate": int(ledger.get("n_rows", 0)),
                 "atom": int(ledger.get("n_atom_rows", 0)),
+                "update": int(ledger.get("n_updates", 0)),
             }
             data = {}
             for name, arr in group.arrays():

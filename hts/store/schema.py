@@ -5,6 +5,7 @@ Dimensions
     stage       the campaign's stages in funnel order (``prefilter``, then ``rescore`` and
                 ``validate`` when present)
     atom        all atoms of all candidates, concatenated (ragged layout, below)
+    update      the update log: (row, stage) of each result a later stage committed
     vector, xyz 3 × 3 for cells and 3 for positions
 
 Ragged structures follow the CF "contiguous ragged array" convention: the atoms
@@ -21,7 +22,7 @@ of candidate ``i`` are rows ``atom_start[i] : atom_start[i] + n_atoms[i]`` of
 Root attributes: ``hts_schema``, ``campaign_name``, ``campaign_hash``,
 ``campaign`` (the validated campaign as YAML), ``references`` (elemental
 reference energies per stage model), and ``ledger`` (committed row counts, the
-finished chunk indices as ranges, the rows each later stage updated, whether
+finished chunk indices as ranges, the committed length of the update log, whether
 the final hull pass ran, a ``generation`` bumped whenever committed rows were
 rewritten in place, and running ``counters``: per-stage counts and the failure
 histogram, see :mod:`hts.store.counters`).  :mod:`hts.store.reader` is the one
@@ -78,6 +79,13 @@ CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
 ATOM_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
     "species": ((), np.int16, 0, "atomic number"),
     "positions": (("xyz",), np.float64, np.nan, "Cartesian position (Å)"),
+}
+
+# The update log: one entry per result a later stage committed for an existing row, in commit
+# order, so readers learn what changed since they last looked in O(changes).
+UPDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
+    "update_row": ((), np.int64, -1, "row a later stage committed a result for"),
+    "update_stage": ((), np.int8, -1, "index of that stage in the stage coordinate"),
 }
 
 FIXED_SIZES = {"vector": 3, "xyz": 3}

@@ -7,25 +7,30 @@ row counts are the truth: on open, anything past them — a chunk half-written
 when the driver was killed — is cut off, and that chunk, absent from the
 ledger, is computed again.  So no candidate is lost or written twice.
 
-The ledger also carries the running counters (:mod:`hts.store.counters`),
-adjusted by each commit, so readers never count the whole store again, and a
-``generation`` bumped whenever committed rows are rewritten in place (the
-final hull pass), which tells incremental readers to read everything again.
+A later stage's results for existing rows are written in place and logged:
+each appends (row, stage) entries to the update log, whose committed length
+is in the ledger like the row counts.  The ledger also carries the running
+counters (:mod:`hts.store.counters`), adjusted by each commit, so readers
+never count the whole store again, and a ``generation`` bumped whenever
+committed values are rewritten (the final hull pass, a stage's result
+replaced), which tells incremental readers to read everything again.  So a
+commit, and a reader catching up with it, cost O(what changed), not O(store).
 Callers go through :class:`Store`'s methods; the zarr group stays private.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from hts.store.counters import STATE_VARS, Counters, RowState, recount
-from hts.store.layout import create_array, create_layout, drop_consolidated, plain
-from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION
+from hts.store.layout import add_missing, create_layout, drop_consolidated
+from hts.store.reader import RowReader
+from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION, UPDATE_VARS
 
 __all__ = ["Row", "StageUpdate", "Store", "StoreMismatchError"]
 
@@ -121,7 +126,46 @@ def _append_columns(rows: Sequence[Row], stages: list[str], a0: int) -> dict[str
     return cols
 
 
-class Store:
+def _reopen(path: Path, campaign_hash: str):
+    """The zarr group of an existing store, once it is known to hold this campaign's results."""
+    import zarr
+
+    drop_consolidated(path)
+    group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+    attrs = group.attrs
+    if attrs.get("hts_schema") != SCHEMA_VERSION:
+        raise StoreMismatchError(
+            f"{path}: written by a different hts store schema ({attrs.get('hts_schema')})"
+        )
+    if attrs.get("campaign_hash") != campaign_hash:
+        raise StoreMismatchError(
+            f"{path}: holds results of campaign {attrs.get('campaign_name')!r} with hash "
+            f"{attrs.get('campaign_hash')}, but this campaign hashes to {campaign_hash}: its "
+            f"settings changed. Use a new store path, or delete {path} to start over."
+        )
+    return group
+
+
+def _atom_columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    """One chunk's atoms, concatenated in row order (the ragged layout)."""
+    if not sum(len(r.numbers) for r in rows):
+        return {"species": np.zeros(0, np.int16), "positions": np.zeros((0, 3))}
+    return {
+        "species": np.concatenate([r.numbers for r in rows]).astype(np.int16),
+        "positions": np.concatenate([np.asarray(r.positions).reshape(-1, 3) for r in rows]),
+    }
+
+
+def _stage_columns(ups: Sequence[StageUpdate]) -> dict[str, np.ndarray]:
+    """A later stage's values for its rows, one column per stage variable any of them set."""
+    cols = {"stage_status": np.array([u.status for u in ups], dtype=object)}
+    for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
+        if dims == ("stage",) and name != "stage_status" and any(name in u.values for u in ups):
+            cols[name] = np.array([u.values.get(name, fill) for u in ups], dtype=dtype)
+    return cols
+
+
+class Store(RowReader):
     """A campaign's results on disk, opened for writing by exactly one process."""
 
     def __init__(self, path: str | Path, group, stages: list[str]) -> None:
@@ -131,20 +175,28 @@ class Store:
         ledger = dict(group.attrs.get("ledger", {}))
         self.n_rows = int(ledger.get("n_rows", 0))
         self.n_atom_rows = int(ledger.get("n_atom_rows", 0))
+        self.n_updates = int(ledger.get("n_updates", 0))
         self.done = _expand(ledger.get("chunks_done", []))
-        # rows whose later-stage results (rescore, …) are committed, per stage
-        self.stage_done = {k: _expand(v) for k, v in ledger.get("stage_rows", {}).items()}
         self.finalized = bool(ledger.get("finalized", False))
         self.generation = int(ledger.get("generation", 0))
         self._rewritten = False  # rows rewritten in place since the last commit
         self._wall_before = float(ledger.get("wall_s", 0.0))
         self._opened = time.time()
-        for name, (dims, dtype, fill, doc) in CANDIDATE_VARS.items():
-            if name not in group:  # a variable added since the store was written
-                create_array(group, name, ("candidate", *dims), dtype, fill, doc, len(stages))
-                group[name].resize((self.n_rows, *group[name].shape[1:]))
-        self._arrays = {name: group[name] for name in (*CANDIDATE_VARS, *ATOM_VARS)}
+        add_missing(group, stages, {"candidate": self.n_rows, "update": self.n_updates})
+        self._arrays = {name: group[name] for name in (*CANDIDATE_VARS, *ATOM_VARS, *UPDATE_VARS)}
         self.counters = Counters.from_json(ledger.get("counters"), stages) or Counters.empty(stages)
+        # rows whose later-stage results (rescore, …) are committed, per stage
+        self.stage_done: dict[str, set[int]] = {}
+        legacy = ledger.get("stage_rows")  # a store from before the update log: log them now
+        if legacy and not self.n_updates:
+            for st, ranges in legacy.items():
+                self._log(st, np.array(sorted(_expand(ranges)), dtype=np.int64))
+            self._commit()
+        else:
+            rows, stage_idx = self.updates()
+            for k, st in enumerate(stages):
+                if (stage_idx == k).any():
+                    self.stage_done[st] = set(rows[stage_idx == k].tolist())
 
     # -- opening ---------------------------------------------------------------
 
@@ -165,24 +217,9 @@ class Store:
         counted (they are computed again, and must be counted from what is
         there).
         """
-        import zarr
-
         path = Path(path)
         if path.exists() and (path / "zarr.json").exists():
-            drop_consolidated(path)
-            group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
-            attrs = group.attrs
-            if attrs.get("hts_schema") != SCHEMA_VERSION:
-                raise StoreMismatchError(
-                    f"{path}: written by a different hts store schema ({attrs.get('hts_schema')})"
-                )
-            if attrs.get("campaign_hash") != campaign_hash:
-                raise StoreMismatchError(
-                    f"{path}: holds results of campaign {attrs.get('campaign_name')!r} with hash "
-                    f"{attrs.get('campaign_hash')}, but this campaign hashes to {campaign_hash}: its settings "
-                    f"changed. Use a new store path, or delete {path} to start over."
-                )
-            store = cls(path, group, stages)
+            store = cls(path, _reopen(path, campaign_hash), stages)
             store._truncate_to_ledger()
             counted = store.recount()
             if counted != store.counters:
@@ -201,31 +238,23 @@ class Store:
                 "campaign_hash": campaign_hash,
                 "campaign": campaign_yaml,
                 "references": {},
-                "ledger": {
-                    "n_rows": 0,
-                    "n_atom_rows": 0,
-                    "chunks_done": [],
-                    "finalized": False,
-                    "generation": 0,
-                    "counters": Counters.empty(stages).to_json(),
-                },
             }
         )
-        return cls(path, group, stages)
+        store = cls(path, group, stages)
+        store._commit()
+        return store
 
     def _truncate_to_ledger(self) -> None:
         """Cut off rows written after the last committed chunk (a killed driver's half chunk)."""
         for name, arr in self._arrays.items():
             n = self.n_atom_rows if name in ATOM_VARS else self.n_rows
+            n = self.n_updates if name in UPDATE_VARS else n
             if arr.shape[0] != n:
                 arr.resize((n, *arr.shape[1:]))
 
     def recount(self) -> Counters:
         """The counters counted again from the committed rows (O(store))."""
-        return recount(self.stages, self.n_rows, self._read_range)
-
-    def _read_range(self, names: Sequence[str], start: int, stop: int) -> dict[str, np.ndarray]:
-        return {name: plain(self._arrays[name][start:stop]) for name in names}
+        return recount(self.stages, self.n_rows, self.read_range)
 
     # -- writing ---------------------------------------------------------------
 
@@ -248,17 +277,12 @@ class Store:
         cols = _append_columns(rows, self.stages, a0)
         n_atoms_new = int(cols["n_atoms"].sum())
         for name, arr in self._arrays.items():
-            if name in ATOM_VARS:
+            if name in ATOM_VARS or name in UPDATE_VARS:
                 continue
             arr.resize((n0 + m, *arr.shape[1:]))
             if m:
                 arr[n0 : n0 + m] = cols[name]
-        if n_atoms_new:
-            species = np.concatenate([r.numbers for r in rows]).astype(np.int16)
-            positions = np.concatenate([np.asarray(r.positions).reshape(-1, 3) for r in rows])
-        else:
-            species, positions = np.zeros(0, np.int16), np.zeros((0, 3))
-        for name, data in (("species", species), ("positions", positions)):
+        for name, data in _atom_columns(rows).items():
             arr = self._arrays[name]
             arr.resize((a0 + n_atoms_new, *arr.shape[1:]))
             if n_atoms_new:
@@ -281,8 +305,8 @@ class Store:
         self._group.attrs["ledger"] = {
             "n_rows": self.n_rows,
             "n_atom_rows": self.n_atom_rows,
+            "n_updates": self.n_updates,
             "chunks_done": _ranges(self.done),
-            "stage_rows": {k: _ranges(v) for k, v in self.stage_done.items()},
             "finalized": self.finalized,
             "generation": self.generation,
             "counters": self.counters.to_json(),
@@ -308,13 +332,7 @@ class Store:
             raise IndexError(f"row {int(rows.max())} is not committed (store has {self.n_rows})")
         old = self.read(STATE_VARS, rows)
         new = {name: v.copy() for name, v in old.items()}
-        for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
-            if name == "stage_status":
-                col = np.array([u.status for u in ups], dtype=object)
-            elif dims != ("stage",) or not any(name in u.values for u in ups):
-                continue
-            else:
-                col = np.array([u.values.get(name, fill) for u in ups], dtype=dtype)
+        for name, col in _stage_columns(ups).items():
             self._arrays[name].oindex[rows, k] = col
             if name in new:
                 new[name][:, k] = col
@@ -323,16 +341,28 @@ class Store:
             self._arrays[name].oindex[rows] = col
             if name in new:
                 new[name] = col
-        with_dir = [(r, u.dft_dir) for r, u in zip(rows, ups, strict=True) if u.dft_dir is not None]
-        if with_dir:
-            self._arrays["dft_dir"].oindex[np.array([r for r, _ in with_dir])] = np.array(
-                [d for _, d in with_dir], dtype=object
-            )
+        with_dir = np.array([u.dft_dir is not None for u in ups])
+        if with_dir.any():
+            dirs = np.array([u.dft_dir for u in ups], dtype=object)[with_dir]
+            self._arrays["dft_dir"].oindex[rows[with_dir]] = dirs
         self._write_structures(stage, rows, ups)
-        self._count_changes(rows, old, new)
-        self.stage_done.setdefault(stage, set()).update(int(r) for r in rows)
+        self.counters.move(self.stages, rows, old, new, lambda r: self.read(["id"], r)["id"])
+        self._log(stage, rows)
         self.finalized = False
         self._commit()
+
+    def _log(self, stage: str, rows: np.ndarray) -> None:
+        """Append (row, stage) entries to the update log; committed with the ledger."""
+        done = self.stage_done.setdefault(stage, set())
+        if not done.isdisjoint(rows.tolist()):
+            self._rewritten = True  # a stage's committed result replaced: readers read again
+        done.update(rows.tolist())
+        n0, m = self.n_updates, len(rows)
+        for name, values in (("update_row", rows), ("update_stage", self.stages.index(stage))):
+            arr = self._arrays[name]
+            arr.resize((n0 + m,))
+            arr[n0 : n0 + m] = values
+        self.n_updates = n0 + m
 
     def _write_structures(self, stage: str, rows: np.ndarray, ups: list[StageUpdate]) -> None:
         with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
@@ -348,69 +378,7 @@ class Store:
                 raise ValueError(f"{stage}: structure has {len(u.positions)} atoms, row has {n}")
             pos[int(a0) : int(a0) + int(n)] = u.positions
 
-    def _count_changes(self, rows: np.ndarray, old: dict, new: dict) -> None:
-        """Move the counters from the rows' old state to their new one."""
-        before, after = RowState.of(self.stages, old), RowState.of(self.stages, new)
-        self.counters.add_counts(before, sign=-1)
-        self.counters.add_counts(after)
-        changed = [j for j in range(len(rows)) if before.failures.get(j) != after.failures.get(j)]
-        for j in changed:
-            if j in before.failures:
-                self.counters.remove_failure(int(rows[j]), *before.failures[j])
-        gained = [j for j in changed if j in after.failures]
-        if gained:
-            ids = self.read(["id"], rows[gained])["id"]
-            for j, cid in zip(gained, ids, strict=True):
-                self.counters.add_failure(int(rows[j]), *after.failures[j], str(cid))
-
-    def structures(self, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(numbers, positions, cell) of committed rows, read in as few slices as possible."""
-        if not len(rows):
-            return []
-        idx = np.asarray(rows, dtype=np.int64)
-        starts = self._arrays["atom_start"].oindex[idx]
-        counts = self._arrays["n_atoms"].oindex[idx]
-        cells = self._arrays["cell"].oindex[idx]
-        lo, hi = int(starts.min()), int((starts + counts).max())
-        species = self._arrays["species"][lo:hi]
-        positions = self._arrays["positions"][lo:hi]
-        out = []
-        for a0, n, cell in zip(starts - lo, counts, cells, strict=True):
-            sl = slice(int(a0), int(a0 + n))
-            out.append((species[sl].astype(np.int64), positions[sl], cell))
-        return out
-
-    def read(self, names: Sequence[str], rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """Committed values of candidate variables at scattered rows.
-
-        The one way callers read back what they wrote (identity columns to
-        build a later stage's batch, a stage's energies for the hull), so that
-        nobody reaches into the zarr group.  Stage variables come back as
-        ``[len(rows), n_stages]`` arrays, strings as numpy object arrays.
-        """
-        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_rows):
-            raise IndexError(f"rows outside the {self.n_rows} committed rows")
-        out: dict[str, np.ndarray] = {}
-        for name in names:
-            if name not in CANDIDATE_VARS:
-                raise KeyError(f"{name!r} is not a candidate variable")
-            arr = self._arrays[name]
-            if len(idx):
-                out[name] = plain(arr.oindex[idx])
-            else:
-                out[name] = plain(np.zeros((0, *arr.shape[1:]), dtype=arr.dtype))
-        return out
-
     # -- the final pass --------------------------------------------------------
-
-    def iter_blocks(
-        self, names: Sequence[str], block: int = 16384
-    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Committed rows in blocks, for passes over the whole store in flat memory."""
-        for start in range(0, self.n_rows, block):
-            stop = min(start + block, self.n_rows)
-            yield start, {name: self._arrays[name][start:stop] for name in names}
 
     def write_stage_column(self, name: str, stage: str, start: int, values: np.ndarray) -> None:
         """A stage column over a slice of rows (the final pass); committed by the next commit."""
@@ -422,15 +390,9 @@ class Store:
         rows = np.asarray(rows, dtype=np.int64)
         contiguous = len(rows) > 0 and bool((np.diff(rows) == 1).all())
         arr = self._arrays[name]
-        if name in ("e_above_hull", "kept") and len(rows):
+        if name in STATE_VARS and len(rows):
             old = arr[int(rows[0]) : int(rows[-1]) + 1, k] if contiguous else arr.oindex[rows, k]
-            if name == "e_above_hull":
-                delta = int(np.isfinite(values).sum()) - int(np.isfinite(old).sum())
-                self.counters.scored[k] += delta
-            else:
-                self.counters.kept[k] += int(np.asarray(values, bool).sum()) - int(old.sum())
-        elif name in STATE_VARS:
-            self.counters.stale = True  # not a column the final pass writes: count again
+            self.counters.rewrite(name, k, old, values)
         if contiguous:
             arr[int(rows[0]) : int(rows[-1]) + 1, k] = values
         elif len(rows):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hts.store import Row, Store, StoreMismatchError, open_dataset, structure_of
+from hts.store import (
+    Row,
+    StageUpdate,
+    Store,
+    StoreMismatchError,
+    StoreReader,
+    open_dataset,
+    structure_of,
+)
 
 
 def _open(path, h="h1"):
@@ -72,13 +80,49 @@ def test_half_written_chunk_is_cut_on_reopen(tmp_path):
     assert open_dataset(path).sizes["candidate"] == 4  # readers see only committed rows
     again = _open(path)
     assert again.n_rows == 4 and again.done == {0}
-    assert all(
-        a.shape[0] == (8 if name in ("species", "positions") else 4)
-        for name, a in again._arrays.items()
-    )
+    lengths = {"species": 8, "positions": 8, "update_row": 0, "update_stage": 0}
+    assert all(a.shape[0] == lengths.get(name, 4) for name, a in again._arrays.items())
     again.append([_row(k, 2, 1) for k in range(4, 6)], chunk_index=1)
     ds = open_dataset(path)
     assert list(ds.id.values) == [f"{k:016x}" for k in range(6)]
+
+
+def test_update_log_is_committed_with_the_ledger(tmp_path):
+    """A later stage's results are logged (row, stage); a log entry past the ledger is cut."""
+    path = tmp_path / "s.zarr"
+    store = Store.open(
+        path,
+        campaign_name="t",
+        campaign_hash="h",
+        campaign_yaml="",
+        stages=["prefilter", "rescore"],
+    )
+    store.append([_row(k, 2, 0) for k in range(6)], chunk_index=0)
+
+    def result(row):
+        values = {"energy_per_atom": -2.0, "e_above_hull": 0.0, "kept": True}
+        return StageUpdate(row, values, "ok", "", "rescore")
+
+    store.update("rescore", [result(4), result(1)])
+    rows, stages = StoreReader(path).updates()
+    assert sorted(rows) == [1, 4] and set(stages) == {1}
+    assert list(StoreReader(path).stage_rows("rescore")) == [1, 4]
+    # killed after the log grew, before the ledger: the entry is not committed
+    for name in ("update_row", "update_stage"):
+        arr = store._arrays[name]
+        arr.resize((arr.shape[0] + 1,))
+    again = Store.open(
+        path,
+        campaign_name="t",
+        campaign_hash="h",
+        campaign_yaml="",
+        stages=["prefilter", "rescore"],
+    )
+    assert again.n_updates == 2 and again.stage_done == {"rescore": {1, 4}}
+    assert open_dataset(path).sizes["update"] == 2
+    generation = again.generation
+    again.update("rescore", [result(1)])  # a result replaced: readers must read everything again
+    assert again.generation == generation + 1 and again.n_updates == 3
 
 
 def test_other_campaign_is_refused(tmp_path):
@@ -90,3 +134,38 @@ def test_other_campaign_is_refused(tmp_path):
     (tmp_path / "other" / "file.txt").write_text("x")
     with pytest.raises(StoreMismatchError, match="not an hts store"):
         _open(tmp_path / "other")
+
+
+def test_store_from_before_the_update_log_is_migrated(tmp_path):
+    """Older stores kept each stage's rows as ranges in the ledger: reopening logs them."""
+    import shutil
+
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    store = Store.open(
+        path,
+        campaign_name="t",
+        campaign_hash="h",
+        campaign_yaml="",
+        stages=["prefilter", "rescore"],
+    )
+    store.append([_row(k, 2, 0) for k in range(6)], chunk_index=0)
+    group = zarr.open_group(path, mode="r+")
+    ledger = dict(group.attrs["ledger"])
+    del ledger["n_updates"]
+    ledger["stage_rows"] = {"rescore": [[1, 2], [5, 5]]}
+    group.attrs["ledger"] = ledger
+    for name in ("update_row", "update_stage"):
+        shutil.rmtree(path / name)
+    assert list(StoreReader(path).stage_rows("rescore")) == [1, 2, 5]
+    again = Store.open(
+        path,
+        campaign_name="t",
+        campaign_hash="h",
+        campaign_yaml="",
+        stages=["prefilter", "rescore"],
+    )
+    assert again.stage_done == {"rescore": {1, 2, 5}} and again.n_updates == 3
+    assert list(StoreReader(path).stage_rows("rescore")) == [1, 2, 5]
+    assert "stage_rows" not in StoreReader(path).ledger
