@@ -15,15 +15,19 @@ Pruning is exact: an entry above the hull of its own system stays above it
 whatever is added later, because adding points only lowers the hull.
 
 Entries are kept as compact ``(formula, energy per atom)`` pairs — a
-``PDEntry`` costs ~20× the memory.  At most ``max_cached`` hulls are kept and a
-cached hull is dropped as soon as an entry of its system arrives, so the cache
-never grows with the run and is never stale.
+``PDEntry`` costs ~20× the memory.  Built hulls are cached: at most
+``max_cached``, the oldest evicted first (a chunk's systems, pruned when its
+results arrive, are then still cached when its verdicts are asked for), and a
+cached hull is dropped as soon as an entry of any of its subsystems arrives —
+found through an index from each subsystem to the cached hulls containing it,
+not a scan of the cache — so the cache never grows with the run and is never
+stale.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -49,6 +53,15 @@ def _fractions(formula: str) -> dict[str, float]:
 def elements_of(formula: str) -> frozenset[str]:
     """The elements of a formula, by pymatgen's parser (the one the hull uses)."""
     return frozenset(_fractions(formula))
+
+
+@lru_cache(maxsize=1 << 14)
+def _subsystems(key: frozenset[str]) -> tuple[frozenset[str], ...]:
+    """Every non-empty subsystem of a chemical system, itself included."""
+    els = sorted(key)
+    return tuple(
+        frozenset(sub) for r in range(1, len(els) + 1) for sub in itertools.combinations(els, r)
+    )
 
 
 class _Hull:
@@ -94,11 +107,33 @@ class _Hull:
 
 
 class HullTracker:
-    max_cached = 512
+    max_cached = 4096  # hulls (a few kB each): more than the systems of one large chunk
 
     def __init__(self) -> None:
         self._stable: dict[frozenset[str], list[Item]] = defaultdict(list)
-        self._diagrams: dict[frozenset[str], object] = {}
+        self._diagrams: OrderedDict[frozenset[str], _Hull] = OrderedDict()
+        # system -> cached hulls of systems containing it (the hulls its entries make stale)
+        self._containing: dict[frozenset[str], set[frozenset[str]]] = defaultdict(set)
+
+    # -- the cache ---------------------------------------------------------------
+
+    def _cache(self, key: frozenset[str], pd: _Hull) -> None:
+        if key in self._diagrams:
+            self._drop(key)
+        while len(self._diagrams) >= self.max_cached:
+            self._drop(next(iter(self._diagrams)))  # the oldest
+        self._diagrams[key] = pd
+        for sub in _subsystems(key):
+            self._containing[sub].add(key)
+
+    def _drop(self, key: frozenset[str]) -> None:
+        del self._diagrams[key]
+        for sub in _subsystems(key):
+            holders = self._containing.get(sub)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self._containing[sub]
 
     # -- building --------------------------------------------------------------
 
@@ -134,11 +169,11 @@ class HullTracker:
             else:
                 # one copy of each stable (formula, energy): a repeated entry adds nothing
                 self._stable[key] = [i for i in dict.fromkeys(self._stable[key]) if i in pd.stable]
-        for k in [k for k in self._diagrams if key <= k]:
-            del self._diagrams[k]  # a cached diagram containing this system is stale
-        if pd is not None and len(self._diagrams) < self.max_cached:
+        for k in list(self._containing.get(key, ())):
+            self._drop(k)  # a cached diagram containing this system is stale
+        if pd is not None:
             # the diagram just built has the same hull as one of the survivors: reuse it
-            self._diagrams[key] = pd
+            self._cache(key, pd)
 
     # -- querying --------------------------------------------------------------
 
@@ -162,9 +197,7 @@ class HullTracker:
             raise MissingReferenceError(f"no elemental reference energy for {', '.join(missing)}")
         pd = _Hull(key, self._items_for(key))
         if cache:
-            if len(self._diagrams) >= self.max_cached:
-                self._diagrams.clear()  # a diagram is ~10 kB: never let the cache grow with the run
-            self._diagrams[key] = pd
+            self._cache(key, pd)
         return pd
 
     def e_above_hull(self, formula: str, energy_per_atom: float) -> float:

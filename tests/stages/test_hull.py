@@ -101,3 +101,27 @@ def test_absurd_energies_from_a_broken_model_do_not_crash_the_hull():
     h.add([("NaCl", -3.0), ("Na2O", -1e9), ("ClNaO3", -4.0)])
     assert h.e_above_hull("NaCl", -3.0) == 0.0
     assert h.e_above_hull("ClNaO3", -4.0) > 1e8
+
+
+def test_a_small_cache_evicts_old_hulls_and_never_serves_a_stale_one():
+    """Queries interleaved with arrivals, with a cache far smaller than the systems: equal to PhaseDiagram."""
+    refs = {"Na": -1.3, "Cl": -1.8, "O": -4.9}
+    data = _random_entries(3, n=90)
+    full, _ = _both(refs, data, chunk=90)
+    tracker = HullTracker()
+    tracker.max_cached = 2
+    for el, e in refs.items():
+        tracker.add_reference(el, e)
+    for start in range(0, len(data), 5):
+        tracker.add(data[start : start + 5])
+        for f, e in data[: start + 5]:  # query everything seen: fills and evicts the cache
+            tracker.e_above_hull(f, e)
+        assert len(tracker._diagrams) <= 2
+        # every cached hull is indexed under each of its subsystems, and nothing else is
+        indexed = {k for holders in tracker._containing.values() for k in holders}
+        assert indexed == set(tracker._diagrams)
+    for f, e in data:
+        expected = full.get_e_above_hull(
+            PDEntry(Composition(f), e * Composition(f).num_atoms), allow_negative=True
+        )
+        assert abs(tracker.e_above_hull(f, e) - expected) < 1e-9
