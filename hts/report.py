@@ -2,8 +2,8 @@
 
 Everything here reads the store through :class:`hts.store.StoreReader` or
 :func:`hts.store.open_dataset`, which cut off uncommitted rows, so it is safe
-while a run is writing.  Summaries cost the ledger (running counters) plus a
-couple of float columns, not a pass over every string in the store.
+while a run is writing.  Summaries cost the ledger (running counters and the
+writer's ranking) plus the rows they list, not a pass over the store.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hts.store import StoreReader, open_dataset, structure_of
+from hts.store.best import rank, rank_keys
 from hts.store.counters import STATE_VARS, RowState
 from hts.store.reader import with_reader
 
@@ -22,45 +23,9 @@ __all__ = [
     "best_entries",
     "dft_parity",
     "export_store",
-    "rank",
-    "rank_keys",
     "stage_table",
     "summarize",
 ]
-
-
-def rank_keys(ehull_all: np.ndarray, eform_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ranking key and the stage it is ranked at.
-
-    The key is ``[stages below the deepest scored one, e_above_hull to 0.1 meV,
-    formation energy]`` per row (smaller ranks first; NaN where no stage scored
-    the row), compared left to right, then by row.
-    """
-    m, n_stages = ehull_all.shape
-    depth = np.zeros(m, dtype=int)
-    for k in range(n_stages):
-        depth[np.isfinite(ehull_all[:, k])] = k
-    idx = np.arange(m)
-    ehull = ehull_all[idx, depth] if m else np.zeros(0)
-    eform = eform_all[idx, depth] if m else ehull
-    keys = np.stack([(n_stages - 1 - depth).astype(float), np.round(ehull, 4), eform], axis=1)
-    keys[~np.isfinite(ehull)] = np.nan
-    return keys, depth
-
-
-def rank(ehull_all: np.ndarray, eform_all: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the ``top`` most stable rows and the stage each is ranked at.
-
-    Ranked by the deepest stage a candidate reached (teacher values before
-    student values), then ``e_above_hull`` (to 0.1 meV), then formation
-    energy, then position: given any subset of rows in row order, the order
-    is the one the whole store gives them, so a running top list can be
-    merged with new rows (:class:`hts.dashboard.cache.RowCache`).
-    """
-    keys, depth = rank_keys(ehull_all, eform_all)
-    finite = np.flatnonzero(np.isfinite(keys[:, 1]))
-    order = finite[np.lexsort(keys[finite].T[::-1])][:top]
-    return order, depth[order]
 
 
 BEST_VARS = ["id", "formula", "prototype", "source", "energy_per_atom", "e_above_hull"]
@@ -93,26 +58,31 @@ def stage_table(counters, models: list[str]) -> list[dict]:
 
 
 def summarize(path: str | Path, top: int = 10) -> dict:
-    """What ``hts status`` shows, at the cost of the ledger plus two float columns.
+    """What ``hts status`` shows, at the cost of the ledger plus the listed rows.
 
-    Funnel counts and failures come from the writer's running counters; the
-    ranking reads ``e_above_hull`` and ``formation_energy`` and then only the
-    listed rows.  Stores from before counters are counted from their rows.
+    Funnel counts and failures come from the writer's running counters, the
+    best candidates from its ranking (:mod:`hts.store.best`); only the listed
+    rows are read.  Stores from before counters or rankings are counted and
+    ranked from their rows.
     """
     return with_reader(path, lambda r: _summarize(r, top))
 
 
 def _summarize(r: StoreReader, top: int) -> dict:
     names, models = r.stages, r.stage_models()
-    cols = r.read_range(["e_above_hull", "formation_energy"])
-    rows, depth = rank(cols["e_above_hull"], cols["formation_energy"], top)
+    rows = r.best_rows(top)
+    if rows is None:  # a store from before the writer ranked, or a longer list: rank the rows
+        cols = r.read_range(["e_above_hull", "formation_energy"])
+        rows, _ = rank(cols["e_above_hull"], cols["formation_energy"], top)
+    cols = r.read(BEST_VARS, rows)
+    _, depth = rank_keys(cols["e_above_hull"], cols["formation_energy"])
     return {
         "dft": dft_parity(r) if "validate" in names else None,
         "campaign": r.attrs.get("campaign_name", "?"),
         "rows": r.n_rows,
         "stages": stage_table(r.counters(), models),
         "failures": r.counters().failures(15),
-        "best": best_entries(names, depth, r.read(BEST_VARS, rows)),
+        "best": best_entries(names, depth, cols),
         "wall_s": float(r.ledger.get("wall_s", 0.0)),
         "finalized": r.finalized,
         "model": models[0] if names else "",

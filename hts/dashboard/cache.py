@@ -12,13 +12,11 @@ refresh, reads
   log, read from where the last refresh stopped),
 
 so a refresh costs O(new rows).  Funnel counts and failures come from the
-writer's running counters in the ledger (O(1)).  The best-candidates list is
-merged, not recomputed: :func:`hts.report.rank` orders any subset of rows as the
-whole store orders them, so the new top is the top of (old top ∪ changed rows)
-— exact as long as no row of the old top got worse, which is checked; when
-one did, or when the writer rewrote committed rows in place (the final hull
-pass and the DFT phase bump the ledger's ``generation``), everything is read
-again once.
+writer's running counters in the ledger, the best candidates from the writer's
+ranking there (:mod:`hts.store.best`); only rows new to that list are read.
+When the writer rewrote committed values in place (the final hull pass, the
+DFT phase, a stage's result replaced: the ledger's ``generation`` changes),
+everything is read again once.
 """
 
 from __future__ import annotations
@@ -28,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.report import BEST_VARS, best_entries, rank_keys
+from hts.report import BEST_VARS, best_entries
+from hts.store.best import rank, rank_keys
 from hts.store.reader import StoreReader, read_ledger
 
 __all__ = ["COLUMNS", "RowCache"]
@@ -65,12 +64,10 @@ class RowCache:
         self.cols: dict[str, np.ndarray] = {}
         self.best_rows = np.zeros(0, dtype=np.int64)
         self.full_reads = 0  # times everything was read from disk (tests, the benchmark)
-        self.full_ranks = 0  # times the whole store was ranked again in memory
         self.logged = np.zeros(0, dtype=np.int64)  # update-log entries per stage index
         self.time_totals = np.zeros((0, 2))  # per stage: [rows with a time, their sum]
         self._buffers: dict[str, np.ndarray] = {}
         self._seen = _Seen()
-        self._best_keys = np.zeros((0, 3))
         self._entries: dict[int, dict] = {}  # identity columns of a best row, until it changes
 
     @property
@@ -101,6 +98,10 @@ class RowCache:
         self.reader = r
         seen.n_rows, seen.n_updates, seen.generation = r.n_rows, r.n_updates, r.generation
         seen.updated_at = float(r.ledger.get("updated_at", 0.0))
+        best = r.best_rows(self.top)
+        if best is None:  # a store from before the writer ranked: rank the columns held
+            best, _ = rank(self.cols["e_above_hull"], self.cols["formation_energy"], self.top)
+        self.best_rows = best
         return True
 
     def _read_all(self, r: StoreReader) -> None:
@@ -113,7 +114,6 @@ class RowCache:
         self.logged = np.bincount(stage_idx, minlength=len(r.stages)).astype(np.int64)
         self.time_totals = _time_totals(self.cols["time_s"], len(r.stages))
         self._entries.clear()
-        self._rank_all(r.n_rows)
 
     def _read_changes(self, r: StoreReader) -> None:
         n0 = self._seen.n_rows
@@ -130,7 +130,6 @@ class RowCache:
             self.time_totals += _time_totals(self.cols["time_s"][updated_rows], len(r.stages))
             for row in updated_rows.tolist():
                 self._entries.pop(row, None)
-        self._merge_best(np.concatenate([updated_rows, np.arange(n0, r.n_rows)]))
 
     def _grow(self, new: dict[str, np.ndarray], headroom: int = 0) -> None:
         """Append rows to the columns, doubling a buffer when it is full."""
@@ -151,39 +150,6 @@ class RowCache:
         return int(len(times) - np.searchsorted(times, t, side="right"))
 
     # -- the best candidates -------------------------------------------------------
-
-    def _keys(self, rows: np.ndarray) -> np.ndarray:
-        keys, _ = rank_keys(self.cols["e_above_hull"][rows], self.cols["formation_energy"][rows])
-        return keys
-
-    def _rank(self, rows: np.ndarray) -> None:
-        keys = self._keys(rows)
-        finite = np.flatnonzero(np.isfinite(keys[:, 1]))
-        order = finite[np.lexsort(keys[finite].T[::-1])][: self.top]
-        self.best_rows, self._best_keys = rows[order], keys[order]
-
-    def _rank_all(self, n: int) -> None:
-        self.full_ranks += 1
-        self._rank(np.arange(n, dtype=np.int64))
-
-    def _merge_best(self, changed: np.ndarray) -> None:
-        """The top of (old top ∪ changed rows): the store's top unless an old top row got worse.
-
-        A row of the old top that now ranks later (its deepest stage failed, its
-        energy rose) may let in a row that is in neither set: then the whole
-        store is ranked again, in memory.
-        """
-        if not len(changed):
-            return
-        old, old_keys = self.best_rows, self._best_keys
-        hit = np.isin(old, changed)
-        if hit.any():
-            new_keys = self._keys(old[hit])
-            for a, b in zip(old_keys[hit], new_keys, strict=True):
-                if _later(b, a):
-                    self._rank_all(len(self.cols["e_above_hull"]))
-                    return
-        self._rank(np.union1d(old, changed))
 
     def best(self) -> list[dict]:
         """The best-candidates table (as :func:`hts.report.best_entries`).
@@ -217,16 +183,6 @@ def _time_totals(t: np.ndarray, n_stages: int) -> np.ndarray:
     t = np.asarray(t, dtype=np.float64).reshape(-1, n_stages)
     finite = np.isfinite(t)
     return np.stack([finite.sum(axis=0), np.where(finite, t, 0.0).sum(axis=0)], axis=1)
-
-
-def _later(new: np.ndarray, old: np.ndarray) -> bool:
-    """Whether key ``new`` ranks after key ``old`` (a NaN key, unscored, ranks last)."""
-    if np.isnan(new[1]):
-        return True
-    for a, b in zip(new, old, strict=True):
-        if a != b:
-            return bool(a > b) if not np.isnan(a) else True
-    return False
 
 
 def _complete(cols: dict[str, np.ndarray], r: StoreReader) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES, UPDATE_VARS
 
 __all__ = [
     "add_missing",
+    "consolidate",
     "create_array",
     "create_layout",
     "drop_consolidated",
@@ -81,6 +82,17 @@ def add_missing(group, stages: list[str], lengths: dict[str, int]) -> None:
             if name not in group:
                 create_array(group, name, (dim, *dims), dtype, fill, doc, len(stages))
                 group[name].resize((lengths[dim], *group[name].shape[1:]))
+
+
+def consolidate(path: Path) -> None:
+    """Consolidated metadata (a finished store): ``xr.open_zarr`` then opens it quietly and fast."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not part of the v3 spec yet": xarray reads it fine
+        zarr.consolidate_metadata(str(path))
 
 
 def drop_consolidated(path: Path) -> None:

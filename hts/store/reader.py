@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hts.store.best import KEPT
 from hts.store.counters import Counters, recount
 from hts.store.layout import plain, root_attributes
 from hts.store.schema import CANDIDATE_VARS
@@ -200,6 +201,13 @@ class StoreReader(RowReader):
             return np.unique(rows[stage_idx == self.stages.index(stage)])
         legacy = self.ledger.get("stage_rows")  # stores from before the update log
         return None if legacy is None else expand_ranges(legacy.get(stage, []))
+
+    def best_rows(self, top: int) -> np.ndarray | None:
+        """The ``top`` most stable rows as the writer ranked them; None if it kept fewer."""
+        best = self.ledger.get("best")
+        if best is None or (top > KEPT and len(best) == KEPT):
+            return None
+        return np.array([int(b[0]) for b in best[:top]], dtype=np.int64)
 
     def stage_models(self) -> list[str]:
         return [str(s) for s in plain(self._group["stage_model"][...])]

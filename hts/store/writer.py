@@ -27,12 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hts.store.best import BestRows
 from hts.store.counters import STATE_VARS, Counters, RowState, recount
-from hts.store.layout import add_missing, create_layout, drop_consolidated
+from hts.store.layout import add_missing, consolidate, create_layout, drop_consolidated
 from hts.store.reader import RowReader
 from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION, UPDATE_VARS
 
 __all__ = ["Row", "StageUpdate", "Store", "StoreMismatchError"]
+
+
+_RANKED = ["e_above_hull", "formation_energy"]  # what the best-candidates order depends on
 
 
 class StoreMismatchError(RuntimeError):
@@ -185,6 +189,7 @@ class Store(RowReader):
         add_missing(group, stages, {"candidate": self.n_rows, "update": self.n_updates})
         self._arrays = {name: group[name] for name in (*CANDIDATE_VARS, *ATOM_VARS, *UPDATE_VARS)}
         self.counters = Counters.from_json(ledger.get("counters"), stages) or Counters.empty(stages)
+        self.best = BestRows.from_json(ledger.get("best"))
         # rows whose later-stage results (rescore, …) are committed, per stage
         self.stage_done: dict[str, set[int]] = {}
         legacy = ledger.get("stage_rows")  # a store from before the update log: log them now
@@ -221,8 +226,9 @@ class Store(RowReader):
         if path.exists() and (path / "zarr.json").exists():
             store = cls(path, _reopen(path, campaign_hash), stages)
             store._truncate_to_ledger()
-            counted = store.recount()
-            if counted != store.counters:
+            counted, best = store.recount(), store.best.to_json()
+            store.best.rebuild(store.iter_blocks(_RANKED))
+            if counted != store.counters or best != store.best.to_json():
                 store.counters = counted
                 store._commit()
             return store
@@ -289,6 +295,7 @@ class Store(RowReader):
                 arr[a0 : a0 + n_atoms_new] = data
         state = RowState.of(self.stages, cols)
         self.counters.add_counts(state)
+        self.best.merge(np.arange(n0, n0 + m), cols["e_above_hull"], cols["formation_energy"])
         for i, (st, text) in state.failures.items():
             self.counters.add_failure(n0 + i, st, text, str(cols["id"][i]))
         self.n_rows, self.n_atom_rows = n0 + m, a0 + n_atoms_new
@@ -299,6 +306,8 @@ class Store(RowReader):
     def _commit(self) -> None:
         if self.counters.stale:
             self.counters = self.recount()
+        if self.best.stale:
+            self.best.rebuild(self.iter_blocks(_RANKED))
         if self._rewritten:
             self.generation += 1
             self._rewritten = False
@@ -310,6 +319,7 @@ class Store(RowReader):
             "finalized": self.finalized,
             "generation": self.generation,
             "counters": self.counters.to_json(),
+            "best": self.best.to_json(),
             "wall_s": round(self._wall_before + time.time() - self._opened, 3),
             "updated_at": time.time(),
         }
@@ -347,6 +357,7 @@ class Store(RowReader):
             self._arrays["dft_dir"].oindex[rows[with_dir]] = dirs
         self._write_structures(stage, rows, ups)
         self.counters.move(self.stages, rows, old, new, lambda r: self.read(["id"], r)["id"])
+        self.best.merge(rows, *self.read(_RANKED, rows).values())
         self._log(stage, rows)
         self.finalized = False
         self._commit()
@@ -390,6 +401,7 @@ class Store(RowReader):
         rows = np.asarray(rows, dtype=np.int64)
         contiguous = len(rows) > 0 and bool((np.diff(rows) == 1).all())
         arr = self._arrays[name]
+        self.best.stale |= name in _RANKED
         if name in STATE_VARS and len(rows):
             old = arr[int(rows[0]) : int(rows[-1]) + 1, k] if contiguous else arr.oindex[rows, k]
             self.counters.rewrite(name, k, old, values)
@@ -405,10 +417,4 @@ class Store(RowReader):
 
     def consolidate(self) -> None:
         """Consolidated metadata once the run is over, so ``xr.open_zarr`` opens it quietly and fast."""
-        import warnings
-
-        import zarr
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "not part of the v3 spec yet": xarray reads it fine
-            zarr.consolidate_metadata(str(self.path))
+        consolidate(self.path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hts.dashboard.cache import RowCache
 from hts.dashboard.views import StoreViews
 from hts.store import Row, StageUpdate, Store
 
@@ -106,33 +105,3 @@ def test_incremental_refresh_equals_a_full_read(tmp_path, top):
     store.set_finalized(True)
     _same(views, path)
     assert views.cache.full_reads == 3
-
-
-def test_a_best_row_that_gets_worse_lets_the_next_one_in(tmp_path):
-    """The merge is exact only while the old top only improves; otherwise the store is ranked again.
-
-    Rows appended with a later stage's values already in them, then given
-    that stage's first result (worse), are the case: no rewrite, yet a row
-    of the old top falls behind rows outside it.
-    """
-    path = tmp_path / "s.zarr"
-    store = Store.open(
-        path, campaign_name="t", campaign_hash="h", campaign_yaml="name: t\n", stages=STAGES
-    )
-    rng = np.random.default_rng(0)
-    rows = [_row(i, rng) for i in range(40)]
-    for i, r in enumerate(rows):
-        r.status = "ok"
-        r.stage["rescore"] = {"e_above_hull": 0.001 * i, "formation_energy": -1.0}
-    store.append(rows, 0)
-    cache = RowCache(path, top=3)
-    cache.refresh()
-    assert list(cache.best_rows) == [0, 1, 2]
-    worse = _rescore([0], rng, fail_share=0.0)
-    worse[0].values["e_above_hull"] = 0.5
-    store.update("rescore", worse)
-    cache.refresh()
-    full = RowCache(path, top=3)
-    full.refresh()
-    assert list(cache.best_rows) == list(full.best_rows) == [1, 2, 3]
-    assert cache.full_reads == 1 and cache.full_ranks == 2
