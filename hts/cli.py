@@ -112,7 +112,7 @@ def run(
     from hts.execution import make_engine
     from hts.execution.sites import SiteError
     from hts.spec import CampaignError
-    from hts.store import StoreMismatchError
+    from hts.store import StoreError
 
     if engine == "mpi":  # ranks 1…N-1 only run tasks: no store, no output
         from hts.execution.mpi import MPIEngine, mpi_rank
@@ -150,7 +150,7 @@ def run(
     try:
         with render.Display(c.name, quiet) as display:
             stats = run_campaign(c, eng, store_path=store_path, progress=display)
-    except (EmptySourceError, CampaignError, StoreMismatchError, SiteError) as err:
+    except (EmptySourceError, CampaignError, StoreError, SiteError) as err:
         _fail(str(err))
     finally:
         eng.close()

@@ -220,3 +220,22 @@ def test_user_reference_entries(tmp_path):
     )
     with pytest.raises(CampaignError, match="hull.reference_entries"):
         _run(bad, tmp_path)
+
+
+def test_a_campaign_without_any_elemental_reference_is_refused_before_it_runs(tmp_path):
+    """model_references: false and no elemental entries would fail every compound: say so first."""
+    from monty.serialization import dumpfn
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    from hts.campaign import preflight
+
+    data = lj_campaign(tmp_path, hull={"model_references": False})
+    with pytest.raises(CampaignError, match="no elemental reference for Ca, Cl, F, K"):
+        preflight(parse_campaign(data, base_dir=str(tmp_path)))
+    els = ["Li", "Na", "K", "Mg", "Ca", "Sr", "O", "S", "F"]  # Cl missing
+    dumpfn([ComputedEntry(el, -1.0) for el in els], tmp_path / "refs.json")
+    data["hull"]["reference_entries"] = "refs.json"
+    with pytest.raises(CampaignError, match="no elemental reference for Cl"):
+        preflight(parse_campaign(data, base_dir=str(tmp_path)))
+    dumpfn([ComputedEntry(el, -1.0) for el in [*els, "Cl"]], tmp_path / "refs.json")
+    preflight(parse_campaign(data, base_dir=str(tmp_path)))

@@ -192,3 +192,69 @@ def test_validate_stage_round_trips_through_the_store_yaml(tmp_path):
     assert again.content_hash() == c.content_hash()
     data["stages"]["validate"]["top"] = 6
     assert parse_campaign(data).content_hash() != c.content_hash()
+
+
+def _full_campaign(tmp_path) -> dict:
+    data = lj_campaign(tmp_path)
+    data["stages"]["rescore"] = {"model": {"name": "emt"}, "keep": "e_above_hull <= 0.05"}
+    data["stages"]["validate"] = {"code": "gpaw", "workflow": "static", "top": 1}
+    return data
+
+
+# (path in the campaign file, another value, does it change results?)
+_FIELDS = [
+    ("site", "workstation", False),
+    ("store", "elsewhere.zarr", False),
+    ("description", "notes", False),
+    ("limits.max_in_flight", 7, False),
+    ("limits.task_retries", 3, False),
+    ("stages.prefilter.resource", "cpu", False),
+    ("stages.prefilter.model.device", "cpu", False),
+    ("stages.prefilter.model.threads", 8, False),
+    ("stages.prefilter.model.batch_size", 256, False),
+    ("stages.prefilter.model.batch_atoms", 4096, False),
+    ("stages.rescore.model.threads", 4, False),
+    ("stages.rescore.model.device", "cuda", False),
+    ("stages.validate.ranks", 64, False),
+    ("stages.validate.walltime_s", 86400, False),
+    ("stages.validate.resource", "cpu", False),
+    ("seed", 3, True),
+    ("chunk_size", 5, True),
+    ("limits.max_atoms", 12, True),
+    ("stages.prefilter.model.name", "emt", True),
+    ("stages.prefilter.model.dtype", "float32", True),
+    ("stages.prefilter.relax.fmax", 0.01, True),
+    ("stages.prefilter.keep", "e_above_hull <= 0.2", True),
+    ("stages.rescore.model.name", "lennard-jones", True),
+    ("stages.validate.top", 5, True),
+    ("stages.validate.retries", 0, True),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "changes"), _FIELDS, ids=[f[0] for f in _FIELDS])
+def test_hash_covers_what_changes_results_and_nothing_else(tmp_path, path, value, changes):
+    """A store moves between machines (laptop → GPU node) and resumes; changed science is refused."""
+    base = _full_campaign(tmp_path)
+    data = _full_campaign(tmp_path)
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    a, b = parse_campaign(base), parse_campaign(data)
+    assert (a.content_hash() != b.content_hash()) == changes
+
+
+def test_a_store_hashed_by_an_older_hts_is_resumed_and_relabelled(tmp_path):
+    """hts 2026.11 hashed devices, threads, batch sizes: its stores still resume, and take the new hash."""
+    from hts.campaign import open_store, results_hash
+    from hts.store import Store, StoreReader
+
+    c = parse_campaign(_full_campaign(tmp_path))
+    old = results_hash(c, legacy=True)
+    assert old != results_hash(c)
+    Store.open(
+        c.store, campaign_name=c.name, campaign_hash=old, campaign_yaml="", stages=c.stages.names()
+    ).close()
+    open_store(c).close()
+    assert StoreReader(c.store).attrs["campaign_hash"] == results_hash(c)

@@ -367,6 +367,7 @@ def open_store(
             c.model_dump(mode="json", exclude={"base_dir"}), sort_keys=False
         ),
         stages=c.stages.names(),
+        also_accept=[results_hash(c, legacy=True)],
     )
 
 
@@ -389,4 +390,7 @@ def run_campaign(
     ):  # a site that cannot launch the DFT code fails now, not hours later
         engine.launcher(resolved.validate.resource, resolved.validate.ranks)
     store = open_store(resolved, store_path)
-    return _Driver(resolved, engine, store, progress).run()
+    try:
+        return _Driver(resolved, engine, store, progress).run()
+    finally:
+        store.close()

@@ -136,13 +136,14 @@ def _resolved_stage(campaign: Campaign, name: str) -> tuple[object, dict[str, fl
     return (stage.model_copy(update=update) if update else stage), fitted
 
 
-def results_hash(campaign: Campaign) -> str:
+def results_hash(campaign: Campaign, legacy: bool = False) -> str:
     """The campaign's content hash, extended by the distillation reports it reads.
 
     ``keep: auto`` and fitted references come from a report file, so a
     retrained student's report changes results just as an edited campaign does.
+    ``legacy``: the hash hts 2026.11 and earlier gave it (still accepted by a store).
     """
-    base = campaign.content_hash()
+    base = campaign.legacy_hash() if legacy else campaign.content_hash()
     reports = [
         campaign.resolve_input(link.report)
         for name in campaign.stages.mlip_names()
@@ -188,4 +189,32 @@ def preflight(campaign: Campaign) -> ResolvedCampaign:
             "(`make setup` builds it; by hand: apt-get install libxc-dev libopenblas-dev "
             "libfftw3-dev, then GPAW_CONFIG=containers/gpaw/siteconfig.py pip install '.[dft]')"
         )
+    _check_references(resolved)
     return resolved
+
+
+def _check_references(r: ResolvedCampaign) -> None:
+    """Refuse a campaign whose hull can never have an elemental reference for some element.
+
+    With ``hull.model_references: false`` the references come only from
+    ``hull.reference_entries`` (or a stage's fitted ones); an element without
+    one fails every candidate containing it, which a user should hear before
+    the run, not from a store full of failures.
+    """
+    c = r.campaign
+    if c.hull.model_references:
+        return
+    have = {e.composition.elements[0].symbol for e in r.entries if len(e.composition.elements) == 1}
+    wanted = set(r.source_elements)
+    for name in c.stages.mlip_names():
+        fitted = {el for el, e in r.fitted.get(name, {}).items() if e == e}  # not NaN
+        covered = have | fitted
+        missing = sorted(wanted - covered)
+        if missing or not covered:
+            what = ", ".join(missing) if missing else "any element"
+            where = "hull.reference_entries" if c.hull.reference_entries else "no reference file"
+            raise CampaignError(
+                f"hull.model_references is false and there is no elemental reference for {what} "
+                f"(stage {name}; {where}): every candidate containing it would fail. Set "
+                "hull.model_references: true, or add elemental entries to hull.reference_entries"
+            )

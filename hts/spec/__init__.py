@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import Field
 
 from hts.config import read_mapping, validate
-from hts.spec.base import NOT_HASHED, CampaignError, Strict, unhashed
+from hts.spec.base import NOT_HASHED, NOT_HASHED_SINCE_2026_12, CampaignError, Strict, unhashed
 from hts.spec.sources import CandidateSource, FileSource, PrototypeChoice, SubstitutionSource
 from hts.spec.stages import (
     Distillation,
@@ -38,6 +38,7 @@ from hts.spec.stages import (
 
 __all__ = [
     "NOT_HASHED",
+    "NOT_HASHED_SINCE_2026_12",
     "Campaign",
     "CampaignError",
     "CandidateSource",
@@ -124,7 +125,15 @@ class Campaign(Strict):
         a changed campaign is refused instead of silently mixing results, while
         where it runs (site, store path, executor labels, batching limits) may change.
         """
-        data = self.model_dump(mode="json", exclude=unhashed(self))
+        return self._hash(legacy=False)
+
+    def legacy_hash(self) -> str:
+        """The hash hts 2026.11 and earlier gave this campaign (it also covered where the work
+        ran: devices, threads, batch sizes, DFT ranks and walltime); stores they created carry it."""
+        return self._hash(legacy=True)
+
+    def _hash(self, legacy: bool) -> str:
+        data = self.model_dump(mode="json", exclude=unhashed(self, legacy))
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

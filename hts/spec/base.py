@@ -6,7 +6,13 @@ from pydantic import BaseModel
 
 from hts.config import Strict
 
-__all__ = ["NOT_HASHED", "CampaignError", "Strict", "unhashed"]
+__all__ = [
+    "NOT_HASHED",
+    "NOT_HASHED_SINCE_2026_12",
+    "CampaignError",
+    "Strict",
+    "unhashed",
+]
 
 
 class CampaignError(ValueError):
@@ -16,14 +22,24 @@ class CampaignError(ValueError):
 # A field marked so says where or how the work runs, not what it computes: it is left out of
 # the campaign hash, so a store may be resumed with it changed (see Campaign.content_hash).
 NOT_HASHED = {"hashed": False}
+# The same, for fields that hts 2026.11 and earlier did hash: stores those versions created
+# carry a hash with them in it, which is still accepted (Campaign.legacy_hash).
+NOT_HASHED_SINCE_2026_12 = {"hashed": False, "hashed_before": "2026.12"}
 
 
-def unhashed(model: BaseModel) -> dict:
-    """The nested ``exclude`` of every field marked :data:`NOT_HASHED`, under ``model``."""
+def unhashed(model: BaseModel, legacy: bool = False) -> dict:
+    """The nested ``exclude`` of every field marked not hashed, under ``model``.
+
+    ``legacy``: as hts did before 2026.12, hashing fields marked
+    :data:`NOT_HASHED_SINCE_2026_12`.
+    """
     out: dict = {}
     for name, info in type(model).model_fields.items():
-        if info.json_schema_extra == NOT_HASHED:
+        extra = info.json_schema_extra
+        if extra == NOT_HASHED or (extra == NOT_HASHED_SINCE_2026_12 and not legacy):
             out[name] = True
-        elif isinstance(value := getattr(model, name), BaseModel) and (sub := unhashed(value)):
+        elif isinstance(value := getattr(model, name), BaseModel) and (
+            sub := unhashed(value, legacy)
+        ):
             out[name] = sub
     return out

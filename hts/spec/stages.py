@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from hts.spec.base import NOT_HASHED, Strict
+from hts.spec.base import NOT_HASHED, NOT_HASHED_SINCE_2026_12, Strict
 
 __all__ = [
     "Distillation",
@@ -28,13 +28,22 @@ class ModelSpec(Strict):
 
     name: Literal["sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones"]
     path: str | None = Field(default=None, description="Model file; required for mace.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(default=1, ge=1, le=256, description="torch/OMP threads per worker.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", json_schema_extra=NOT_HASHED_SINCE_2026_12
+    )
+    threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="torch/OMP threads per worker.",
+        json_schema_extra=NOT_HASHED_SINCE_2026_12,
+    )
     batch_size: int = Field(
         default=16,
         ge=1,
         le=100_000,
         description="Structures per model call where the model batches.",
+        json_schema_extra=NOT_HASHED_SINCE_2026_12,
     )
     batch_atoms: int | None = Field(
         default=None,
@@ -276,10 +285,17 @@ class ValidateStage(_KeepingStage):
     gpaw: GpawSettings = GpawSettings()
     vasp: VaspSettings = VaspSettings()
     ranks: int | None = Field(
-        default=None, ge=1, le=100_000, description="MPI ranks per DFT job; default the site's."
+        default=None,
+        ge=1,
+        le=100_000,
+        description="MPI ranks per DFT job; default the site's.",
+        json_schema_extra=NOT_HASHED_SINCE_2026_12,
     )
     walltime_s: float = Field(
-        default=3600, gt=0, description="A job running longer is killed and failed."
+        default=3600,
+        gt=0,
+        description="A job running longer is killed and failed.",
+        json_schema_extra=NOT_HASHED_SINCE_2026_12,
     )
     retries: int = Field(
         default=2,

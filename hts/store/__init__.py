@@ -8,6 +8,7 @@ knows how zarr lays the store out.
 from __future__ import annotations
 
 from hts.store.counters import Counters
+from hts.store.lock import StoreError, StoreLockedError
 from hts.store.reader import StoreReader, expand_ranges, open_dataset, read_ledger
 from hts.store.writer import Row, StageUpdate, Store, StoreMismatchError
 
@@ -16,6 +17,8 @@ __all__ = [
     "Row",
     "StageUpdate",
     "Store",
+    "StoreError",
+    "StoreLockedError",
     "StoreMismatchError",
     "StoreReader",
     "expand_ranges",

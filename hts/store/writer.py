@@ -30,6 +30,7 @@ import numpy as np
 from hts.store.best import BestRows
 from hts.store.counters import STATE_VARS, Counters, RowState, recount
 from hts.store.layout import add_missing, consolidate, create_layout, drop_consolidated
+from hts.store.lock import StoreError, StoreLock
 from hts.store.reader import RowReader
 from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION, UPDATE_VARS
 
@@ -39,7 +40,7 @@ __all__ = ["Row", "StageUpdate", "Store", "StoreMismatchError"]
 _RANKED = ["e_above_hull", "formation_energy"]  # what the best-candidates order depends on
 
 
-class StoreMismatchError(RuntimeError):
+class StoreMismatchError(StoreError):
     """The store on disk belongs to another campaign (or schema)."""
 
 
@@ -130,7 +131,7 @@ def _append_columns(rows: Sequence[Row], stages: list[str], a0: int) -> dict[str
     return cols
 
 
-def _reopen(path: Path, campaign_hash: str):
+def _reopen(path: Path, campaign_hash: str, also_accept: Sequence[str]):
     """The zarr group of an existing store, once it is known to hold this campaign's results."""
     import zarr
 
@@ -141,6 +142,8 @@ def _reopen(path: Path, campaign_hash: str):
         raise StoreMismatchError(
             f"{path}: written by a different hts store schema ({attrs.get('hts_schema')})"
         )
+    if attrs.get("campaign_hash") in also_accept:
+        attrs["campaign_hash"] = campaign_hash
     if attrs.get("campaign_hash") != campaign_hash:
         raise StoreMismatchError(
             f"{path}: holds results of campaign {attrs.get('campaign_name')!r} with hash "
@@ -214,17 +217,35 @@ class Store(RowReader):
         campaign_hash: str,
         campaign_yaml: str,
         stages: list[str],
+        also_accept: Sequence[str] = (),
     ) -> Store:
         """Create the store, or reopen it for resuming after checking it is the same campaign.
+
+        ``also_accept``: earlier hashes of the same campaign (what older hts
+        versions hashed); a store carrying one is taken over and relabelled.
 
         Reopening counts the counters again from the arrays: a writer killed
         mid-update leaves values in committed rows that its ledger never
         counted (they are computed again, and must be counted from what is
-        there).
+        there).  The store is locked for this process until :meth:`close` or
+        its exit (:class:`hts.store.lock.StoreLock`): a second writer is refused.
         """
         path = Path(path)
+        lock = StoreLock(path).acquire()
+        try:
+            store = cls._open(
+                path, campaign_name, campaign_hash, campaign_yaml, stages, also_accept
+            )
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    def _open(cls, path, campaign_name, campaign_hash, campaign_yaml, stages, also_accept) -> Store:
         if path.exists() and (path / "zarr.json").exists():
-            store = cls(path, _reopen(path, campaign_hash), stages)
+            store = cls(path, _reopen(path, campaign_hash, also_accept), stages)
             store._truncate_to_ledger()
             counted, best = store.recount(), store.best.to_json()
             store.best.rebuild(store.iter_blocks(_RANKED))
@@ -414,6 +435,12 @@ class Store(RowReader):
     def set_finalized(self, value: bool) -> None:
         self.finalized = value
         self._commit()
+
+    def close(self) -> None:
+        """Release the write lock (also released when the process exits, however it ends)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def consolidate(self) -> None:
         """Consolidated metadata once the run is over, so ``xr.open_zarr`` opens it quietly and fast."""
