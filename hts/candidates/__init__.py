@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hts.candidates.record import Candidate, candidate_id, chemsys_of, formula_of
+from hts.candidates.record import (
+    Candidate,
+    candidate_id,
+    chemsys_of,
+    formula_of,
+    source_id,
+    structure_problem,
+)
 
 __all__ = [
     "Candidate",
@@ -26,6 +33,7 @@ __all__ = [
     "chunks",
     "formula_of",
     "open_source",
+    "source_id",
 ]
 
 
@@ -77,14 +85,26 @@ def ensure_not_empty(campaign) -> None:
 
 
 def check_candidate(c: Candidate, max_atoms: int, min_distance: float) -> Candidate:
-    """Mark inputs no model should see as failed, with a reason a person can act on."""
+    """Mark inputs no model should see as failed, with a reason a person can act on.
+
+    A failed input takes the id of its source (:func:`source_id`), so it never
+    hides a valid structure with the same fingerprint.
+    """
+    if not c.error:
+        c.error = _problem(c, max_atoms, min_distance)
     if c.error:
-        return c
+        c.id = source_id(c.source)
+    return c
+
+
+def _problem(c: Candidate, max_atoms: int, min_distance: float) -> str:
+    if problem := structure_problem(c.numbers, c.positions, c.cell):
+        return problem
     if c.n_atoms == 0:
-        c.error = "structure has no atoms"
-    elif c.n_atoms > max_atoms:
-        c.error = f"{c.n_atoms} atoms exceeds limits.max_atoms = {max_atoms}"
-    elif not c.nearest >= min_distance:  # unknown (NaN) or too close: look at the pairs
+        return "structure has no atoms"
+    if c.n_atoms > max_atoms:
+        return f"{c.n_atoms} atoms exceeds limits.max_atoms = {max_atoms}"
+    if not c.nearest >= min_distance:  # unknown (NaN) or too close: look at the pairs
         from ase.data import chemical_symbols
 
         from hts.geometry import pairs_within
@@ -93,12 +113,12 @@ def check_candidate(c: Candidate, max_atoms: int, min_distance: float) -> Candid
         if len(d):
             k = int(np.argmin(d))
             a, b = int(i[k]), int(j[k])
-            c.error = (
+            return (
                 f"overlapping atoms: site {a} ({chemical_symbols[c.numbers[a]]}) and site {b} "
                 f"({chemical_symbols[c.numbers[b]]}) are {d[k]:.3f} Å apart "
                 f"(limits.min_distance = {min_distance} Å)"
             )
-    return c
+    return ""
 
 
 def chunks(
@@ -119,11 +139,12 @@ def chunks(
     index = 0
     taken = 0
     for cand in stream:
+        cand = check_candidate(cand, max_atoms, min_distance)  # before its id is trusted
         key = int(cand.id, 16)
         if key in seen:
             continue
         seen.add(key)
-        batch.append(check_candidate(cand, max_atoms, min_distance))
+        batch.append(cand)
         taken += 1
         if len(batch) == chunk_size:
             yield Chunk(index, batch)

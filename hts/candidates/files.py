@@ -8,13 +8,19 @@ parser's message; it never stops the campaign.
 from __future__ import annotations
 
 import glob
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from hts.candidates.record import Candidate, candidate_id, chemsys_of, formula_of
+from hts.candidates.record import (
+    Candidate,
+    candidate_id,
+    chemsys_of,
+    formula_of,
+    source_id,
+    structure_problem,
+)
 
 __all__ = ["FileReader", "detect_format"]
 
@@ -73,12 +79,12 @@ class FileReader:
                 frames = list(self._read(path, fmt))
             except Exception as err:  # any parser failure is this file's problem only
                 yield Candidate.failed(
-                    _label_id(label), label, f"unreadable {fmt} file: {_short(err)}"
+                    source_id(label), label, f"unreadable {fmt} file: {_short(err)}"
                 )
                 continue
             if not frames:
                 yield Candidate.failed(
-                    _label_id(label), label, f"unreadable {fmt} file: no structure found in it"
+                    source_id(label), label, f"unreadable {fmt} file: no structure found in it"
                 )
                 continue
             for k, atoms in enumerate(frames):
@@ -104,10 +110,14 @@ def _from_atoms(atoms, source: str) -> Candidate:
     numbers = np.asarray(atoms.numbers, dtype=np.int64)
     cell = np.array(atoms.cell[:], dtype=float)
     positions = np.array(atoms.positions, dtype=float)
-    if not all(atoms.pbc) or abs(np.linalg.det(cell)) < 1e-6:
+    finite = np.isfinite(cell).all()
+    if finite and (not all(atoms.pbc) or abs(np.linalg.det(cell)) < 1e-6):
         return Candidate.failed(
-            _label_id(source), source, "not a periodic crystal (needs a 3-D cell)"
+            source_id(source), source, "not a periodic crystal (needs a 3-D cell)"
         )
+    problem = structure_problem(numbers, positions, cell) or _disorder(atoms)
+    if problem:
+        return Candidate.failed(source_id(source), source, problem)
     return Candidate(
         id=candidate_id(numbers, positions, cell),
         source=source,
@@ -120,10 +130,30 @@ def _from_atoms(atoms, source: str) -> Candidate:
     )
 
 
-def _label_id(label: str) -> str:
-    return hashlib.sha1(label.encode()).hexdigest()[:16]
+def _disorder(atoms) -> str:
+    """A CIF site shared by several species or partly empty: ASE keeps one species, silently."""
+    for label, species in (atoms.info.get("occupancy") or {}).items():
+        total = sum(species.values())
+        if len(species) > 1 or total < 1 - 1e-3:
+            shares = ", ".join(f"{el} {x:g}" for el, x in species.items())
+            return (
+                f"partial occupancy (site {label}: {shares}): hts screens ordered structures; "
+                "order the site first (e.g. pymatgen's OrderDisorderedStructureTransformation)"
+            )
+    return ""
 
 
 def _short(err: Exception) -> str:
-    text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
-    return text[:300]
+    """A parser's exception as a reason a person can act on."""
+    if isinstance(err, KeyError):
+        return (
+            f"unknown element symbol {err.args[0]!r}" if err.args else "a required field is missing"
+        )
+    text = f"{err}".strip().replace("\n", " ")
+    if isinstance(err, (AssertionError, AttributeError, IndexError, TypeError)) or not text:
+        return f"the file is malformed or truncated (the parser stopped with {type(err).__name__}{': ' + text if text else ''})"[
+            :300
+        ]
+    if "broadcast" in text:
+        return f"the atom counts do not match the coordinates given ({text})"[:300]
+    return f"{type(err).__name__}: {text}"[:300]

@@ -15,7 +15,48 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Candidate", "candidate_id", "chemsys_of", "formula_of"]
+__all__ = [
+    "Candidate",
+    "candidate_id",
+    "chemsys_of",
+    "formula_of",
+    "source_id",
+    "structure_problem",
+]
+
+# Volume per atom a crystal can have, Å^3: the densest solids sit near 5 (diamond 5.7), the
+# loosest near 120 (Cs, noble-gas solids ~40-60).  Outside [1, 1000] the input is broken (a
+# near-flat cell, a lattice constant in the wrong unit), and the neighbour search would run
+# away on it: such a structure fails before any id, check or model sees it.
+VOLUME_PER_ATOM = (1.0, 1000.0)
+
+
+def structure_problem(numbers, positions, cell) -> str:
+    """Why these arrays are not a structure any model should see ('' when they are)."""
+    numbers, positions, cell = np.asarray(numbers), np.asarray(positions), np.asarray(cell)
+    if not np.isfinite(cell).all():
+        return "cell has a non-finite entry (inf or NaN lattice parameter)"
+    if not np.isfinite(positions).all():
+        bad = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
+        return f"site {bad} has a non-finite coordinate (NaN or inf)"
+    n = max(len(numbers), 1)
+    volume = abs(float(np.linalg.det(cell)))
+    lo, hi = VOLUME_PER_ATOM
+    if not lo <= volume / n <= hi:
+        return (
+            f"volume per atom {volume / n:.3g} Å^3 is outside [{lo:g}, {hi:g}] "
+            "(a flat or exploded cell, or lattice parameters in the wrong unit)"
+        )
+    return ""
+
+
+def source_id(source: str) -> str:
+    """The id of an input that is not a usable structure: from where it came, not what it is.
+
+    Such inputs never share an id with a real structure (a supercell over
+    ``max_atoms`` would otherwise take its valid primitive cell's id and hide it).
+    """
+    return hashlib.sha1(source.encode()).hexdigest()[:16]
 
 
 @dataclass(slots=True)

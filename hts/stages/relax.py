@@ -276,12 +276,16 @@ def relax_batch(
             preds.update(
                 zip(active, model.predict([outcomes[k].atoms for k in active]), strict=True)
             )
-        except Exception:
+        except Exception as batch_error:
+            failed = 0
             for k in active:
                 try:
                     preds[k] = model.predict([outcomes[k].atoms])[0]
                 except Exception as err:  # this structure alone breaks the model
                     outcomes[k].error = f"model failed: {type(err).__name__}: {err}"[:300]
+                    failed += 1
+            if failed == len(active) > 1:  # every one of them: the model is broken, not they
+                raise batch_error
         dt = time.perf_counter() - t0
         still = []
         for k in active:

@@ -89,11 +89,10 @@ def run_stage(
     if getattr(stage, "direct", False):
         outcomes = _direct(model, todo, stage.model.batch_size)
     else:
-        outcomes = relax_with(
-            model,
+        outcomes = isolating(
+            lambda part: relax_with(model, part, stage.relax, stage.model),
             [_rattled(c, stage.relax.rattle, seed) for c in todo],
-            stage.relax,
-            stage.model,
+            _failed_outcome,
         )
     model_s = 0.0
     for c, o in zip(todo, outcomes, strict=True):
@@ -150,21 +149,64 @@ def _direct(model, candidates: Sequence[Candidate], batch_size: int) -> list:
     return out
 
 
+def isolating(run, items: list, fail) -> list:
+    """``run(items)``; when the batch raises, halves run apart so a structure that breaks the
+    model fails alone (``fail(item, error)`` is its outcome) and its batch mates go on.
+
+    When every structure fails on its own, the model or the machine is broken, not the
+    candidates: the first error is raised and the task fails (a resumed run tries again),
+    never recorded as a verdict on them.  So is a lone structure's error, which cannot be told
+    apart from a broken model.
+    """
+    try:
+        return run(items)
+    except Exception as first:
+        if len(items) <= 1:
+            raise
+        outcomes, all_failed = _bisect(run, items, fail)
+        if all_failed:
+            raise first
+        return outcomes
+
+
+def _bisect(run, items: list, fail) -> tuple[list, bool]:
+    try:
+        return run(items), False
+    except Exception as err:
+        if len(items) == 1:
+            return [fail(items[0], err)], True
+        mid = len(items) // 2
+        a, a_failed = _bisect(run, items[:mid], fail)
+        b, b_failed = _bisect(run, items[mid:], fail)
+        return a + b, a_failed and b_failed
+
+
+def _failed_outcome(atoms, err: Exception):
+    from hts.stages.relax import RelaxOutcome
+
+    return RelaxOutcome(atoms, error=f"the model failed on this structure: {_why(err)}")
+
+
+def _why(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}".replace("\n", " ")[:200]
+
+
 def predict_isolating(model, atoms: Sequence, batch_size: int) -> list:
-    """Predictions in batches; a structure that breaks the model (or gives NaN) is None, alone."""
-    out: list = []
-    for i in range(0, len(atoms), batch_size):
-        part = list(atoms[i : i + batch_size])
-        try:
-            got = model.predict(part)
-        except Exception:
-            got = []
-            for a in part:
-                try:
-                    got.append(model.predict([a])[0])
-                except Exception:
-                    got.append(None)
-        for p in got:
-            ok = p is not None and np.isfinite(p.energy) and np.isfinite(p.forces).all()
-            out.append(p if ok and np.isfinite(p.stress).all() else None)
+    """Predictions in batches; a structure that breaks the model (or gives NaN) is None, alone.
+
+    As :func:`isolating`: when every structure of a batch breaks the model on its own, the
+    model is broken, and the error is raised.
+    """
+
+    def run(part: list) -> list:
+        return [
+            p
+            for i in range(0, len(part), batch_size)
+            for p in model.predict(part[i : i + batch_size])
+        ]
+
+    out = []
+    for p in isolating(run, list(atoms), lambda a, err: None):
+        ok = p is not None and np.isfinite(p.energy) and np.isfinite(p.forces).all()
+        out.append(p if ok and np.isfinite(p.stress).all() else None)
     return out

@@ -81,3 +81,75 @@ def test_too_many_atoms(tmp_path):
     c = _campaign(tmp_path, ".")
     cand = [x for ch in chunks(open_source(c), 3, max_atoms=64) for x in ch.candidates][0]
     assert "125 atoms exceeds limits.max_atoms = 64" in cand.error
+
+
+_NACL_CIF = """data_NaCl
+_cell_length_a 5.64
+_cell_length_b 5.64
+_cell_length_c 5.64
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'F m -3 m'
+_symmetry_Int_Tables_number 225
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Na1 Na 0 0 0 1
+Cl1 Cl 0.5 0.5 0.5 1
+"""
+_POSCAR = "X\n1.0\n{a}\n{b}\n{c}\nNa Cl\n{counts}\nDirect\n{first}\n0.5 0.5 0.5\n"
+
+
+def _poscar(a="5.64 0 0", b="0 5.64 0", c="0 0 5.64", counts="1 1", first="0 0 0"):
+    return _POSCAR.format(a=a, b=b, c=c, counts=counts, first=first)
+
+
+# file name -> (contents, words the reason must contain)
+_BAD = {
+    "infinite.cif": (_NACL_CIF.replace("_cell_length_a 5.64", "_cell_length_a inf"), "non-finite"),
+    "mixed.cif": (
+        _NACL_CIF.replace("Na1 Na 0 0 0 1", "Na1 Na 0 0 0 0.5\nK1 K 0 0 0 0.5"),
+        "partial occupancy",
+    ),
+    "vacancy.cif": (_NACL_CIF.replace("Na1 Na 0 0 0 1", "Na1 Na 0 0 0 0.9"), "partial occupancy"),
+    "unknown.cif": (_NACL_CIF.replace("Na1 Na 0 0 0 1", "Na1 Xx 0 0 0 1"), "unknown element"),
+    "truncated.cif": ("\n".join(_NACL_CIF.splitlines()[:12]), "no structure found"),
+    "nan.vasp": (_poscar(first="nan 0 0"), "non-finite coordinate"),
+    "flat.vasp": (_poscar(c="0 0 0.0001"), "volume per atom"),
+    "counts.vasp": (_poscar(counts="1 3"), "atom counts do not match"),
+}
+
+
+def test_each_bad_file_fails_alone_with_a_reason_a_person_can_act_on(tmp_path):
+    """The issue's battery: every bad input is failed before any model sees it; good ones unharmed."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for name, (text, _) in _BAD.items():
+        (d / name).write_text(text)
+    for k in range(3):
+        write(d / f"good{k}.cif", bulk(["NaCl", "KCl", "LiF"][k], "rocksalt", a=5.0 + 0.3 * k))
+    cands = {c.source.split("/")[-1]: c for c in _all(_campaign(tmp_path, "in"))}
+    for name, (_, words) in _BAD.items():
+        assert words in cands[name].error, (name, cands[name].error)
+        assert cands[name].n_atoms == 0 or cands[name].error  # never a structure to relax
+    assert all(not cands[f"good{k}.cif"].error for k in range(3))
+    assert len({c.id for c in cands.values()}) == len(cands)  # one id each
+
+
+def test_a_supercell_over_max_atoms_does_not_hide_its_primitive_cell(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    write(d / "a_big.cif", bulk("NaCl", "rocksalt", a=5.64).repeat((4, 4, 4)))  # sorts first
+    write(d / "b_nacl.cif", bulk("NaCl", "rocksalt", a=5.64))
+    c = _campaign(tmp_path, "in")
+    cands = [x for ch in chunks(open_source(c), 3, max_atoms=64) for x in ch.candidates]
+    assert [(x.source.split("/")[-1], bool(x.error)) for x in cands] == [
+        ("a_big.cif", True),
+        ("b_nacl.cif", False),
+    ]
+    assert "exceeds limits.max_atoms" in cands[0].error

@@ -218,3 +218,58 @@ def test_fast_cell_math_is_used_or_its_absence_is_logged(monkeypatch, caplog):
     assert len(warnings) == 1  # once per process, not per structure
     assert f"ASE {ase.__version__}" in warnings[0].getMessage()
     assert "OtherFilter" in warnings[0].getMessage()
+
+
+class _Broken:
+    """A model whose every call fails (a corrupt model, a lost GPU): the machinery, not the inputs."""
+
+    name, version, device = "broken", "1", "cpu"
+
+    def __init__(self):
+        self.inner = load_model(ModelSpec(name="emt"))
+
+    def unsupported(self, numbers):
+        return None
+
+    def calculator(self):
+        return self.inner.calculator()
+
+    def predict(self, batch):
+        raise RuntimeError("CUDA error: device lost")
+
+
+def test_a_broken_model_fails_the_task_not_the_candidates():
+    """Every structure failing alone means the model is broken: raise, record no verdict."""
+    with pytest.raises(RuntimeError, match="device lost"):
+        relax_batch(_Broken(), _structures(), fmax=0.05, max_steps=10, max_step=0.2, cell=True)
+
+
+def test_a_structure_that_crashes_its_batch_fails_alone_in_the_stage(monkeypatch):
+    """A structure whose relaxation raises (not the model: the numerics) is bisected out of its
+    chunk and failed with the reason; its batch mates are relaxed as usual."""
+    from hts.candidates import Candidate
+    from hts.spec import PrefilterStage
+    from hts.stages import relax as relax_module
+    from hts.stages.screen import run_stage
+
+    stage = PrefilterStage(model=ModelSpec(name="emt"), relax={"max_steps": 20})
+    cands = [
+        Candidate(f"{k:016x}", f"test:{k}", "", a.numbers, a.positions, a.cell[:])
+        for k, a in enumerate(_structures())
+    ]
+    original = relax_module.relax_with
+
+    def exploding(model, atoms, settings, spec):
+        if any(79 in a.numbers for a in atoms):
+            raise np.linalg.LinAlgError("singular cell")
+        return original(model, atoms, settings, spec)
+
+    monkeypatch.setattr(relax_module, "relax_with", exploding)
+    by_id = {r.id: r for r in run_stage(0, cands, stage).records}
+    bad = [c.id for c in cands if 79 in c.numbers]
+    assert bad and all("LinAlgError: singular cell" in by_id[i].reason for i in bad)
+    assert all(by_id[c.id].status == "ok" for c in cands if c.id not in bad)
+    # every structure raising: a broken machine, so the task fails and nothing is recorded
+    monkeypatch.setattr(relax_module, "relax_with", lambda *a: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MemoryError):
+        run_stage(0, cands, stage)
