@@ -107,7 +107,7 @@ def run(
     ] = False,
 ) -> None:
     """Run a campaign, or resume it: finished chunks in the store are skipped."""
-    from hts.campaign import run_campaign
+    from hts.campaign import RunError, run_campaign
     from hts.candidates import EmptySourceError
     from hts.execution import make_engine
     from hts.execution.sites import SiteError
@@ -152,6 +152,17 @@ def run(
             stats = run_campaign(c, eng, store_path=store_path, progress=display)
     except (EmptySourceError, CampaignError, StoreError, SiteError) as err:
         _fail(str(err))
+    except RunError as err:
+        _fail(str(err), code=1)
+    except KeyboardInterrupt:
+        _interrupted(store_path)
+    except OSError as err:  # the disk filled up, the store became read-only, ...
+        _fail(
+            f"cannot go on: {err.strerror or err}{f' ({err.filename})' if err.filename else ''}. "
+            "Everything committed so far is kept; fix the cause and run the same command "
+            "again to resume",
+            code=1,
+        )
     finally:
         eng.close()
     console.print(
@@ -165,6 +176,29 @@ def run(
             highlight=False,
         )
     render.print_status(store_path, top=top)
+    if stats.unscreened or stats.unrescored:
+        console.print(
+            f"[bold yellow]incomplete:[/] {stats.unscreened} candidates not screened and "
+            f"{stats.unrescored} survivors not rescored, because their task failed as a whole "
+            f"({len(stats.task_errors)} tasks; first: {stats.task_errors[0]}). Nothing was "
+            "recorded for them: fix the cause and run the same command again to retry them.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+def _interrupted(store_path: Path) -> None:
+    """Ctrl-C or SIGTERM: say what is kept and how to go on, exit 130."""
+    from hts.store import read_ledger
+
+    n = int(read_ledger(store_path).get("n_rows", 0))
+    console.print(
+        f"\ninterrupted: {n} candidates are committed in {store_path} and kept; run the same "
+        "command again to resume from there",
+        highlight=False,
+    )
+    raise typer.Exit(130)
 
 
 def _stop_on_sigterm() -> None:
@@ -261,6 +295,28 @@ def status(
             out.print(f"plot: {plot_store(open_dataset(store), plot)}", highlight=False)
     except FileNotFoundError as err:
         _fail(str(err))
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # a damaged store
+        _fail(
+            f"{store}: cannot read it ({type(err).__name__}: {err}); `hts verify {store}` checks it"
+        )
+
+
+@app.command()
+def verify(store: Annotated[Path, typer.Argument(help="A campaign's Zarr store.")]) -> None:
+    """Check a store is whole: every committed chunk present and readable, the atom index sound."""
+    from hts.store import verify as check
+
+    try:
+        damage = check(store)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    if damage:
+        for d in damage:
+            out.print(f"[red]damaged[/] {d}", highlight=False)
+        _fail(
+            f"{store}: {len(damage)} damaged part(s); restore the store from a copy, or start over"
+        )
+    out.print(f"[green]ok[/] {store}: every committed chunk present and readable", highlight=False)
 
 
 @app.command()
@@ -274,10 +330,14 @@ def export(
     """Survivors' structures as CIF and extxyz, a CSV summary of every candidate, and a plot."""
     from hts.report import export_store
 
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir}: is a file; give a folder (it is created if missing)")
     try:
         n, csv = export_store(store, out_dir, survivors_only=not all_ok)
     except FileNotFoundError as err:
         _fail(str(err))
+    except OSError as err:
+        _fail(f"--out {out_dir}: cannot write there: {err.strerror or err}")
     out.print(
         f"wrote {n} structures to {out_dir}/structures and {out_dir}/structures.extxyz; summary {csv}"
     )
@@ -286,7 +346,9 @@ def export(
 @app.command()
 def dashboard(
     store: Annotated[Path, typer.Argument(help="A campaign's Zarr store (running or finished).")],
-    port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8050,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")
+    ] = 8050,
     host: Annotated[
         str, typer.Option(help="Address to bind; anything but loopback requires the token.")
     ] = "127.0.0.1",

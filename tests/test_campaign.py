@@ -239,3 +239,55 @@ def test_a_campaign_without_any_elemental_reference_is_refused_before_it_runs(tm
         preflight(parse_campaign(data, base_dir=str(tmp_path)))
     dumpfn([ComputedEntry(el, -1.0) for el in [*els, "Cl"]], tmp_path / "refs.json")
     preflight(parse_campaign(data, base_dir=str(tmp_path)))
+
+
+def test_a_file_added_between_runs_is_screened_and_nothing_twice(tmp_path):
+    """Resume is keyed by candidate id: a new file that sorts first shifts every chunk, yet the
+    rerun screens exactly it, and every candidate is in the store once."""
+    from ase.build import bulk
+    from ase.io import write
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for k, f in enumerate(["NaCl", "KCl", "LiF", "NaF", "KF", "LiCl"]):
+        write(d / f"{k}_{f}.cif", bulk(f, "rocksalt", a=5.0 + 0.1 * k))
+    data = lj_campaign(tmp_path, candidates={"kind": "files", "path": "in"}, chunk_size=2)
+    c = parse_campaign(data, base_dir=str(tmp_path))
+    _run(c, tmp_path)
+    assert open_dataset(c.store).sizes["candidate"] == 6
+    write(d / "0_a_MgO.cif", bulk("MgO", "rocksalt", a=4.2))  # sorts before every other file
+    stats = _run(c, tmp_path)
+    ds = open_dataset(c.store)
+    ids = list(ds.id.values.astype(object))
+    assert stats.done == 1 and len(ids) == 7 == len(set(ids))
+    assert "MgO" in set(ds.formula.values.astype(object))
+
+
+def test_a_failed_task_is_not_a_verdict_and_is_retried(tmp_path):
+    """A corrupt model file: every prefilter task dies; nothing is recorded, `hts run` says the run
+    is incomplete (exit 1), and once the file is fixed the same command screens every candidate."""
+    import shutil
+
+    from tests.conftest import REPO, write_campaign
+    from tests.test_cli import _hts
+
+    student = REPO / "workflows" / "models" / "demo-student"
+    shutil.copy(student / "report.json", tmp_path / "report.json")
+    (tmp_path / "student.model").write_bytes(b"PK\x03\x04 not a model" * 20)
+    data = lj_campaign(tmp_path, chunk_size=4, limits={"max_candidates": 12, "task_retries": 0})
+    data["stages"]["prefilter"] = {
+        "model": {"name": "mace", "path": "student.model", "dtype": "float32"},
+        "direct": True,
+        "keep": "e_above_hull <= 10",
+        "distillation": {"report": "report.json", "references": "fitted"},
+    }
+    path = write_campaign(tmp_path, data)
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    assert "12 candidates not screened" in res.stderr and "run the same command again" in res.stderr
+    assert open_dataset(tmp_path / "lj.zarr").sizes["candidate"] == 0  # no verdict recorded
+    shutil.copy(student / "student.model", tmp_path / "student.model")
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    ds = open_dataset(tmp_path / "lj.zarr")
+    assert ds.sizes["candidate"] == 12 and (ds.status.values.astype(object) == "ok").all()

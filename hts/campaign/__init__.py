@@ -10,9 +10,11 @@ the campaign resolved once at start-up (:mod:`~hts.campaign.resolve`).
 """
 
 from hts.campaign.driver import RunStats, open_store, run_campaign
+from hts.campaign.references import RunError
 from hts.campaign.resolve import ResolvedCampaign, preflight, resolve, results_hash
 
 __all__ = [
+    "RunError",
     "ResolvedCampaign",
     "RunStats",
     "open_store",

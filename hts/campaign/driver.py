@@ -5,8 +5,10 @@ lazily, keeps at most ``max_in_flight`` tasks submitted (backpressure: memory
 stays flat however long the stream), scores each finished chunk against the
 running hull, appends it to the store and commits it in the ledger; survivors
 queue for the teacher in batches.  A restarted run rebuilds the same numbered
-chunks, skips the committed ones, rebuilds the hulls from the store and requeues
-the survivors the teacher has not seen.  At the end every stage's hull is
+chunks, skips every candidate whose id is committed, rebuilds the hulls from the
+store and requeues the survivors the teacher has not seen.  A task that fails
+as a whole (the model, a worker, the infrastructure) records nothing: its
+candidates are not judged, and the next run tries them again.  At the end every stage's hull is
 recomputed once over everything, then the DFT phase runs.
 
 What the loop hands off lives beside it: :mod:`~hts.campaign.resolve` (the
@@ -63,6 +65,10 @@ class RunStats:
     validate_failed: int = 0
     validate_waiting: int = 0  # DFT jobs (candidates and references) queued or running
     in_flight: int = 0
+    # candidates a failed task left unjudged (not in the store: the next run retries them)
+    unscreened: int = 0
+    unrescored: int = 0
+    task_errors: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     worker_s: float = 0.0  # wall time inside tasks
     model_s: float = 0.0  # of which inside model calls
@@ -78,11 +84,6 @@ class RunStats:
         if not self.total_estimate or self.rate <= 0:
             return None
         return max(0.0, (self.total_estimate - self.done - self.resumed) / self.rate)
-
-
-def _task_failed(cands: list[Candidate], d: Done) -> list[StageRecord]:
-    """Records for a task that died as a whole (after the engine's retries)."""
-    return [StageRecord(c.id, STATUS_FAILED, f"task failed: {d.describe_error()}") for c in cands]
 
 
 def _prefilter_rows(chunk: Chunk, recs: list[StageRecord], t: StageScorer) -> list[Row]:
@@ -143,6 +144,7 @@ class _Driver:
         self.pool = TaskPool(engine)
         self.book = ReferenceBook(resolved, store, self.scorers, engine, self._phase)
         self.queue: list[tuple[int, Candidate]] = []  # survivors waiting for the teacher
+        self.committed: set[int] = set()  # ids in the store (as integers): never screened again
         self._batches = 0
 
     def _phase(self, phase: str) -> None:
@@ -155,7 +157,8 @@ class _Driver:
         """Put every committed result back into its stage's hull; requeue unrescored survivors."""
         waiting: list[int] = []
         rescored = self.store.stage_done.get("rescore", set())
-        for start, b in self.store.iter_blocks(["formula", "energy_per_atom", "kept"]):
+        for start, b in self.store.iter_blocks(["id", "formula", "energy_per_atom", "kept"]):
+            self.committed.update(int(x, 16) for x in b["id"])
             for t in self.scorers.values():
                 e = b["energy_per_atom"][:, t.k]
                 t.hull.add(
@@ -180,11 +183,17 @@ class _Driver:
 
     # -- the prefilter ---------------------------------------------------------
 
-    def _records(self, stage: str, d: Done, cands: list[Candidate], what: str) -> list[StageRecord]:
-        """A finished stage task's records (its time counted), or failures if the task died."""
+    def _records(self, stage: str, d: Done, what: str) -> list[StageRecord] | None:
+        """A finished stage task's records (its time counted); None if the task died as a whole.
+
+        A task's death (after the engine's retries) says nothing about its
+        candidates: nothing is recorded, and the next run tries them again.
+        """
         if not d.ok:
-            log.warning("%s failed as a whole: %s", what, d.describe_error())
-            return _task_failed(cands, d)
+            why = d.describe_error()
+            log.warning("%s failed as a whole (its candidates are retried next run): %s", what, why)
+            self.stats.task_errors.append(f"{what}: {why}")
+            return None
         self.store.set_stage_model(stage, d.result.model_name, d.result.model_version)
         self.stats.worker_s += d.result.wall_s
         self.stats.model_s += d.result.model_s
@@ -192,7 +201,10 @@ class _Driver:
 
     def _collect_prefilter(self, d: Done, chunk: Chunk) -> None:
         s = self.stats
-        recs = self._records("prefilter", d, chunk.candidates, f"chunk {chunk.index}")
+        recs = self._records("prefilter", d, f"chunk {chunk.index}")
+        if recs is None:
+            s.unscreened += len(chunk.candidates)
+            return
         rows = _prefilter_rows(chunk, recs, self.pre)
         first = self.store.n_rows
         self.store.append(rows, chunk.index)
@@ -233,7 +245,11 @@ class _Driver:
     def _collect_rescore(self, d: Done, rows: list[int], cands: list[Candidate]) -> None:
         t, s = self.re, self.stats
         assert t is not None
-        recs = self._records("rescore", d, cands, "a rescore task")
+        recs = self._records("rescore", d, "a rescore task")
+        if recs is None:
+            s.unrescored += len(rows)
+            s.rescore_waiting -= len(rows)
+            return
         t.hull.add(
             (c.formula, r.energy_per_atom)
             for c, r in zip(cands, recs, strict=True)
@@ -301,9 +317,9 @@ class _Driver:
             max_candidates=c.limits.max_candidates,
             max_atoms=c.limits.max_atoms,
             min_distance=c.limits.min_distance,
+            skip=self.committed,
+            first_index=max(self.store.done, default=-1) + 1,
         ):
-            if chunk.index in self.store.done:
-                continue
             self.book.ensure(chunk.elements)
             self._submit_rescore()
             self._drain(max_in_flight - 1)
@@ -338,6 +354,7 @@ class _Driver:
     def _finalize(self) -> None:
         """Score everything once more against each stage's final hull and write the final values."""
         if self.store.finalized:
+            self.store.consolidate()  # reopening dropped it, or a kill came between the two
             return
         self._phase("final hull pass")
         for t in self.scorers.values():

@@ -19,7 +19,12 @@ from hts.campaign.resolve import ResolvedCampaign
 from hts.campaign.scoring import StageScorer
 from hts.stages.references import relax_references
 
-__all__ = ["ReferenceBook"]
+__all__ = ["ReferenceBook", "RunError"]
+
+
+class RunError(RuntimeError):
+    """The run cannot go on (a failure of the machinery, not of a candidate); nothing was lost."""
+
 
 log = logging.getLogger("hts.campaign")
 
@@ -103,11 +108,12 @@ class ReferenceBook:
                         "reason": r.reason,
                     }
                 continue
-            # the candidates of these elements fail with this reason
-            why = f"reference task failed: {done.describe_error()}"[:300]
-            log.warning("%s: %s (%s)", name, why, ", ".join(group))
-            for el in group:
-                table[el] = {"energy_per_atom": math.nan, "structure": "", "reason": why}
+            # the machinery failed, not the elements: record nothing, stop, and say so
+            raise RunError(
+                f"stage {name}: the task relaxing the elemental references of "
+                f"{', '.join(group)} failed as a whole: {done.describe_error()}. Nothing was "
+                "recorded for them; fix the cause and run the same command again"
+            )
         for name, table in new.items():
             refs[name] = {**refs.get(name, {}), **table}
             self.scorers[name].add_references(table)

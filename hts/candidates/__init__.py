@@ -3,8 +3,9 @@
 :func:`open_source` turns a campaign's ``candidates`` section into a lazy
 iterator of :class:`Candidate`; :func:`chunks` checks each one, drops
 duplicates (same id seen earlier in the stream) and cuts the stream into
-fixed-size, numbered chunks.  The numbering depends only on the campaign, so a
-resumed run rebuilds exactly the same chunks and skips the finished ones.
+fixed-size, numbered chunks.  A resumed run skips every candidate whose id
+is already in the store, so what is screened depends on the store's contents,
+not on where a candidate sits in the stream.
 """
 
 from __future__ import annotations
@@ -128,15 +129,23 @@ def chunks(
     max_candidates: int | None = None,
     max_atoms: int = 64,
     min_distance: float = 0.5,
+    skip: set[int] | None = None,
+    first_index: int = 0,
 ) -> Iterator[Chunk]:
     """Checked, de-duplicated, numbered chunks of the stream.
+
+    ``skip`` holds the ids (as integers) already in the store: they are not
+    screened again, whatever chunk they were in or wherever they sit in the
+    stream now (a file source may have gained files), but they count towards
+    ``max_candidates``.  Chunks are numbered from ``first_index``.
 
     Ids are kept as 64-bit integers (8 bytes of entropy each) so a million of
     them cost tens of MB, not the hundreds a set of strings would.
     """
     seen: set[int] = set()
+    skip = skip or set()
     batch: list[Candidate] = []
-    index = 0
+    index = first_index
     taken = 0
     for cand in stream:
         cand = check_candidate(cand, max_atoms, min_distance)  # before its id is trusted
@@ -144,8 +153,9 @@ def chunks(
         if key in seen:
             continue
         seen.add(key)
-        batch.append(cand)
         taken += 1
+        if key not in skip:
+            batch.append(cand)
         if len(batch) == chunk_size:
             yield Chunk(index, batch)
             index += 1

@@ -1,9 +1,13 @@
 """``hts dashboard``: a small threaded HTTP server over :class:`StoreViews`.
 
-Bound to 127.0.0.1 by default.  Bound to any other address it needs a token:
-given in the URL once (``?token=…``), then kept in a cookie, or sent as
-``Authorization: Bearer …``; every other request gets 403.  The server only
-reads the store.
+Bound to 127.0.0.1 by default, where it answers only requests addressed to a
+loopback name (``Host: localhost`` / ``127.0.0.1`` / ``[::1]``): a web page
+elsewhere that rebinds its own domain to 127.0.0.1 cannot read it.  Bound to
+any other address it needs a token: given in the URL once (``?token=…``), then
+kept in a cookie, or sent as ``Authorization: Bearer …``; every other request
+gets 403.  At most :data:`MAX_CONNECTIONS` connections are served at once and an
+idle one is closed after :data:`IDLE_S` seconds, so a crowd of idle clients
+cannot hold the process's threads.  The server only reads the store.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from urllib.parse import parse_qs, urlparse
 
 from hts.dashboard.views import PLOTS, StoreViews
 
-__all__ = ["Dashboard", "is_loopback"]
+__all__ = ["IDLE_S", "MAX_CONNECTIONS", "Dashboard", "is_loopback"]
+
+MAX_CONNECTIONS = 32
+IDLE_S = 10.0
 
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
@@ -38,6 +45,49 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _same(given: str, token: str) -> bool:
+    """Constant-time comparison of what a client sent with the token (any characters)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
+
+
+def _loopback_host(header: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (with or without a port)."""
+    host = header.strip().lower()
+    if host.startswith("["):  # [::1]:8050
+        host = host[1 : host.find("]")] if "]" in host else host
+    else:
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return is_loopback(host)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most :data:`MAX_CONNECTIONS` at once; the rest are closed."""
+
+    daemon_threads = True
+
+    def __init__(self, *args, **kw) -> None:
+        import threading
+
+        super().__init__(*args, **kw)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: the client may try again
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def static_file(name: str) -> bytes:
     return resources.files("hts.dashboard").joinpath("static", name).read_bytes()
 
@@ -53,8 +103,7 @@ class Dashboard:
         self.views = StoreViews(store)
         self.token = token if token else (None if is_loopback(host) else secrets.token_urlsafe(18))
         handler = type("Handler", (_Handler,), {"dashboard": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedServer((host, port), handler)
         self.host, self.port = self.httpd.server_address[:2]
 
     @property
@@ -81,6 +130,7 @@ class Dashboard:
 class _Handler(BaseHTTPRequestHandler):
     dashboard: Dashboard
     server_version = "hts-dashboard"
+    timeout = IDLE_S  # an idle (or slow) connection is closed, freeing its slot
 
     def log_message(self, format, *args):  # noqa: A002 - quiet: the terminal shows the URL only
         pass
@@ -91,14 +141,14 @@ class _Handler(BaseHTTPRequestHandler):
         if token is None:
             return True, False
         given = query.get("token", [""])[0]
-        if given and hmac.compare_digest(given, token):
+        if given and _same(given, token):
             return True, True
         auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:], token):
+        if auth.startswith("Bearer ") and _same(auth[7:], token):
             return True, False
         for part in self.headers.get("Cookie", "").split(";"):
             k, _, v = part.strip().partition("=")
-            if k == "hts_token" and hmac.compare_digest(v, token):
+            if k == "hts_token" and _same(v, token):
                 return True, False
         return False, False
 
@@ -113,6 +163,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        if self.dashboard.token is None and not _loopback_host(self.headers.get("Host", "")):
+            self._send(
+                HTTPStatus.FORBIDDEN,
+                b"403: this dashboard answers only at http://127.0.0.1 or http://localhost\n",
+                "text/plain; charset=utf-8",
+            )
+            return
         url = urlparse(self.path)
         query = parse_qs(url.query)
         ok, set_cookie = self._authorised(query)

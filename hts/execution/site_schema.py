@@ -132,6 +132,14 @@ class ExecutorSpec(_Batch):
         description="Workers per node; auto = gpus_per_node if set, else cores // threads_per_worker.",
     )
     threads_per_worker: int = Field(default=1, ge=1, le=256)
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, v: int | str) -> int | str:
+        if v != "auto" and not 1 <= int(v) <= 100_000:
+            raise ValueError(f"must be auto or a number of workers from 1 to 100000, not {v}")
+        return v
+
     gpus_per_node: int = Field(
         default=0, ge=0, le=64, description="GPUs per node; one worker is pinned to each."
     )

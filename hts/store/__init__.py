@@ -10,13 +10,16 @@ from __future__ import annotations
 from hts.store.counters import Counters
 from hts.store.lock import StoreError, StoreLockedError
 from hts.store.reader import StoreReader, expand_ranges, open_dataset, read_ledger
-from hts.store.writer import Row, StageUpdate, Store, StoreMismatchError
+from hts.store.verify import Damage, verify
+from hts.store.writer import Row, StageUpdate, Store, StoreDamagedError, StoreMismatchError
 
 __all__ = [
     "Counters",
     "Row",
     "StageUpdate",
     "Store",
+    "Damage",
+    "StoreDamagedError",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",
@@ -25,6 +28,7 @@ __all__ = [
     "open_dataset",
     "read_ledger",
     "structure_of",
+    "verify",
 ]
 
 

@@ -33,8 +33,9 @@ from hts.store.layout import add_missing, consolidate, create_layout, drop_conso
 from hts.store.lock import StoreError, StoreLock
 from hts.store.reader import RowReader
 from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION, UPDATE_VARS
+from hts.store.verify import verify
 
-__all__ = ["Row", "StageUpdate", "Store", "StoreMismatchError"]
+__all__ = ["Row", "StageUpdate", "Store", "StoreDamagedError", "StoreMismatchError"]
 
 
 _RANKED = ["e_above_hull", "formation_energy"]  # what the best-candidates order depends on
@@ -42,6 +43,19 @@ _RANKED = ["e_above_hull", "formation_energy"]  # what the best-candidates order
 
 class StoreMismatchError(StoreError):
     """The store on disk belongs to another campaign (or schema)."""
+
+
+class StoreDamagedError(StoreError):
+    """Committed data of the store is missing or unreadable (:func:`hts.store.verify.verify`)."""
+
+    def __init__(self, path: Path, damage: list) -> None:
+        self.damage = damage
+        listed = "; ".join(str(d) for d in damage[:5])
+        more = f" (and {len(damage) - 5} more)" if len(damage) > 5 else ""
+        super().__init__(
+            f"{path}: damaged, so it is not resumed: {listed}{more}. `hts verify {path}` lists "
+            "it all; restore the store from a copy, or start over in a new one"
+        )
 
 
 @dataclass(slots=True)
@@ -190,7 +204,10 @@ class Store(RowReader):
         self._wall_before = float(ledger.get("wall_s", 0.0))
         self._opened = time.time()
         add_missing(group, stages, {"candidate": self.n_rows, "update": self.n_updates})
-        self._arrays = {name: group[name] for name in (*CANDIDATE_VARS, *ATOM_VARS, *UPDATE_VARS)}
+        self._arrays = {
+            name: group[name].with_config({"write_empty_chunks": True})  # see hts.store.verify
+            for name in (*CANDIDATE_VARS, *ATOM_VARS, *UPDATE_VARS)
+        }
         self.counters = Counters.from_json(ledger.get("counters"), stages) or Counters.empty(stages)
         self.best = BestRows.from_json(ledger.get("best"))
         # rows whose later-stage results (rescore, …) are committed, per stage
@@ -247,29 +264,42 @@ class Store(RowReader):
         if path.exists() and (path / "zarr.json").exists():
             store = cls(path, _reopen(path, campaign_hash, also_accept), stages)
             store._truncate_to_ledger()
+            if damage := verify(path):
+                raise StoreDamagedError(path, damage)
             counted, best = store.recount(), store.best.to_json()
             store.best.rebuild(store.iter_blocks(_RANKED))
             if counted != store.counters or best != store.best.to_json():
                 store.counters = counted
                 store._commit()
             return store
-        if path.exists() and any(path.iterdir()):
-            raise StoreMismatchError(
-                f"{path}: exists and is not an hts store; refusing to overwrite it"
-            )
-        group = create_layout(path, stages)
+        return cls._create(path, stages, campaign_name, campaign_hash, campaign_yaml)
+
+    @classmethod
+    def _create(cls, path: Path, stages, campaign_name, campaign_hash, campaign_yaml) -> Store:
+        """A new store, made whole beside its path and then renamed into place (atomic)."""
+        import shutil
+
+        import zarr
+
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            what = "a directory that is not an hts store" if path.is_dir() else "a file"
+            raise StoreMismatchError(f"{path}: is {what}; refusing to overwrite it")
+        tmp = path.with_name(f".{path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)  # a creation killed before its rename
+        group = create_layout(tmp, stages)
         group.attrs.update(
             {
                 "hts_schema": SCHEMA_VERSION,
+                "layout": 2,  # every chunk written, even fill-valued: a missing one is damage
                 "campaign_name": campaign_name,
                 "campaign_hash": campaign_hash,
                 "campaign": campaign_yaml,
                 "references": {},
             }
         )
-        store = cls(path, group, stages)
-        store._commit()
-        return store
+        cls(tmp, group, stages)._commit()
+        tmp.rename(path)  # an empty directory at path is replaced; nothing half-made is seen
+        return cls(path, zarr.open_group(path, mode="r+", use_consolidated=False), stages)
 
     def _truncate_to_ledger(self) -> None:
         """Cut off rows written after the last committed chunk (a killed driver's half chunk)."""

@@ -94,6 +94,58 @@ def test_non_loopback_bind_refuses_requests_without_the_token(store):
         d.close()
 
 
+def test_loopback_answers_only_loopback_host_names(store):
+    """A DNS-rebinding page reaches 127.0.0.1 under its own name: refused."""
+    d = Dashboard(store, port=0)
+    d.start()
+    try:
+        for host in (f"127.0.0.1:{d.port}", f"localhost:{d.port}", "localhost", "[::1]:8050"):
+            assert _get(d.url + "api/snapshot", {"Host": host})[0] == 200, host
+        for host in ("evil.example", f"evil.example:{d.port}", "127.0.0.1.evil.example"):
+            code, body, _ = _get(d.url + "api/snapshot", {"Host": host})
+            assert code == 403 and b"127.0.0.1" in body, host
+    finally:
+        d.close()
+
+
+def test_any_token_characters_are_refused_cleanly(store):
+    """A non-ASCII token (query, bearer or cookie) is a 403, not a dropped connection."""
+    d = Dashboard(store, host="0.0.0.0", port=0)
+    d.start()
+    base = f"http://127.0.0.1:{d.port}"
+    try:
+        assert _get(base + "/api/snapshot?token=%C3%A9t%C3%A9")[0] == 403
+        for header in ({"Authorization": "Bearer été"}, {"Cookie": "hts_token=été"}):
+            raw = {k: v.encode("utf-8").decode("latin-1") for k, v in header.items()}
+            assert _get(base + "/api/snapshot", raw)[0] == 403
+    finally:
+        d.close()
+
+
+def test_idle_connections_are_bounded_and_timed_out(store, monkeypatch):
+    """Idle clients cannot hold more than MAX_CONNECTIONS threads; the dashboard keeps answering."""
+    import socket
+    import threading
+    import time
+
+    from hts.dashboard import server
+
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(server._Handler, "timeout", 1.0)
+    d = Dashboard(store, port=0)
+    d.start()
+    idle = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(20)]
+    try:
+        time.sleep(0.3)
+        assert threading.active_count() < 20  # the surplus was closed, not given threads
+        time.sleep(1.5)  # the idle ones time out and free their slots
+        assert _get(d.url + "api/snapshot")[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+        d.close()
+
+
 def test_static_report_is_one_offline_file(store, tmp_path):
     out = write_html(store, tmp_path / "report.html")
     page = out.read_text()

@@ -114,6 +114,8 @@ def test_environment_variables_fill_site_values(monkeypatch, tmp_path):
         ),
         (slurm_site(workers=8), r"executors.gpu: 8 workers per node but only 4 GPUs per node"),
         (slurm_site(walltime="1h"), r"executors.gpu.walltime: '1h' is not a walltime"),
+        ({"name": "c", "executors": {"cpu": {"kind": "threads", "workers": 0}}}, r"workers"),
+        ({"name": "c", "executors": {"cpu": {"kind": "threads", "workers": -2}}}, r"workers"),
         (
             {"name": "c", "executors": {"cpu": {"kind": "threads", "provider": "slurm"}}},
             r"kind threads runs inside the driver process",

@@ -1,0 +1,74 @@
+"""A damaged store is found (hts verify, and before any resume); creation and finalisation are atomic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hts.spec import parse_campaign
+from hts.store import StoreDamagedError, open_dataset, verify
+from tests.conftest import lj_campaign, run_on_parsl, write_campaign
+from tests.test_cli import _hts
+
+
+@pytest.fixture
+def finished(tmp_path):
+    data = lj_campaign(tmp_path, chunk_size=8, limits={"max_candidates": 24})
+    c = parse_campaign(data)
+    run_on_parsl(c, tmp_path / "runinfo")
+    return c, write_campaign(tmp_path, data)
+
+
+def test_a_whole_store_verifies(finished):
+    c, _ = finished
+    assert verify(c.store) == []
+
+
+def test_a_deleted_chunk_is_found_and_the_store_is_not_resumed(finished, tmp_path):
+    c, path = finished
+    (tmp_path / "lj.zarr" / "energy" / "c" / "0" / "0").unlink()  # rows 0-23 of every stage
+    damage = verify(c.store)
+    assert [str(d) for d in damage] == ["energy rows 0–23: chunk file missing"]
+    res = _hts("verify", str(c.store), cwd=tmp_path)
+    assert res.returncode == 2 and "energy rows 0–23: chunk file missing" in res.stdout
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert res.returncode == 2 and "damaged, so it is not resumed" in res.stderr
+    with pytest.raises(StoreDamagedError):
+        run_on_parsl(c, tmp_path / "runinfo")
+
+
+def test_a_garbage_chunk_is_found(finished, tmp_path):
+    c, _ = finished
+    (tmp_path / "lj.zarr" / "formula" / "c" / "0").write_bytes(b"\x00garbage" * 50)
+    (damage,) = verify(c.store)
+    assert damage.variable == "formula" and "unreadable" in damage.what
+
+
+def test_a_creation_killed_before_its_rename_leaves_nothing_half_made(tmp_path):
+    """The store appears whole or not at all; a leftover from a killed creation is cleared."""
+    c = parse_campaign(lj_campaign(tmp_path, limits={"max_candidates": 8}))
+    half = tmp_path / ".lj.zarr.creating"
+    half.mkdir()
+    (half / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')  # no ledger
+    run_on_parsl(c, tmp_path / "runinfo")
+    assert not half.exists() and open_dataset(c.store).sizes["candidate"] == 8
+
+
+def test_a_kill_between_finalising_and_consolidating_is_consolidated_on_resume(finished):
+    c, _ = finished
+    meta_path = Path(c.store) / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("consolidated_metadata")  # finalized in the ledger, never consolidated
+    meta_path.write_text(json.dumps(meta))
+    run_on_parsl(c, Path(c.store).parent / "runinfo")
+    assert "consolidated_metadata" in json.loads(meta_path.read_text())
+
+
+def test_a_store_path_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "lj.zarr").write_text("not a store")
+    path = write_campaign(tmp_path, lj_campaign(tmp_path))
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert res.returncode == 2 and "lj.zarr: is a file; refusing to overwrite it" in res.stderr
+    assert "Traceback" not in res.stderr
