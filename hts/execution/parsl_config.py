@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -173,7 +174,10 @@ def build_parsl_config(
     # venv's bin directory through their worker_init.
     bindir = str(Path(sys.executable).parent)
     interchange = Path(bindir) / DEFAULT_INTERCHANGE_LAUNCH_CMD[0]
-    interchange_cmd = [str(interchange)] if interchange.is_file() else None
+    # Both live and die with this driver (hts.execution.watchdog): a SIGKILLed driver
+    # leaves no interchange or local worker pool behind to race the next run.
+    watch = [sys.executable, "-m", "hts.execution.watchdog", str(os.getpid())]
+    interchange_cmd = [*watch, str(interchange)] if interchange.is_file() else None
     key = store_key(store or run_dir)
     executors = []
     batch = False
@@ -197,6 +201,8 @@ def build_parsl_config(
         launch = DEFAULT_LAUNCH_CMD
         if site.container is not None:
             launch = f"{site.container.prefix()} {launch}"
+        if spec.provider == "local" and not allocation:  # the pool runs on this host
+            launch = f"{shlex.join(watch)} {launch}"
         executors.append(
             HighThroughputExecutor(
                 label=label,

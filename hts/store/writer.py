@@ -149,8 +149,14 @@ def _reopen(path: Path, campaign_hash: str, also_accept: Sequence[str]):
     """The zarr group of an existing store, once it is known to hold this campaign's results."""
     import zarr
 
-    drop_consolidated(path)
-    group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+    try:
+        drop_consolidated(path)
+        group = zarr.open_group(path, mode="r+", zarr_format=3, use_consolidated=False)
+    except ValueError as err:  # zarr.json truncated or not JSON: the ledger is gone
+        raise StoreError(
+            f"{path}/zarr.json is unreadable ({err}): the store's ledger is lost; restore the "
+            "store from a copy, or start over in a new one"
+        ) from None
     attrs = group.attrs
     if attrs.get("hts_schema") != SCHEMA_VERSION:
         raise StoreMismatchError(

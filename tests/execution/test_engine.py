@@ -188,3 +188,74 @@ def test_campaign_on_local_htex(tmp_path):
         eng.close()
     assert stats.done == stats.ok == 16
     assert open_dataset(c.store).sizes["candidate"] == 16
+
+
+_DRIVER = """
+import subprocess, sys, time
+from hts.execution import make_engine
+eng = make_engine("parsl", "workstation", sys.argv[1])
+eng.submit("cpu", subprocess.call, ["true"]).result(timeout=120)  # the pool is up and serving
+eng.submit("cpu", subprocess.call, ["sleep", "300"])
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _watched(pid: int) -> list[int]:
+    """Processes started for this driver through the watchdog, and their whole groups."""
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"hts.execution.watchdog {pid} " in cmd:
+            groups.add(int(entry.name))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) in groups or int(stat[2]) in groups or int(entry.name) in groups:
+                found.append(int(entry.name))  # parent or process group is a watchdog's
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is gone, only not yet reaped
+
+
+def test_a_killed_driver_leaves_no_interchange_or_worker_pool_behind(tmp_path):
+    """SIGKILL of the driver on a local HTEX: its interchange and worker pool go within seconds,
+    instead of living on for minutes and racing the next run for the cores."""
+    import signal
+    import time
+
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(tmp_path / "runinfo")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = driver.stdout.readline()  # the driver prints one line, or dies and closes it
+        assert line.strip() == "ready", line
+        before = _watched(driver.pid)
+        assert len(before) >= 2  # the interchange and the worker pool, under their watchdogs
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.time() + 20
+        while _watched(driver.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        left = [p for p in before if _running(p)]
+        assert not left, f"still running after the driver died: {left}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
