@@ -176,10 +176,11 @@ def run(
             highlight=False,
         )
     render.print_status(store_path, top=top)
-    if stats.unscreened or stats.unrescored:
+    if stats.unscreened or stats.unrescored or stats.unvalidated:
         console.print(
-            f"[bold yellow]incomplete:[/] {stats.unscreened} candidates not screened and "
-            f"{stats.unrescored} survivors not rescored, because their task failed as a whole "
+            f"[bold yellow]incomplete:[/] {stats.unscreened} candidates not screened, "
+            f"{stats.unrescored} survivors not rescored and {stats.unvalidated} DFT jobs not "
+            "done, because their task failed as a whole "
             f"({len(stats.task_errors)} tasks; first: {stats.task_errors[0]}). Nothing was "
             "recorded for them: fix the cause and run the same command again to retry them.",
             highlight=False,

@@ -68,6 +68,7 @@ class RunStats:
     # candidates a failed task left unjudged (not in the store: the next run retries them)
     unscreened: int = 0
     unrescored: int = 0
+    unvalidated: int = 0  # DFT jobs (candidates and references)
     task_errors: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     worker_s: float = 0.0  # wall time inside tasks

@@ -9,6 +9,7 @@ plus every validated candidate — is built at the end, scored by the same
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +25,8 @@ from hts.stages.hull import elements_of
 from hts.stages.validate import DftRecord, DftTask, reference_task, select_rows, validate_one
 from hts.store import StageUpdate
 from hts.store.schema import STATUS_FAILED, STATUS_OK
+
+log = logging.getLogger("hts.campaign")
 
 __all__ = ["ValidatePhase"]
 
@@ -117,12 +120,15 @@ class ValidatePhase:
         self.progress(s)
         for d in pool.completed():
             kind, key = d.tag
-            # a task that died is not the DFT job's verdict, but the row has nothing better
-            rec = (
-                d.result
-                if d.ok
-                else DftRecord(str(key), STATUS_FAILED, f"task failed: {d.describe_error()}")
-            )
+            s.validate_waiting = len(pool)
+            if not d.ok:  # the task died, not the DFT job: no verdict; the next run tries again
+                why = d.describe_error()
+                log.warning("DFT task of %s %s failed as a whole: %s", kind, key, why)
+                s.task_errors.append(f"DFT of {kind} {key}: {why}")
+                s.unvalidated += 1
+                self.progress(s)
+                continue
+            rec = d.result
             if kind == "ref":
                 cached[key] = {
                     "energy_per_atom": rec.energy_per_atom if rec.status == STATUS_OK else math.nan,
@@ -133,7 +139,6 @@ class ValidatePhase:
                 store.set_references(refs)
             else:
                 self._commit(int(key), rec)
-            s.validate_waiting = len(pool)
             self.progress(s)
         store.set_stage_model("validate", v.code, _code_version(v.code))
         self._finalize(cached)

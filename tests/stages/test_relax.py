@@ -45,28 +45,31 @@ def test_batched_equals_ase_loop_emt():
         assert abs(o.atoms.get_volume() / v_ref - 1) < 1e-6
 
 
+class _Flaky:
+    """EMT that breaks on any batch holding gold (79), as a model breaks on one structure."""
+
+    name, version, device = "flaky", "1", "cpu"
+
+    def __init__(self):
+        self.inner = load_model(ModelSpec(name="emt"))
+
+    def unsupported(self, numbers):
+        return None
+
+    def calculator(self):
+        return self.inner.calculator()
+
+    def predict(self, batch):
+        if any(79 in a.numbers for a in batch):
+            if len(batch) == 1:
+                raise RuntimeError("boom")
+            raise RuntimeError("batch contains a bad structure")
+        return self.inner.predict(batch)
+
+
 def test_failing_structure_is_isolated():
-    class Flaky:
-        name, version, device = "flaky", "1", "cpu"
-
-        def __init__(self):
-            self.inner = load_model(ModelSpec(name="emt"))
-
-        def unsupported(self, numbers):
-            return None
-
-        def calculator(self):
-            return self.inner.calculator()
-
-        def predict(self, batch):
-            if any(79 in a.numbers for a in batch):
-                if len(batch) == 1:
-                    raise RuntimeError("boom")
-                raise RuntimeError("batch contains a bad structure")
-            return self.inner.predict(batch)
-
     structures = _structures()
-    out = relax_batch(Flaky(), structures, fmax=0.05, max_steps=100, max_step=0.2, cell=True)
+    out = relax_batch(_Flaky(), structures, fmax=0.05, max_steps=100, max_step=0.2, cell=True)
     assert "model failed: RuntimeError: boom" in out[1].error
     assert all(o.converged for k, o in enumerate(out) if k != 1)
 
@@ -220,28 +223,16 @@ def test_fast_cell_math_is_used_or_its_absence_is_logged(monkeypatch, caplog):
     assert "OtherFilter" in warnings[0].getMessage()
 
 
-class _Broken:
-    """A model whose every call fails (a corrupt model, a lost GPU): the machinery, not the inputs."""
-
-    name, version, device = "broken", "1", "cpu"
-
-    def __init__(self):
-        self.inner = load_model(ModelSpec(name="emt"))
-
-    def unsupported(self, numbers):
-        return None
-
-    def calculator(self):
-        return self.inner.calculator()
-
-    def predict(self, batch):
-        raise RuntimeError("CUDA error: device lost")
-
-
 def test_a_broken_model_fails_the_task_not_the_candidates():
-    """Every structure failing alone means the model is broken: raise, record no verdict."""
+    """Every structure failing alone means the model is broken (a corrupt file, a lost GPU):
+    raise, record no verdict."""
+
+    class Broken(_Flaky):
+        def predict(self, batch):
+            raise RuntimeError("CUDA error: device lost")
+
     with pytest.raises(RuntimeError, match="device lost"):
-        relax_batch(_Broken(), _structures(), fmax=0.05, max_steps=10, max_step=0.2, cell=True)
+        relax_batch(Broken(), _structures(), fmax=0.05, max_steps=10, max_step=0.2, cell=True)
 
 
 def test_a_structure_that_crashes_its_batch_fails_alone_in_the_stage(monkeypatch):

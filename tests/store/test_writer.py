@@ -23,6 +23,17 @@ def _open(path, h="h1"):
     )
 
 
+def _open_two(path):
+    """A store with a later stage, for its update log."""
+    return Store.open(
+        path,
+        campaign_name="t",
+        campaign_hash="h",
+        campaign_yaml="",
+        stages=["prefilter", "rescore"],
+    )
+
+
 def _row(k: int, n_atoms: int, chunk: int) -> Row:
     rng = np.random.default_rng(k)
     return Row(
@@ -90,13 +101,7 @@ def test_half_written_chunk_is_cut_on_reopen(tmp_path):
 def test_update_log_is_committed_with_the_ledger(tmp_path):
     """A later stage's results are logged (row, stage); a log entry past the ledger is cut."""
     path = tmp_path / "s.zarr"
-    store = Store.open(
-        path,
-        campaign_name="t",
-        campaign_hash="h",
-        campaign_yaml="",
-        stages=["prefilter", "rescore"],
-    )
+    store = _open_two(path)
     store.append([_row(k, 2, 0) for k in range(6)], chunk_index=0)
 
     def result(row):
@@ -111,13 +116,7 @@ def test_update_log_is_committed_with_the_ledger(tmp_path):
     for name in ("update_row", "update_stage"):
         arr = store._arrays[name]
         arr.resize((arr.shape[0] + 1,))
-    again = Store.open(
-        path,
-        campaign_name="t",
-        campaign_hash="h",
-        campaign_yaml="",
-        stages=["prefilter", "rescore"],
-    )
+    again = _open_two(path)
     assert again.n_updates == 2 and again.stage_done == {"rescore": {1, 4}}
     assert open_dataset(path).sizes["update"] == 2
     generation = again.generation
@@ -143,13 +142,7 @@ def test_store_from_before_the_update_log_is_migrated(tmp_path):
     import zarr
 
     path = tmp_path / "s.zarr"
-    store = Store.open(
-        path,
-        campaign_name="t",
-        campaign_hash="h",
-        campaign_yaml="",
-        stages=["prefilter", "rescore"],
-    )
+    store = _open_two(path)
     store.append([_row(k, 2, 0) for k in range(6)], chunk_index=0)
     group = zarr.open_group(path, mode="r+")
     ledger = dict(group.attrs["ledger"])
@@ -159,13 +152,7 @@ def test_store_from_before_the_update_log_is_migrated(tmp_path):
     for name in ("update_row", "update_stage"):
         shutil.rmtree(path / name)
     assert list(StoreReader(path).stage_rows("rescore")) == [1, 2, 5]
-    again = Store.open(
-        path,
-        campaign_name="t",
-        campaign_hash="h",
-        campaign_yaml="",
-        stages=["prefilter", "rescore"],
-    )
+    again = _open_two(path)
     assert again.stage_done == {"rescore": {1, 2, 5}} and again.n_updates == 3
     assert list(StoreReader(path).stage_rows("rescore")) == [1, 2, 5]
     assert "stage_rows" not in StoreReader(path).ledger
