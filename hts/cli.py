@@ -155,7 +155,8 @@ def run(
     except RunError as err:
         _fail(str(err), code=1)
     except KeyboardInterrupt:
-        _interrupted(store_path)
+        render.print_interrupted(store_path)
+        raise typer.Exit(130) from None
     except OSError as err:  # the disk filled up, the store became read-only, ...
         _fail(
             f"cannot go on: {err.strerror or err}{f' ({err.filename})' if err.filename else ''}. "
@@ -176,30 +177,8 @@ def run(
             highlight=False,
         )
     render.print_status(store_path, top=top)
-    if stats.unscreened or stats.unrescored or stats.unvalidated:
-        console.print(
-            f"[bold yellow]incomplete:[/] {stats.unscreened} candidates not screened, "
-            f"{stats.unrescored} survivors not rescored and {stats.unvalidated} DFT jobs not "
-            "done, because their task failed as a whole "
-            f"({len(stats.task_errors)} tasks; first: {stats.task_errors[0]}). Nothing was "
-            "recorded for them: fix the cause and run the same command again to retry them.",
-            highlight=False,
-            soft_wrap=True,
-        )
+    if render.print_incomplete(stats):
         raise typer.Exit(1)
-
-
-def _interrupted(store_path: Path) -> None:
-    """Ctrl-C or SIGTERM: say what is kept and how to go on, exit 130."""
-    from hts.store import read_ledger
-
-    n = int(read_ledger(store_path).get("n_rows", 0))
-    console.print(
-        f"\ninterrupted: {n} candidates are committed in {store_path} and kept; run the same "
-        "command again to resume from there",
-        highlight=False,
-    )
-    raise typer.Exit(130)
 
 
 def _stop_on_sigterm() -> None:
@@ -311,13 +290,10 @@ def verify(store: Annotated[Path, typer.Argument(help="A campaign's Zarr store."
         damage = check(store)
     except FileNotFoundError as err:
         _fail(str(err))
-    if damage:
-        for d in damage:
-            out.print(f"[red]damaged[/] {d}", highlight=False)
+    if not render.print_verified(store, damage):
         _fail(
             f"{store}: {len(damage)} damaged part(s); restore the store from a copy, or start over"
         )
-    out.print(f"[green]ok[/] {store}: every committed chunk present and readable", highlight=False)
 
 
 @app.command()

@@ -21,6 +21,9 @@ __all__ = [
     "out",
     "print_check",
     "print_distilled",
+    "print_incomplete",
+    "print_interrupted",
+    "print_verified",
     "print_jobs",
     "print_sites",
     "print_status",
@@ -286,3 +289,42 @@ def print_check(r) -> None:
             out.print(f"  - {m}", highlight=False)
         return
     out.print("[green]ok[/]: nothing missing", highlight=False)
+
+
+def print_incomplete(stats) -> bool:
+    """What a run left unjudged because tasks died (nothing recorded for it); False if nothing."""
+    if not (stats.unscreened or stats.unrescored or stats.unvalidated):
+        return False
+    console.print(
+        f"[bold yellow]incomplete:[/] {stats.unscreened} candidates not screened, "
+        f"{stats.unrescored} survivors not rescored and {stats.unvalidated} DFT jobs not "
+        "done, because their task failed as a whole "
+        f"({len(stats.task_errors)} tasks; first: {stats.task_errors[0]}). Nothing was "
+        "recorded for them: fix the cause and run the same command again to retry them.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return True
+
+
+def print_interrupted(store_path: Path) -> None:
+    """Ctrl-C or SIGTERM: what is kept and how to go on."""
+    from hts.store import read_ledger
+
+    n = int(read_ledger(store_path).get("n_rows", 0))
+    console.print(
+        f"\ninterrupted: {n} candidates are committed in {store_path} and kept; run the same "
+        "command again to resume from there",
+        highlight=False,
+    )
+
+
+def print_verified(store: Path, damage: list) -> bool:
+    """``hts verify``: each damaged part, or that the store is whole (True)."""
+    for d in damage:
+        out.print(f"[red]damaged[/] {d}", highlight=False)
+    if not damage:
+        out.print(
+            f"[green]ok[/] {store}: every committed chunk present and readable", highlight=False
+        )
+    return not damage

@@ -19,6 +19,7 @@ __all__ = [
     "consolidate",
     "create_array",
     "create_layout",
+    "create_store",
     "drop_consolidated",
     "plain",
     "root_attributes",
@@ -93,6 +94,27 @@ def consolidate(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "not part of the v3 spec yet": xarray reads it fine
         zarr.consolidate_metadata(str(path))
+
+
+def create_store(path: Path, stages: list[str], attrs: dict):
+    """A new store at ``path``, made whole beside it and renamed into place (atomic).
+
+    A creation killed half-way leaves only ``.<name>.creating`` (cleared by the
+    next one), never a half-made store; an empty directory at ``path`` is
+    replaced.  ``FileExistsError`` when ``path`` is a file or holds anything.
+    """
+    import shutil
+
+    import zarr
+
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        what = "a directory that is not an hts store" if path.is_dir() else "a file"
+        raise FileExistsError(17, f"is {what}", str(path))
+    tmp = path.with_name(f".{path.name}.creating")
+    shutil.rmtree(tmp, ignore_errors=True)
+    create_layout(tmp, stages).attrs.update(attrs)
+    tmp.rename(path)
+    return zarr.open_group(path, mode="r+", use_consolidated=False)
 
 
 def drop_consolidated(path: Path) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from hts.store.best import BestRows
 from hts.store.counters import STATE_VARS, Counters, RowState, recount
-from hts.store.layout import add_missing, consolidate, create_layout, drop_consolidated
+from hts.store.layout import add_missing, consolidate, create_store, drop_consolidated
 from hts.store.lock import StoreError, StoreLock
 from hts.store.reader import RowReader
 from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION, UPDATE_VARS
@@ -192,6 +192,59 @@ def _stage_columns(ups: Sequence[StageUpdate]) -> dict[str, np.ndarray]:
     return cols
 
 
+def _write_structures(arrays: dict, stage: str, rows: np.ndarray, ups: list[StageUpdate]) -> None:
+    """A later stage's relaxed structures, in place (same atoms: the ragged layout holds)."""
+    with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
+    if not with_structure:
+        return
+    idx = np.array([r for r, _ in with_structure])
+    arrays["cell"].oindex[idx] = np.array([u.cell for _, u in with_structure])
+    starts = arrays["atom_start"].oindex[idx]
+    counts = arrays["n_atoms"].oindex[idx]
+    for (_, u), a0, n in zip(with_structure, starts, counts, strict=True):
+        if len(u.positions) != n:
+            raise ValueError(f"{stage}: structure has {len(u.positions)} atoms, row has {n}")
+        arrays["positions"][int(a0) : int(a0) + int(n)] = u.positions
+
+
+def _create(path: Path, stages, campaign_name, campaign_hash, campaign_yaml):
+    """The zarr group of a new store (created atomically, :func:`create_store`)."""
+    attrs = {
+        "hts_schema": SCHEMA_VERSION,
+        "layout": 2,  # every chunk written, even fill-valued: a missing one is damage
+        "campaign_name": campaign_name,
+        "campaign_hash": campaign_hash,
+        "campaign": campaign_yaml,
+        "references": {},
+    }
+    try:
+        return create_store(path, stages, attrs)
+    except FileExistsError as err:
+        raise StoreMismatchError(
+            f"{err.filename}: {err.strerror}; refusing to overwrite it"
+        ) from None
+
+
+def _stage_done(store: Store, legacy: dict | None) -> dict[str, set[int]]:
+    """Rows each later stage has committed, from the update log.
+
+    A store from before the log kept them as ranges in the ledger: they are
+    logged now, and committed.
+    """
+    if legacy and not store.n_updates:
+        store.stage_done = {}
+        for st, ranges in legacy.items():
+            store._log(st, np.array(sorted(_expand(ranges)), dtype=np.int64))
+        store._commit()
+        return store.stage_done
+    rows, stage_idx = store.updates()
+    return {
+        st: set(rows[stage_idx == k].tolist())
+        for k, st in enumerate(store.stages)
+        if (stage_idx == k).any()
+    }
+
+
 class Store(RowReader):
     """A campaign's results on disk, opened for writing by exactly one process."""
 
@@ -217,17 +270,7 @@ class Store(RowReader):
         self.counters = Counters.from_json(ledger.get("counters"), stages) or Counters.empty(stages)
         self.best = BestRows.from_json(ledger.get("best"))
         # rows whose later-stage results (rescore, …) are committed, per stage
-        self.stage_done: dict[str, set[int]] = {}
-        legacy = ledger.get("stage_rows")  # a store from before the update log: log them now
-        if legacy and not self.n_updates:
-            for st, ranges in legacy.items():
-                self._log(st, np.array(sorted(_expand(ranges)), dtype=np.int64))
-            self._commit()
-        else:
-            rows, stage_idx = self.updates()
-            for k, st in enumerate(stages):
-                if (stage_idx == k).any():
-                    self.stage_done[st] = set(rows[stage_idx == k].tolist())
+        self.stage_done = _stage_done(self, ledger.get("stage_rows"))
 
     # -- opening ---------------------------------------------------------------
 
@@ -278,34 +321,11 @@ class Store(RowReader):
                 store.counters = counted
                 store._commit()
             return store
-        return cls._create(path, stages, campaign_name, campaign_hash, campaign_yaml)
-
-    @classmethod
-    def _create(cls, path: Path, stages, campaign_name, campaign_hash, campaign_yaml) -> Store:
-        """A new store, made whole beside its path and then renamed into place (atomic)."""
-        import shutil
-
-        import zarr
-
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            what = "a directory that is not an hts store" if path.is_dir() else "a file"
-            raise StoreMismatchError(f"{path}: is {what}; refusing to overwrite it")
-        tmp = path.with_name(f".{path.name}.creating")
-        shutil.rmtree(tmp, ignore_errors=True)  # a creation killed before its rename
-        group = create_layout(tmp, stages)
-        group.attrs.update(
-            {
-                "hts_schema": SCHEMA_VERSION,
-                "layout": 2,  # every chunk written, even fill-valued: a missing one is damage
-                "campaign_name": campaign_name,
-                "campaign_hash": campaign_hash,
-                "campaign": campaign_yaml,
-                "references": {},
-            }
+        store = cls(
+            path, _create(path, stages, campaign_name, campaign_hash, campaign_yaml), stages
         )
-        cls(tmp, group, stages)._commit()
-        tmp.rename(path)  # an empty directory at path is replaced; nothing half-made is seen
-        return cls(path, zarr.open_group(path, mode="r+", use_consolidated=False), stages)
+        store._commit()  # killed before this: an empty store with no ledger, which reads as empty
+        return store
 
     def _truncate_to_ledger(self) -> None:
         """Cut off rows written after the last committed chunk (a killed driver's half chunk)."""
@@ -412,7 +432,7 @@ class Store(RowReader):
         if with_dir.any():
             dirs = np.array([u.dft_dir for u in ups], dtype=object)[with_dir]
             self._arrays["dft_dir"].oindex[rows[with_dir]] = dirs
-        self._write_structures(stage, rows, ups)
+        _write_structures(self._arrays, stage, rows, ups)
         self.counters.move(self.stages, rows, old, new, lambda r: self.read(["id"], r)["id"])
         self.best.merge(rows, *self.read(_RANKED, rows).values())
         self._log(stage, rows)
@@ -431,20 +451,6 @@ class Store(RowReader):
             arr.resize((n0 + m,))
             arr[n0 : n0 + m] = values
         self.n_updates = n0 + m
-
-    def _write_structures(self, stage: str, rows: np.ndarray, ups: list[StageUpdate]) -> None:
-        with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
-        if not with_structure:
-            return
-        idx = np.array([r for r, _ in with_structure])
-        self._arrays["cell"].oindex[idx] = np.array([u.cell for _, u in with_structure])
-        starts = self._arrays["atom_start"].oindex[idx]
-        counts = self._arrays["n_atoms"].oindex[idx]
-        pos = self._arrays["positions"]
-        for (_, u), a0, n in zip(with_structure, starts, counts, strict=True):
-            if len(u.positions) != n:
-                raise ValueError(f"{stage}: structure has {len(u.positions)} atoms, row has {n}")
-            pos[int(a0) : int(a0) + int(n)] = u.positions
 
     # -- the final pass --------------------------------------------------------
 
