@@ -145,6 +145,8 @@ def run(
         )
     except (SiteError, ValueError) as err:
         _fail(str(err))
+    except OSError as err:  # the run directory beside the store cannot be made
+        _fail(f"cannot write here ({err.strerror}: {err.filename}); give a writable --store")
     console.print(f"engine: {eng.describe()}", highlight=False)
     t0 = time.time()
     try:
@@ -268,6 +270,10 @@ def status(
     try:
         render.print_status(store, top=top)
         render.print_jobs(store)
+        from hts.store import verify as check
+
+        for d in check(store, decode=False):  # a glance: missing chunk files
+            console.print(f"[bold red]damaged:[/] {d} (`hts verify {store}`)", highlight=False)
         if plot is not None:
             from hts.report import plot_store
             from hts.store import open_dataset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ def test_a_deleted_chunk_is_found_and_the_store_is_not_resumed(finished, tmp_pat
     assert [str(d) for d in damage] == ["energy rows 0–23: chunk file missing"]
     res = _hts("verify", str(c.store), cwd=tmp_path)
     assert res.returncode == 2 and "energy rows 0–23: chunk file missing" in res.stdout
+    res = _hts("status", str(c.store), cwd=tmp_path)
+    assert "damaged: energy rows 0–23: chunk file missing" in " ".join(res.stderr.split())
     res = _hts("run", str(path), "-q", cwd=tmp_path)
     assert res.returncode == 2 and "damaged, so it is not resumed" in res.stderr
     with pytest.raises(StoreDamagedError):
@@ -72,3 +75,42 @@ def test_a_store_path_that_is_a_file_is_a_clear_error(tmp_path):
     res = _hts("run", str(path), "-q", cwd=tmp_path)
     assert res.returncode == 2 and "lj.zarr: is a file; refusing to overwrite it" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 320 kB file system of its own (tmpfs; needs root, as CI has)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_a_full_disk_and_a_read_only_store_are_clear_errors_and_lose_nothing(tmp_path, small_disk):
+    """ENOSPC mid-run: exit 1, what is committed is whole; read-only: a clear refusal; moved to a
+    disk with room, the run completes with every candidate once."""
+    import subprocess
+
+    data = lj_campaign(tmp_path, chunk_size=4, store=str(small_disk / "lj.zarr"))
+    path = write_campaign(tmp_path, data)
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "No space left on device" in res.stderr and "run the same command again" in res.stderr
+    assert verify(small_disk / "lj.zarr") == []
+    kept = open_dataset(small_disk / "lj.zarr").sizes["candidate"]
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert (
+        res.returncode == 2 and "cannot write here" in res.stderr and "Traceback" not in res.stderr
+    )
+    shutil.copytree(small_disk / "lj.zarr", tmp_path / "lj.zarr")
+    res = _hts("run", str(path), "-q", "--store", str(tmp_path / "lj.zarr"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    ids = open_dataset(tmp_path / "lj.zarr").id.values.astype(object)
+    res = _hts("run", str(path), "-q", "--store", str(tmp_path / "whole.zarr"), cwd=tmp_path)
+    whole = open_dataset(tmp_path / "whole.zarr").id.values.astype(object)
+    assert len(ids) == len(set(ids)) >= kept and set(ids) == set(whole)
