@@ -177,7 +177,18 @@ def build_parsl_config(
     # Both live and die with this driver (hts.execution.watchdog): a SIGKILLed driver
     # leaves no interchange or local worker pool behind to race the next run.
     watch = [sys.executable, "-m", "hts.execution.watchdog", str(os.getpid())]
-    interchange_cmd = [*watch, str(interchange)] if interchange.is_file() else None
+    interchange_cmd = (
+        [
+            sys.executable,
+            "-m",
+            "hts.execution.watchdog",
+            "--exec",
+            str(os.getpid()),
+            str(interchange),
+        ]
+        if interchange.is_file()
+        else None
+    )
     key = store_key(store or run_dir)
     executors = []
     batch = False
