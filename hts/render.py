@@ -8,6 +8,7 @@ plain data (summaries, reports, check results) and prints it with rich.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -31,6 +32,11 @@ __all__ = [
 
 console = Console(stderr=True)  # progress, messages and errors
 out = Console()  # results
+# Not a terminal (a batch job's log, a pipe): rich would cut tables to 80 columns
+# ("fo…"); widen to fit instead (tables take only the width their content needs).
+for _c in (console, out):
+    if not _c.is_terminal and "COLUMNS" not in os.environ:
+        _c.width = 1000
 
 
 class Display:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hts.candidates.record import chemist_formula
 from hts.store import StoreReader, open_dataset, structure_of
 from hts.store.best import rank, rank_keys
 from hts.store.counters import STATE_VARS, RowState
@@ -38,7 +39,7 @@ def best_entries(names: list[str], depth: np.ndarray, cols: dict[str, np.ndarray
     return [
         {
             "id": cols["id"][j],
-            "formula": str(cols["formula"][j]),
+            "formula": chemist_formula(str(cols["formula"][j])),
             "prototype": str(cols["prototype"][j]),
             "source": str(cols["source"][j]),
             "stage": names[d],
@@ -129,7 +130,7 @@ def dft_parity(r: StoreReader) -> dict:
         {
             "id": str(c["id"][i]),
             "row": int(where[i]),
-            "formula": str(c["formula"][i]),
+            "formula": chemist_formula(str(c["formula"][i])),
             "prototype": str(c["prototype"][i]),
             "formation_energy": {st: _num(eform[i, j]) for j, st in enumerate(names)},
             "e_above_hull": {st: _num(ehull[i, j]) for j, st in enumerate(names)},
@@ -201,7 +202,8 @@ def plot_store(ds, png: Path) -> Path:
         eform_all = ds.formation_energy.values
         k = names.index("validate")
         formulas = {
-            int(i): str(ds.formula.values[i]) for i in np.flatnonzero(np.isfinite(eform_all[:, k]))
+            int(i): chemist_formula(str(ds.formula.values[i]))
+            for i in np.flatnonzero(np.isfinite(eform_all[:, k]))
         }
         models = [str(m) for m in ds.stage_model.values]
         plot_dft_parity(axes[-1], eform_all, formulas, names, models)
@@ -271,13 +273,15 @@ def export_store(
         atoms.info.update(
             {
                 "hts_id": str(ds.id.values[i]),
-                "formula": str(ds.formula.values[i]),
+                "formula": chemist_formula(str(ds.formula.values[i])),
                 "energy_per_atom": float(ds.energy_per_atom.values[i, -1]),
                 "e_above_hull": float(ds.e_above_hull.values[i, -1]),
             }
         )
         write(
-            out_dir / "structures" / f"{ds.id.values[i]}_{ds.formula.values[i]}.cif",
+            out_dir
+            / "structures"
+            / f"{ds.id.values[i]}_{chemist_formula(str(ds.formula.values[i]))}.cif",
             atoms,
             format="cif",
         )
@@ -301,6 +305,7 @@ def export_store(
         w = csv.writer(fh)
         w.writerow(cols + [f"{s}_{v}" for s in stages for v in per_stage])
         data = {c: ds[c].values for c in cols}
+        data["formula"] = np.array([chemist_formula(str(f)) for f in data["formula"]], dtype=object)
         sdata = {v: ds[v].values for v in per_stage}
         for i in range(ds.sizes["candidate"]):
             w.writerow(

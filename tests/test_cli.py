@@ -43,6 +43,33 @@ def test_run_status_export(tmp_path):
     assert len(frames) == len(kept)
     assert {f.info["hts_id"] for f in frames} == {r["id"] for r in kept}
     assert (tmp_path / "out" / "funnel.png").stat().st_size > 10_000
+    # formulas as chemists write them wherever a person reads them; the store keeps its key
+    from hts.store import open_dataset
+
+    stored = set(open_dataset(store).formula.values.astype(object))
+    assert "ClNa" in stored or "FLi" in stored
+    shown = {r["formula"] for r in rows}
+    assert shown & {"NaCl", "LiF", "KCl", "MgO"} and not shown & {"ClNa", "FLi", "ClK"}
+
+
+def test_status_in_a_log_file_is_never_cut(tmp_path):
+    """Not a terminal (a batch job's log, a pipe): tables widen to fit, no 'fo…' columns."""
+    import os
+
+    path = write_campaign(tmp_path, lj_campaign(tmp_path, limits={"max_candidates": 12}))
+    assert _hts("run", str(path), "-q", cwd=tmp_path).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    res = subprocess.run(
+        [sys.executable, "-m", "hts.cli", "status", str(tmp_path / "lj.zarr")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "…" not in res.stdout
+    assert "E_hull prefilter" in res.stdout and "prototype" in res.stdout
 
 
 def test_run_reports_campaign_errors(tmp_path):

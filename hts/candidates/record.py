@@ -8,6 +8,7 @@ role swap, a translated or rotated copy of a file) is screened once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import Counter
@@ -17,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "Candidate",
+    "chemist_formula",
     "candidate_id",
     "chemsys_of",
     "formula_of",
@@ -115,6 +117,23 @@ def formula_of(numbers) -> str:
         return ""
     g = math.gcd(*counts.values())
     return "".join(f"{el}{n // g if n // g > 1 else ''}" for el, n in sorted(counts.items()))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def chemist_formula(formula: str) -> str:
+    """A formula as chemists write it (pymatgen's reduced formula: NaCl, SrTiO3, Li2O).
+
+    The store keeps :func:`formula_of`'s alphabetical form (ClNa, O3SrTi) as a
+    key: stable and sortable.  Everything a person reads shows this one.
+    """
+    if not formula:
+        return ""
+    from pymatgen.core import Composition
+
+    try:
+        return Composition(formula).reduced_formula
+    except Exception:  # not a formula pymatgen reads: show it as stored
+        return formula
 
 
 def chemsys_of(numbers) -> str:
