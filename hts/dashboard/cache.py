@@ -70,10 +70,6 @@ class RowCache:
         self._seen = _Seen()
         self._entries: dict[int, dict] = {}  # identity columns of a best row, until it changes
 
-    @property
-    def n_rows(self) -> int:
-        return max(self._seen.n_rows, 0)
-
     # -- refreshing ----------------------------------------------------------------
 
     def refresh(self) -> bool:

@@ -176,18 +176,10 @@ def build_parsl_config(
     interchange = Path(bindir) / DEFAULT_INTERCHANGE_LAUNCH_CMD[0]
     # Both live and die with this driver (hts.execution.watchdog): a SIGKILLed driver
     # leaves no interchange or local worker pool behind to race the next run.
-    watch = [sys.executable, "-m", "hts.execution.watchdog", str(os.getpid())]
+    watchdog, driver = [sys.executable, "-m", "hts.execution.watchdog"], str(os.getpid())
+    watch = [*watchdog, driver]
     interchange_cmd = (
-        [
-            sys.executable,
-            "-m",
-            "hts.execution.watchdog",
-            "--exec",
-            str(os.getpid()),
-            str(interchange),
-        ]
-        if interchange.is_file()
-        else None
+        [*watchdog, "--exec", driver, str(interchange)] if interchange.is_file() else None
     )
     key = store_key(store or run_dir)
     executors = []

@@ -64,6 +64,11 @@ class RowReader:
     _group: Any
     _arrays: dict
 
+    def variables(self):
+        """Every array of the store as ``(name, array, dimension names)``."""
+        for name, arr in self._group.arrays():
+            yield name, arr, tuple(arr.metadata.dimension_names or ())
+
     def has(self, name: str) -> bool:
         return self._array(name) is not None
 

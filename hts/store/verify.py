@@ -51,8 +51,7 @@ def verify(path: str | Path, decode: bool = True) -> list[Damage]:
     strict = int(r.attrs.get("layout", 1)) >= 2
     lengths = {"candidate": r.n_rows, "atom": r.n_atom_rows, "update": r.n_updates}
     damage: list[Damage] = []
-    for name, arr in r._group.arrays():
-        dims = tuple(arr.metadata.dimension_names or ())
+    for name, arr, dims in r.variables():
         if not dims or dims[0] not in lengths:
             continue
         n, size = lengths[dims[0]], arr.chunks[0]
