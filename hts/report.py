@@ -267,6 +267,9 @@ def export_store(
     status = ds.status.values.astype(object)
     kept = ds.kept.values[:, -1]
     select = (status == "ok") & (kept if survivors_only else True)
+    # the last stage's, as the energies below (NaN for DFT, which records none, and old stores)
+    n = ds.sizes["candidate"]
+    pressure = ds.pressure.values[:, -1] if "pressure" in ds else np.full(n, np.nan)
     frames = []
     for i in np.flatnonzero(select):
         atoms = structure_of(ds, int(i))
@@ -276,6 +279,7 @@ def export_store(
                 "formula": chemist_formula(str(ds.formula.values[i])),
                 "energy_per_atom": float(ds.energy_per_atom.values[i, -1]),
                 "e_above_hull": float(ds.e_above_hull.values[i, -1]),
+                "pressure": float(pressure[i]),  # GPa, NaN where unknown
             }
         )
         write(
@@ -299,6 +303,7 @@ def export_store(
         "kept",
         "converged",
         "n_steps",
+        "pressure",
         "time_s",
     ]
     with csv_path.open("w", newline="") as fh:
@@ -306,7 +311,10 @@ def export_store(
         w.writerow(cols + [f"{s}_{v}" for s in stages for v in per_stage])
         data = {c: ds[c].values for c in cols}
         data["formula"] = np.array([chemist_formula(str(f)) for f in data["formula"]], dtype=object)
-        sdata = {v: ds[v].values for v in per_stage}
+        # a store from before a variable existed: its column is there, empty (NaN)
+        sdata = {
+            v: ds[v].values if v in ds else np.full((n, len(stages)), np.nan) for v in per_stage
+        }
         for i in range(ds.sizes["candidate"]):
             w.writerow(
                 [data[c][i] for c in cols]

@@ -120,6 +120,67 @@ def _verify_damaged(tmp_path):
     return ["verify", str(store)]
 
 
+def _teacher(tmp_path, model: dict, command: str = "validate", **overrides) -> list[str]:
+    """The LJ campaign with an ``ase`` teacher (rescore stage)."""
+    data = lj_campaign(tmp_path, limits={"max_candidates": 4}, **overrides)
+    data["stages"]["prefilter"]["keep"] = "e_above_hull <= 10"
+    data["stages"]["rescore"] = {"model": {"name": "ase", **model}}
+    args = [command, str(write_campaign(tmp_path, data))]
+    return args + (["-q", "--engine", "serial"] if command == "run" else [])
+
+
+def _entries_for_every_element(tmp_path) -> dict:
+    """hull settings whose references come from a file, so no reference relaxation loads a model."""
+    from monty.serialization import dumpfn
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+    els = ["Li", "Na", "K", "Mg", "Ca", "Sr", "O", "S", "F", "Cl"]
+    dumpfn([PDEntry(Composition(el), -1.0) for el in els], tmp_path / "refs.json")
+    return {"model_references": False, "reference_entries": "refs.json"}
+
+
+def _calculator_module_missing(tmp_path):
+    return _teacher(tmp_path, {"calculator": "no_such_pkg.calc:Thing"})
+
+
+def _calculator_attribute_missing(tmp_path):
+    return _teacher(tmp_path, {"calculator": "ase.calculators.emt:EMTX"})
+
+
+def _calculator_not_a_path(tmp_path):
+    return _teacher(tmp_path, {"calculator": "ase.calculators.emt.EMT"})
+
+
+def _calculator_factory_raises(tmp_path):
+    return _teacher(tmp_path, {"calculator": "tests.models.calculators:missing_weights"}, "run")
+
+
+def _calculator_not_a_calculator(tmp_path):
+    model = {"calculator": "collections:OrderedDict"}
+    # references from a file: the stage's own task is where the model first loads
+    return _teacher(tmp_path, model, "run", hull=_entries_for_every_element(tmp_path))
+
+
+def _calculator_kwargs_rejected(tmp_path):
+    model = {"calculator": "tests.models.calculators:from_checkpoint", "kwargs": {"path": "x"}}
+    return _teacher(tmp_path, model)
+
+
+def _calculator_kwarg_misspelt(tmp_path):
+    model = {"calculator": "ase.calculators.lj:LennardJones", "kwargs": {"sigm": 2.0}}
+    return _teacher(tmp_path, model)
+
+
+def _calculator_class_without_stress(tmp_path):
+    return _teacher(tmp_path, {"calculator": "ase.calculators.test:TestPotential"})
+
+
+def _calculator_without_stress_found_on_load(tmp_path):
+    model = {"calculator": "tests.models.calculators:emt_without_stress"}
+    return _teacher(tmp_path, model, "run")
+
+
 # case -> (build the command line, words the message must hold)
 CASES = {
     "campaign not UTF-8": (_non_utf8, "UTF-8"),
@@ -138,6 +199,49 @@ CASES = {
     "source matches no file": (_empty_source, "matches no"),
     "campaign changed under its store": (_hash_changed, "its settings changed"),
     "a chunk file deleted": (_verify_damaged, "chunk file missing"),
+    "ase: calculator's module missing": (
+        _calculator_module_missing,
+        "stages.rescore.model.calculator: cannot import 'no_such_pkg.calc': No module named "
+        "'no_such_pkg'",
+    ),
+    "ase: calculator's factory missing": (
+        _calculator_attribute_missing,
+        "stages.rescore.model.calculator: 'ase.calculators.emt' has no attribute 'EMTX'",
+    ),
+    "ase: calculator not module:factory": (
+        _calculator_not_a_path,
+        "stages.rescore.model.calculator: 'ase.calculators.emt.EMT' is not 'package.module:factory'",
+    ),
+    "ase: the factory raises": (
+        _calculator_factory_raises,
+        "stages.rescore.model.calculator: tests.models.calculators:missing_weights() raised "
+        "FileNotFoundError: checkpoint uma-s-1.pt not found",
+    ),
+    "ase: the factory returns no calculator": (
+        _calculator_not_a_calculator,
+        "stages.rescore.model.calculator: collections:OrderedDict returned a "
+        "collections.OrderedDict, not an ASE calculator",
+    ),
+    "ase: kwargs the factory does not take": (
+        _calculator_kwargs_rejected,
+        "stages.rescore.model.kwargs: do not fit tests.models.calculators:from_checkpoint(checkpoint, "
+        "device='cpu'): missing a required argument: 'checkpoint'",
+    ),
+    "ase: a kwarg the calculator does not know": (
+        _calculator_kwarg_misspelt,
+        "stages.rescore.model.kwargs: ase.calculators.lj:LennardJones has no parameter 'sigm'",
+    ),
+    "ase: no stress, cell relaxed (class)": (
+        _calculator_class_without_stress,
+        "stages.rescore.model.calculator: ase.calculators.test:TestPotential gives no stress "
+        "(implemented_properties: energy, forces), which relaxing the cell needs "
+        "(stages.rescore.relax.cell is true)",
+    ),
+    "ase: no stress, cell relaxed (found on load)": (
+        _calculator_without_stress_found_on_load,
+        "stages.rescore.model.calculator: tests.models.calculators:emt_without_stress gives no "
+        "stress",
+    ),
 }
 
 

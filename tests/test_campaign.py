@@ -294,3 +294,90 @@ def test_a_failed_task_is_not_a_verdict_and_is_retried(tmp_path):
     assert res.returncode == 0, res.stderr
     ds = open_dataset(tmp_path / "lj.zarr")
     assert ds.sizes["candidate"] == 12 and (ds.status.values.astype(object) == "ok").all()
+
+
+def _emt_teacher_campaign(tmp_path: Path, teacher: dict, store: str) -> Path:
+    """An analytic prefilter keeping everything, then an EMT teacher, on EMT's own metals."""
+    data = lj_campaign(
+        tmp_path,
+        candidates={
+            "kind": "substitution",
+            "prototypes": ["rocksalt", "cscl"],
+            "elements": {"A": ["Cu", "Ag", "Au"], "X": ["Al", "Ni", "Pd"]},
+            "charge_balance": False,
+        },
+        store=str(tmp_path / store),
+    )
+    data["stages"]["prefilter"]["keep"] = "e_above_hull <= 10"
+    data["stages"]["rescore"] = {"model": teacher, "keep": "e_above_hull <= 0.1"}
+    return write_campaign(tmp_path, data, f"{store}.yaml")
+
+
+def test_an_ase_calculator_teacher_equals_the_shipped_model(tmp_path):
+    """`hts run` with `{name: ase, calculator: "ase.calculators.emt:EMT"}` as the teacher stores
+    what `name: emt` stores, names the calculator in the store, and records each relaxing stage's
+    final pressure (-trace(stress)/3 of the stored structure, GPa)."""
+    from ase.calculators.emt import EMT
+    from ase.units import GPa
+    from typer.testing import CliRunner
+
+    from hts.cli import app
+    from hts.store import structure_of
+
+    ase_teacher = {"name": "ase", "calculator": "ase.calculators.emt:EMT"}
+    runs = {}
+    for label, teacher, engine in (
+        ("ase", ase_teacher, "parsl"),
+        ("emt", {"name": "emt"}, "serial"),
+    ):
+        path = _emt_teacher_campaign(tmp_path, teacher, f"{label}.zarr")
+        res = CliRunner().invoke(app, ["run", str(path), "-q", "--engine", engine])
+        assert res.exit_code == 0, res.output
+        runs[label] = open_dataset(tmp_path / f"{label}.zarr")
+    a, e = runs["ase"], runs["emt"]
+    assert str(a.stage_model.values[1]) == "ase"
+    assert str(a.stage_model_version.values[1]).startswith("ase.calculators.emt:EMT (ase ")
+    ma, me = _by_id(a), _by_id(e)
+    assert set(ma) == set(me) and len(ma) == 18
+    rows_a, rows_e = [ma[i] for i in sorted(ma)], [me[i] for i in sorted(me)]
+    for name in ("energy_per_atom", "e_above_hull", "pressure", "n_steps", "kept"):
+        np.testing.assert_array_equal(a[name].values[rows_a], e[name].values[rows_e], err_msg=name)
+    rescored = [k for k in rows_a if a.stage_status.values[k, 1] == "ok"]
+    assert len(rescored) == 18
+    for k in rescored:
+        atoms = structure_of(a, k)
+        atoms.calc = EMT()
+        p = -atoms.get_stress(voigt=False).trace() / 3 / GPa
+        assert a.pressure.values[k, 1] == pytest.approx(p, abs=1e-6)
+    assert np.isfinite(a.pressure.values[:, 0]).all()  # the prefilter's, too
+
+
+def test_a_store_from_before_pressure_is_resumed(tmp_path):
+    """A finished store written before ``pressure`` existed: a new file is screened into it, the
+    old rows' pressure unknown (NaN), the new row's recorded."""
+    import json
+    import shutil
+
+    from ase.build import bulk
+    from ase.io import write
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for k, f in enumerate(["NaCl", "KCl", "LiF", "NaF"]):
+        write(d / f"{k}_{f}.cif", bulk(f, "rocksalt", a=5.0 + 0.1 * k))
+    c = parse_campaign(
+        lj_campaign(tmp_path, candidates={"kind": "files", "path": "in"}), base_dir=str(tmp_path)
+    )
+    _run(c, tmp_path, engine="serial")
+    store = Path(c.store)
+    shutil.rmtree(store / "pressure")  # as an older hts left it, consolidated metadata included
+    meta = json.loads((store / "zarr.json").read_text())
+    del meta["consolidated_metadata"]["metadata"]["pressure"]
+    (store / "zarr.json").write_text(json.dumps(meta))
+    assert "pressure" not in open_dataset(store)
+    write(d / "4_KF.cif", bulk("KF", "rocksalt", a=5.3))
+    stats = _run(c, tmp_path, engine="serial")
+    ds = open_dataset(store)
+    assert stats.done == 1 and stats.resumed == 4 and ds.sizes["candidate"] == 5
+    p = ds.pressure.values[:, 0]
+    assert np.isnan(p[:4]).all() and np.isfinite(p[4])

@@ -224,6 +224,8 @@ _FIELDS = [
     ("stages.prefilter.model.name", "emt", True),
     ("stages.prefilter.model.dtype", "float32", True),
     ("stages.prefilter.relax.fmax", 0.01, True),
+    ("stages.prefilter.relax.pressure_tol", 0.5, True),
+    ("stages.rescore.relax.pressure_tol", 0.1, True),
     ("stages.prefilter.keep", "e_above_hull <= 0.2", True),
     ("stages.rescore.model.name", "lennard-jones", True),
     ("stages.validate.top", 5, True),
@@ -258,3 +260,101 @@ def test_a_store_hashed_by_an_older_hts_is_resumed_and_relabelled(tmp_path):
     ).close()
     open_store(c).close()
     assert StoreReader(c.store).attrs["campaign_hash"] == results_hash(c)
+
+
+def test_fields_added_since_keep_the_hash_of_a_campaign_that_does_not_use_them(tmp_path):
+    """Its store, written before they existed, still resumes (hashes taken before they were added)."""
+    c = parse_campaign(_full_campaign(tmp_path))
+    assert c.content_hash() == "1e91432677dfebf8"
+    assert c.legacy_hash() == "fe6d5b1981a2e941"
+
+
+def _with_model(tmp_path, model: dict, relax: dict | None = None) -> dict:
+    data = _full_campaign(tmp_path)
+    data["stages"]["rescore"]["model"] = model
+    if relax is not None:
+        data["stages"]["rescore"]["relax"] = relax
+    return data
+
+
+def test_an_ase_model_names_its_calculator_factory(tmp_path):
+    emt = {"name": "ase", "calculator": "ase.calculators.emt:EMT"}
+    c = parse_campaign(_with_model(tmp_path, emt))
+    assert c.stages.rescore.model.calculator == "ase.calculators.emt:EMT"
+    assert c.stages.rescore.model.kwargs == {} and c.stages.rescore.model.elements is None
+    lj = {
+        "name": "ase",
+        "calculator": "ase.calculators.lj:LennardJones",
+        "kwargs": {"sigma": 2.3, "epsilon": 0.05},
+        "elements": ["Cu", "Au"],
+    }
+    d = parse_campaign(_with_model(tmp_path, lj))
+    assert d.stages.rescore.model.kwargs == {"sigma": 2.3, "epsilon": 0.05}
+    # which calculator, its kwargs and its elements change results
+    hashes = {c.content_hash(), d.content_hash()}
+    for change in ({"kwargs": {"sigma": 2.4, "epsilon": 0.05}}, {"elements": ["Cu"]}):
+        hashes.add(parse_campaign(_with_model(tmp_path, {**lj, **change})).content_hash())
+    assert len(hashes) == 4
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        ({"name": "ase"}, "stages.rescore.model.calculator: required for name 'ase'"),
+        (
+            {"name": "ase", "calculator": "ase.calculators.emt.EMT"},
+            "stages.rescore.model.calculator: 'ase.calculators.emt.EMT' is not "
+            "'package.module:factory'",
+        ),
+        (
+            {"name": "ase", "calculator": "ase calculators:EMT"},
+            "is not 'package.module:factory'",
+        ),
+        (
+            {"name": "emt", "calculator": "ase.calculators.emt:EMT"},
+            "stages.rescore.model.calculator: only used with name 'ase', not 'emt'",
+        ),
+        (
+            {"name": "emt", "kwargs": {"a": 1}},
+            "stages.rescore.model.kwargs: only used with name 'ase'",
+        ),
+        (
+            {"name": "ase", "calculator": "a.b:c", "kwargs": {"not a name": 1}},
+            "stages.rescore.model.kwargs: 'not a name' is not a keyword argument name",
+        ),
+        (
+            {"name": "ase", "calculator": "a.b:c", "elements": ["Cu", "Qq"]},
+            "stages.rescore.model.elements: 'Qq' is not a chemical element",
+        ),
+        (
+            {"name": "ase", "calculator": "a.b:c", "elements": []},
+            "stages.rescore.model.elements: empty",
+        ),
+        (
+            {"name": "chgnet", "elements": ["Cu"]},
+            "stages.rescore.model.elements: only used with name",
+        ),
+        (
+            {"name": "ase", "calculator": "a.b:c", "device": "cuda"},
+            "device: not used with name 'ase'",
+        ),
+        (
+            {"name": "ase", "calculator": "a.b:c", "path": "m.model"},
+            "path: only used with name 'mace'",
+        ),
+    ],
+)
+def test_bad_ase_model_sections_are_named(tmp_path, model, words):
+    assert words in " ".join(_error(_with_model(tmp_path, model)).split())
+
+
+def test_pressure_tol(tmp_path):
+    data = _full_campaign(tmp_path)
+    assert parse_campaign(data).stages.prefilter.relax.pressure_tol is None
+    data["stages"]["prefilter"]["relax"] = {"pressure_tol": 0.5}
+    assert parse_campaign(data).stages.prefilter.relax.pressure_tol == 0.5
+    for bad in (0, -1.0, "high"):
+        data["stages"]["prefilter"]["relax"] = {"pressure_tol": bad}
+        assert "stages.prefilter.relax.pressure_tol" in _error(data)
+    data["stages"]["prefilter"]["relax"] = {"pressure_tol": 0.5, "cell": False}
+    assert "pressure_tol: only with cell: true" in _error(data)

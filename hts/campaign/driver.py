@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from hts.campaign.pool import Done, TaskPool
-from hts.campaign.references import ReferenceBook
+from hts.campaign.references import ReferenceBook, RunError
 from hts.campaign.resolve import ResolvedCampaign, preflight, results_hash
 from hts.campaign.scoring import StageScorer
 from hts.campaign.validate import ValidatePhase
 from hts.candidates import Chunk, chunks, open_source
 from hts.candidates.record import Candidate
+from hts.models.ase_calculator import ModelSpecError
 from hts.spec import Campaign
 from hts.stages.screen import StageRecord, run_stage
 from hts.store import Row, StageUpdate, Store
@@ -191,6 +192,11 @@ class _Driver:
         candidates: nothing is recorded, and the next run tries them again.
         """
         if not d.ok:
+            if isinstance(d.error, ModelSpecError):  # every task would fail alike: stop now
+                raise RunError(
+                    f"{d.error.at(f'stages.{stage}.model')}. Nothing was recorded for {what}; "
+                    "fix the model section and run the same command again"
+                )
             why = d.describe_error()
             log.warning("%s failed as a whole (its candidates are retried next run): %s", what, why)
             self.stats.task_errors.append(f"{what}: {why}")

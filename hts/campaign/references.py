@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from hts.campaign.pool import TaskPool
 from hts.campaign.resolve import ResolvedCampaign
 from hts.campaign.scoring import StageScorer
+from hts.models.ase_calculator import ModelSpecError
 from hts.stages.references import relax_references
 
 __all__ = ["ReferenceBook", "RunError"]
@@ -109,6 +110,11 @@ class ReferenceBook:
                     }
                 continue
             # the machinery failed, not the elements: record nothing, stop, and say so
+            if isinstance(done.error, ModelSpecError):
+                raise RunError(
+                    f"{done.error.at(f'stages.{name}.model')}. Nothing was recorded; fix the "
+                    "model section and run the same command again"
+                )
             raise RunError(
                 f"stage {name}: the task relaxing the elemental references of "
                 f"{', '.join(group)} failed as a whole: {done.describe_error()}. Nothing was "

@@ -92,6 +92,33 @@ def _load_user_entries(campaign: Campaign) -> list:
     return data
 
 
+def _stress_needed(campaign: Campaign, name: str, fitted: bool) -> str | None:
+    """What relaxes the cell with this stage's model, in the file's words; None if nothing does."""
+    stage = campaign.stages.get(name)
+    if stage.relax.cell and not getattr(stage, "direct", False):
+        return f"stages.{name}.relax.cell is true"
+    if campaign.hull.model_references and not fitted:
+        return "hull.model_references is true: the elemental references relax their cell"
+    return None
+
+
+def _check_calculator(campaign: Campaign, name: str, fitted: bool) -> None:
+    """An ``ase`` model's factory: importable, callable, taking its kwargs, with stress if needed.
+
+    Imports the user's package (perhaps torch with it) here, at ``hts validate``
+    and the start of a run, not when the file is parsed: a typo then fails in
+    seconds, before a cluster's queue is waited on, while reading a campaign
+    (``hts status`` reads the store's) stays light.
+    """
+    from hts.models.ase_calculator import ModelSpecError, check_calculator
+
+    spec = campaign.stages.get(name).model
+    try:
+        check_calculator(spec, _stress_needed(campaign, name, fitted))
+    except ModelSpecError as err:
+        raise CampaignError(err.at(f"stages.{name}.model")) from None
+
+
 def _resolved_stage(campaign: Campaign, name: str) -> tuple[object, dict[str, float] | None]:
     """One MLIP stage with its files read: (the stage, its fitted references or None)."""
     stage = campaign.stages.get(name)
@@ -133,6 +160,8 @@ def _resolved_stage(campaign: Campaign, name: str) -> tuple[object, dict[str, fl
                 }
         except ReportError as err:
             raise CampaignError(f"stages.{name}.distillation.report: {err}") from None
+    if stage.model.name == "ase":
+        _check_calculator(campaign, name, fitted is not None)
     return (stage.model_copy(update=update) if update else stage), fitted
 
 

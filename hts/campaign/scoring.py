@@ -92,6 +92,7 @@ class StageScorer:
             "formation_energy": v.formation_energy,
             "converged": rec.converged,
             "n_steps": rec.n_steps,
+            "pressure": rec.pressure,
             "time_s": rec.time_s,
             "kept": v.kept,
         }

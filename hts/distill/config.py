@@ -282,6 +282,8 @@ class DistillConfig(Strict):
         """Labels are reusable while the teacher and what is sampled per candidate stay the same."""
         s = self.sampling.model_dump(mode="json", include=set(_PER_CANDIDATE))
         t = teacher.model_dump(mode="json", include={"name", "path", "dtype"})
+        if teacher.name == "ase":  # which calculator, built how (other teachers' keys as before)
+            t |= teacher.model_dump(mode="json", include={"calculator", "kwargs", "elements"})
         blob = json.dumps({"teacher": t, "sampling": s, "seed": self.seed}, sort_keys=True)
         return f"{teacher.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

@@ -50,10 +50,26 @@ from hts.distill.labelling import label, sample, single_points, teacher_referenc
 from hts.distill.report import build_report, markdown
 from hts.distill.rounds import acquire, round_record
 from hts.distill.training import train_round
+from hts.spec import CampaignError
 
 __all__ = ["DistillProgress", "run_distill", "run_tasks"]
 
 log = logging.getLogger("hts.distill")
+
+
+def _check_teacher(cfg: DistillConfig, teacher) -> None:
+    """An ``ase`` teacher imports, takes its kwargs and gives stress, before any labelling.
+
+    Distillation always needs the teacher's stress: it labels stresses for the
+    student and relaxes cells (candidates and elemental references).
+    """
+    from hts.models.ase_calculator import ModelSpecError, check_calculator
+
+    where = "teacher" if cfg.teacher is not None else "the campaign's stages.rescore.model"
+    try:
+        check_calculator(teacher, "the student is trained on the teacher's stress")
+    except ModelSpecError as err:
+        raise CampaignError(err.at(where)) from None
 
 
 def run_distill(
@@ -68,6 +84,7 @@ def run_distill(
     t_start = time.time()
     campaign = cfg.load_campaign()
     teacher = cfg.resolved_teacher(campaign)
+    _check_teacher(cfg, teacher)
     if cfg.sampling.relax is None:  # the teacher relaxes as it will in the campaign's rescore stage
         stage = campaign.stages.rescore or campaign.stages.prefilter
         cfg = cfg.model_copy(

@@ -8,15 +8,16 @@ its ML package only when called.
 The cache is per process, keyed by the spec: a model that is safe to share
 (``thread_safe``: MACE files, the analytic potential) is loaded once and
 serves every thread of a pool; one that is not (ASE calculators keep state on
-themselves; CHGNet and SevenNet are not checked for it) gets one instance per
-thread.  Either way the torch/OpenMP thread count is set once per process, at
-the first load (:func:`hts.models.base.configure_threads`).
+themselves, ``ase`` models included; CHGNet and SevenNet are not checked for
+it) gets one instance per thread.  Either way the torch/OpenMP thread count is
+set once per process, at the first load (:func:`hts.models.base.configure_threads`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 
 from hts.models.base import CalculatorModel, Model, Prediction, configure_threads, resolve_device
@@ -47,6 +48,14 @@ def load_model(spec) -> Model:
 
         return CalculatorModel("emt", f"ase {ase.__version__}", EMT, set(parameters))
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    if spec.name == "ase":
+        from hts.models.ase_calculator import load_ase
+
+        model = load_ase(spec)
+        # its package may have imported torch (e3nn then needed the variable above): pin
+        # torch's threads now, before the first forward pass
+        configure_threads(spec.threads, torch_model="torch" in sys.modules)
+        return model
     device = resolve_device(spec.device)
     if spec.name in ("sevennet-0", "sevennet-l3i5"):
         from hts.models.batched import SevennetModel
@@ -101,4 +110,10 @@ def _shareable(model) -> bool:
 
 
 def _uses_torch(spec) -> bool:
-    return spec.name not in ("lennard-jones", "emt")
+    """Whether loading imports torch (its threads are then pinned before it is).
+
+    An ``ase`` calculator may or may not (MACE's does, ASE's own do not): OpenMP
+    is pinned before its package is imported, and torch, if it came with it,
+    right after (:func:`load_model`), so ASE's calculators never pay for torch.
+    """
+    return spec.name not in ("lennard-jones", "emt", "ase")

@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from hts.spec.base import NOT_HASHED, NOT_HASHED_SINCE_2026_12, Strict
+from hts.spec.base import HASHED_UNLESS_DEFAULT, NOT_HASHED, NOT_HASHED_SINCE_2026_12, Strict
 
 __all__ = [
     "Distillation",
@@ -23,11 +30,43 @@ __all__ = [
 ]
 
 
-class ModelSpec(Strict):
-    """Which MLIP (or analytic potential) to load, and where it runs."""
+# "package.module:factory", the factory possibly an attribute path ("pkg.mod:Class.from_name")
+_CALCULATOR_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
-    name: Literal["sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones"]
+
+class ModelSpec(Strict):
+    """Which MLIP (or analytic potential) to load, and where it runs.
+
+    ``name: ase`` wraps any ASE calculator: ``calculator`` names a factory
+    (``package.module:factory``, a class or a function) that ``kwargs`` are
+    passed to, so a model hts does not ship (a foundation model whose package
+    offers an ASE calculator) can be a stage's model.  Only the form of the path
+    is checked here: importing it may import torch and a model package, which
+    parsing a campaign file (``hts status`` reads the one in a store) must not;
+    ``hts validate`` and the start of a run import it
+    (:func:`hts.models.ase_calculator.check_calculator`).
+    """
+
+    name: Literal["sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones", "ase"]
     path: str | None = Field(default=None, description="Model file; required for mace.")
+    calculator: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="For name ase (required there): 'package.module:factory', a class or "
+        "function returning an ASE calculator, called with kwargs.",
+        json_schema_extra=HASHED_UNLESS_DEFAULT,
+    )
+    kwargs: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="For name ase: keyword arguments of the calculator factory.",
+        json_schema_extra=HASHED_UNLESS_DEFAULT,
+    )
+    elements: list[str] | None = Field(
+        default=None,
+        description="For name ase: the elements the calculator covers (a candidate with another "
+        "fails with that reason); default: all.",
+        json_schema_extra=HASHED_UNLESS_DEFAULT,
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", json_schema_extra=NOT_HASHED_SINCE_2026_12
     )
@@ -54,12 +93,68 @@ class ModelSpec(Strict):
     )
     dtype: Literal["float32", "float64"] = "float64"
 
+    @field_validator("calculator")
+    @classmethod
+    def _calculator_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        name = info.data.get("name")
+        if v is None:
+            if name == "ase":
+                raise ValueError(
+                    "required for name 'ase': the calculator's factory as "
+                    "'package.module:factory' (e.g. 'mace.calculators:mace_mp')"
+                )
+            return v
+        if name is not None and name != "ase":
+            raise ValueError(f"only used with name 'ase', not {name!r}")
+        if not _CALCULATOR_PATH.match(v):
+            raise ValueError(
+                f"{v!r} is not 'package.module:factory' (a module's dotted path, a colon, then "
+                "the name of a class or function in it, e.g. 'ase.calculators.emt:EMT')"
+            )
+        return v
+
+    @field_validator("kwargs")
+    @classmethod
+    def _kwargs_only_for_ase(cls, v: dict, info: ValidationInfo) -> dict:
+        name = info.data.get("name")
+        if v and name is not None and name != "ase":
+            raise ValueError(f"only used with name 'ase', not {name!r}")
+        if bad := [k for k in v if not k.isidentifier()]:
+            raise ValueError(f"{bad[0]!r} is not a keyword argument name")
+        return v
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        from ase.data import atomic_numbers
+
+        name = info.data.get("name")
+        if v is None:
+            return v
+        if name is not None and name != "ase":
+            raise ValueError(f"only used with name 'ase', not {name!r} (it knows its elements)")
+        if not v:
+            raise ValueError("empty: list the elements the calculator covers, or leave it out")
+        for s in v:
+            if s not in atomic_numbers or s == "X":
+                raise ValueError(f"{s!r} is not a chemical element")
+        if len(set(v)) != len(v):
+            raise ValueError(f"repeated elements in {v}")
+        return v
+
     @model_validator(mode="after")
     def _path_rules(self) -> ModelSpec:
         if self.name == "mace" and not self.path:
             raise ValueError("path: required for name 'mace' (a MACE model file)")
         if self.name != "mace" and self.path:
             raise ValueError(f"path: only used with name 'mace', not {self.name!r}")
+        if self.name == "ase":
+            for f in ("device", "dtype"):
+                if f in self.model_fields_set:
+                    raise ValueError(
+                        f"{f}: not used with name 'ase': the calculator's factory decides it "
+                        f"(pass it in kwargs if the factory takes one)"
+                    )
         return self
 
 
@@ -78,6 +173,22 @@ class RelaxSettings(Strict):
     rattle: float = Field(
         default=0.0, ge=0, le=0.5, description="Seeded Gaussian noise (Å) on input positions."
     )
+    pressure_tol: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPa: with the cell relaxing, converged also needs |pressure| at most this "
+        "(fmax on the cell's degrees of freedom leaves soft solids at a residual pressure); "
+        "None: fmax alone.",
+        json_schema_extra=HASHED_UNLESS_DEFAULT,
+    )
+
+    @model_validator(mode="after")
+    def _pressure_needs_cell(self) -> RelaxSettings:
+        if self.pressure_tol is not None and not self.cell:
+            raise ValueError(
+                "pressure_tol: only with cell: true (a fixed cell cannot relieve its pressure)"
+            )
+        return self
 
 
 _RULE_FIELDS = {"e_above_hull", "energy_per_atom", "n_atoms"}

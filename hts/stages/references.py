@@ -103,10 +103,14 @@ def trial_structures(element: str) -> list[tuple[str, object]]:
 def relax_references(elements: list[str], stage, model=None) -> list[ReferenceResult]:
     """Lowest relaxed energy per atom of each element's trial structures."""
     from hts.models import get_model
+    from hts.models.ase_calculator import require_stress
     from hts.stages.relax import relax_with
 
     if model is None:
         model = get_model(stage.model)
+    require_stress(
+        model, "hull.model_references is true: the elemental references relax their cell"
+    )
     out = []
     # references always relax the cell, and get at least 200 steps
     r = stage.relax

@@ -35,6 +35,8 @@ class StageRecord:
     converged: bool = False
     n_steps: int = 0
     time_s: float = 0.0
+    # final pressure, GPa (positive under compression); NaN when unknown (direct, failed)
+    pressure: float = float("nan")
     # the relaxed structure (the input one when the stage failed before relaxing)
     numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
@@ -71,10 +73,14 @@ def run_stage(
     (tests, benchmarks); by default the worker's cached model is used.
     """
     from hts.models import get_model
+    from hts.models.ase_calculator import require_stress
     from hts.stages.relax import relax_with
 
     if model is None:
         model = get_model(stage.model)  # loaded once per worker process; not this task's cost
+    direct = getattr(stage, "direct", False)
+    if stage.relax.cell and not direct:
+        require_stress(model, "relax.cell is true")
     t0 = time.perf_counter()
     records: dict[str, StageRecord] = {}
     todo: list[Candidate] = []
@@ -86,7 +92,7 @@ def run_stage(
             )
         else:
             todo.append(c)
-    if getattr(stage, "direct", False):
+    if direct:
         outcomes = _direct(model, todo, stage.model.batch_size)
     else:
         outcomes = isolating(
@@ -107,6 +113,8 @@ def run_stage(
             converged=o.converged,
             n_steps=o.n_steps,
             time_s=o.model_time_s,
+            # TODO(relax): RelaxOutcome.pressure lands with the relax.py rewrite; then read it plainly
+            pressure=getattr(o, "pressure", float("nan")),
             numbers=np.asarray(a.numbers, dtype=np.int64),
             positions=np.array(a.positions),
             cell=np.array(a.cell[:]),

@@ -77,12 +77,27 @@ def create_layout(path: Path, stages: list[str]):
 
 
 def add_missing(group, stages: list[str], lengths: dict[str, int]) -> None:
-    """Variables added to the schema since a store was written, filled to its committed lengths."""
+    """Variables added to the schema since a store was written, filled to its committed lengths.
+
+    The fill is written, chunk by chunk, not left implicit: a store of layout 2
+    has every committed chunk on disk, and :func:`hts.store.verify.verify`
+    would take an absent one for damage and refuse to resume the store.
+    """
     for dim, table in (("candidate", CANDIDATE_VARS), ("update", UPDATE_VARS)):
         for name, (dims, dtype, fill, doc) in table.items():
-            if name not in group:
-                create_array(group, name, (dim, *dims), dtype, fill, doc, len(stages))
-                group[name].resize((lengths[dim], *group[name].shape[1:]))
+            if name in group:
+                continue
+            create_array(group, name, (dim, *dims), dtype, fill, doc, len(stages))
+            arr = group[name].with_config({"write_empty_chunks": True})
+            n = lengths[dim]
+            arr.resize((n, *arr.shape[1:]))
+            step = arr.chunks[0]
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                block = np.full(
+                    (stop - start, *arr.shape[1:]), fill, dtype=object if dtype is str else dtype
+                )
+                arr[start:stop] = block
 
 
 def consolidate(path: Path) -> None:

@@ -65,8 +65,20 @@ CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
     ),
     "e_above_hull": (("stage",), np.float64, np.nan, "energy above hull (eV/atom), final values"),
     "kept": (("stage",), bool, False, "passed the stage's keep rule"),
-    "converged": (("stage",), bool, False, "relaxation reached fmax"),
+    "converged": (
+        ("stage",),
+        bool,
+        False,
+        "relaxation reached fmax (and relax.pressure_tol, where set)",
+    ),
     "n_steps": (("stage",), np.int32, 0, "relaxation steps"),
+    "pressure": (
+        ("stage",),
+        np.float64,
+        np.nan,
+        "final pressure of the relaxed structure (GPa, -trace(stress)/3, positive under "
+        "compression; NaN where unknown: not relaxed, failed, or a store from before it)",
+    ),
     "time_s": (("stage",), np.float64, np.nan, "worker seconds spent on this candidate"),
     "stage_status": (
         ("stage",),

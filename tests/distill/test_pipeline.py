@@ -199,3 +199,24 @@ def test_bad_distillation_file_names_the_fields(tmp_path):
     assert "training.epochs" in msg and "sampling.rattles: unknown field" in msg
     assert "student.kind" in msg
     assert str(path) in msg
+
+
+def test_an_ase_teacher_is_checked_and_keys_its_own_labels(tmp_path):
+    """Labels are reused only for the same calculator built the same way; a teacher without
+    stress (whose stress the student learns) is refused before any labelling."""
+    path = _files(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    keys = set()
+    for teacher in (
+        {"name": "ase", "calculator": "ase.calculators.emt:EMT"},
+        {"name": "ase", "calculator": "ase.calculators.lj:LennardJones"},
+        {"name": "ase", "calculator": "ase.calculators.lj:LennardJones", "kwargs": {"sigma": 2.0}},
+    ):
+        cfg = load_distill(path).model_copy(update={"teacher": ModelSpec(**teacher)})
+        keys.add(cfg.dataset_key(cfg.teacher))
+    assert len(keys) == 3 and all(k.startswith("ase-") for k in keys)
+    data["teacher"] = {"name": "ase", "calculator": "ase.calculators.test:TestPotential"}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(CampaignError, match=r"teacher.calculator: .*TestPotential gives no stress"):
+        run_distill(load_distill(path), engine=None)
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -156,3 +156,60 @@ def test_store_from_before_the_update_log_is_migrated(tmp_path):
     assert again.stage_done == {"rescore": {1, 2, 5}} and again.n_updates == 3
     assert list(StoreReader(path).stage_rows("rescore")) == [1, 2, 5]
     assert "stage_rows" not in StoreReader(path).ledger
+
+
+def test_pressure_round_trips_per_stage(tmp_path):
+    """Each relaxing stage's final pressure (GPa) is stored in its own column; NaN where unknown."""
+    path = tmp_path / "s.zarr"
+    store = _open_two(path)
+    rows = [_row(k, 2, 0) for k in range(4)]
+    for k, r in enumerate(rows):
+        r.stage["prefilter"]["pressure"] = 0.25 * k - 0.3
+    store.append(rows, chunk_index=0)
+    later = {"energy_per_atom": -2.0, "pressure": -0.7}
+    store.update("rescore", [StageUpdate(1, later, "ok", "", "rescore")])
+    store.close()
+    expected = np.full((4, 2), np.nan)
+    expected[:, 0] = [0.25 * k - 0.3 for k in range(4)]
+    expected[1, 1] = -0.7
+    got = StoreReader(path).read(["pressure"], [0, 1, 2, 3])["pressure"]
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(open_dataset(path).pressure.values, expected)
+    assert "GPa" in open_dataset(path).pressure.attrs["description"]
+
+
+def test_a_store_from_before_pressure_opens_resumes_and_exports(tmp_path):
+    """A store written before ``pressure`` existed: readers read it without the variable, export
+    gives an empty column, and the writer adds it (NaN for the old rows, every chunk written, so
+    verify finds no damage) and goes on appending."""
+    import csv
+    import shutil
+
+    from hts.report import export_store
+    from hts.store.verify import verify
+
+    path = tmp_path / "s.zarr"
+    store = _open_two(path)
+    store.append([_row(k, 2, 0) for k in range(6)], chunk_index=0)
+    store.close()
+    shutil.rmtree(path / "pressure")  # as hts wrote stores before the variable was added
+
+    reader = StoreReader(path)
+    assert not reader.has("pressure")
+    assert set(reader.read(["pressure", "energy_per_atom"], [0, 1])) == {"energy_per_atom"}
+    assert "pressure" not in open_dataset(path)
+    _, csv_path = export_store(path, tmp_path / "out", survivors_only=False)
+    with csv_path.open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 6 and all(r["prefilter_pressure"] == "nan" for r in table)
+
+    again = _open_two(path)  # verified on opening: a missing chunk would refuse the store
+    rows = [_row(k, 2, 1) for k in range(6, 9)]
+    for r in rows:
+        r.stage["prefilter"]["pressure"] = 1.5
+    again.append(rows, chunk_index=1)
+    again.close()
+    assert verify(path) == []
+    p = StoreReader(path).read_range(["pressure"])["pressure"]
+    assert p.shape == (9, 2) and np.isnan(p[:6]).all() and np.isnan(p[6:, 1]).all()
+    assert (p[6:, 0] == 1.5).all()
