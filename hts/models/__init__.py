@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 
 from hts.models.base import CalculatorModel, Model, Prediction, configure_threads, resolve_device
@@ -37,7 +36,8 @@ _load_lock = threading.Lock()
 
 def load_model(spec) -> Model:
     """A fresh model for a :class:`hts.spec.ModelSpec`; threads are configured first."""
-    configure_threads(spec.threads, torch_model=_uses_torch(spec))
+    # every model relaxes through torch tensors (hts.stages.relax): pin torch's threads first
+    configure_threads(spec.threads)
     if spec.name == "lennard-jones":
         from hts.models.analytic import LennardJonesModel
 
@@ -51,11 +51,7 @@ def load_model(spec) -> Model:
     if spec.name == "ase":
         from hts.models.ase_calculator import load_ase
 
-        model = load_ase(spec)
-        # its package may have imported torch (e3nn then needed the variable above): pin
-        # torch's threads now, before the first forward pass
-        configure_threads(spec.threads, torch_model="torch" in sys.modules)
-        return model
+        return load_ase(spec)
     device = resolve_device(spec.device)
     if spec.name in ("sevennet-0", "sevennet-l3i5"):
         from hts.models.batched import SevennetModel
@@ -107,13 +103,3 @@ def _shareable(model) -> bool:
     """Whether one instance may serve several threads at once (see the module docstring)."""
     # the analytic potential keeps no state between calls (hts/models/analytic.py)
     return bool(getattr(model, "thread_safe", model.name == "lennard-jones"))
-
-
-def _uses_torch(spec) -> bool:
-    """Whether loading imports torch (its threads are then pinned before it is).
-
-    An ``ase`` calculator may or may not (MACE's does, ASE's own do not): OpenMP
-    is pinned before its package is imported, and torch, if it came with it,
-    right after (:func:`load_model`), so ASE's calculators never pay for torch.
-    """
-    return spec.name not in ("lennard-jones", "emt", "ase")

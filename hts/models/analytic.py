@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hts.geometry import pairs_within
-from hts.models.base import Prediction, voigt
+from hts.models.base import Prediction
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -49,28 +48,43 @@ class LennardJonesModel:
         return ModelCalculator(self)
 
     def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
-        return [self._one(a) for a in batch]
+        from hts.models.tensor import predict_via_tensors
 
-    def _one(self, atoms: Atoms) -> Prediction:
-        numbers = atoms.numbers
-        r = self._radii[numbers]
-        i, j, d, D = pairs_within(
-            atoms.positions, atoms.cell[:], self.cutoff_sigmas * 2.0 * r.max() / _TWO_SIXTH
-        )
+        return predict_via_tensors(self, batch)
+
+    def evaluate(self, b):
+        """Energy, forces and stress of a :class:`~hts.models.tensor.TensorBatch`, analytically."""
+        import torch
+
+        from hts.models.neighbors import neighbor_list
+        from hts.models.tensor import Evaluation
+
+        dev, dt = b.positions.device, b.positions.dtype
+        radii = torch.as_tensor(self._radii, dtype=dt, device=dev)
+        r = radii[b.numbers]
+        n = b.n_structures
+        reach = self.cutoff_sigmas * 2.0 * float(r.max()) / _TWO_SIXTH if len(r) else 1.0
+        edges, unit = neighbor_list(b.positions, b.cells, b.batch, b.counts, reach)
+        i, j = edges
+        owner = b.batch[i]
+        vec = b.positions[j] - b.positions[i] + torch.einsum("ei,eij->ej", unit, b.cells[owner])
+        d = vec.norm(dim=-1)
         sigma = (r[i] + r[j]) / _TWO_SIXTH
         cut = self.cutoff_sigmas * sigma
         m = d < cut
-        i, j, d, D, sigma, cut = i[m], j[m], d[m], D[m], sigma[m], cut[m]
+        i, owner, vec, d, sigma, cut = i[m], owner[m], vec[m], d[m], sigma[m], cut[m]
         sr6 = (sigma / d) ** 6
         src6 = (sigma / cut) ** 6
-        e_pair = 4 * self.epsilon * (sr6 * sr6 - sr6) - 4 * self.epsilon * (src6 * src6 - src6)
-        energy = 0.5 * float(e_pair.sum())  # each pair appears twice in the full list
-        dedd = 4 * self.epsilon * (-12 * sr6 * sr6 + 6 * sr6) / d  # dφ/dd
-        fvec = (dedd / d)[:, None] * D  # force on i: -∂E/∂r_i = Σ_j φ'(d) D/d, with D = r_j - r_i
-        forces = np.zeros((len(atoms), 3))
-        np.add.at(forces, i, fvec)
-        virial = 0.5 * np.einsum(
-            "pa,pb->ab", D, fvec
-        )  # (1/2) Σ D ⊗ φ'(d) D/d, halved for double counting
-        stress = virial / abs(np.linalg.det(atoms.cell[:]))
-        return Prediction(energy=energy, forces=forces, stress=voigt(stress))
+        eps = self.epsilon
+        e_pair = 4 * eps * (sr6 * sr6 - sr6) - 4 * eps * (src6 * src6 - src6)
+        # each pair appears twice in the full list
+        energy = 0.5 * torch.zeros(n, dtype=dt, device=dev).index_add_(0, owner, e_pair)
+        dedd = 4 * eps * (-12 * sr6 * sr6 + 6 * sr6) / d  # dφ/dd
+        fvec = (dedd / d)[:, None] * vec  # on i: -∂E/∂r_i = Σ_j φ'(d) D/d, D = r_j - r_i
+        forces = torch.zeros_like(b.positions).index_add_(0, i, fvec)
+        # (1/2) Σ D ⊗ φ'(d) D/d per structure, halved for double counting
+        virial = torch.zeros((n, 3, 3), dtype=dt, device=dev).index_add_(
+            0, owner, vec[:, :, None] * fvec[:, None, :]
+        )
+        stress = 0.5 * virial / torch.linalg.det(b.cells).abs()[:, None, None]
+        return Evaluation(energy, forces, stress)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,7 +93,7 @@ _torch_pinned = False
 _warned: set[int] = set()
 
 
-def configure_threads(threads: int, torch_model: bool = True) -> int:
+def configure_threads(threads: int) -> int:
     """Pin torch and OpenMP to ``threads`` threads in this process, once; returns the count in force.
 
     Thread counts are process-wide (``OMP_NUM_THREADS``, ``torch.set_num_threads``),
@@ -105,14 +104,12 @@ def configure_threads(threads: int, torch_model: bool = True) -> int:
     cannot have two).
 
     Measured on 2 busy cores: torch at 2 threads per process ran 10–100× slower
-    than at 1, so the thread count is always set, never left to torch.  A model
-    without torch (the analytic potentials) does not import it: ~250 MB of
-    resident memory per worker saved; torch is then pinned when a torch model
-    first loads (or at once, if something else imported torch already).
+    than at 1, so the thread count is always set, never left to torch.  Every
+    model needs torch, since relaxations run on tensors (:mod:`hts.stages.relax`),
+    the analytic potentials and ASE's calculators included.
     """
     global _threads, _torch_pinned
-    want_torch = torch_model or "torch" in sys.modules
-    if _threads is not None and (_torch_pinned or not want_torch):
+    if _threads is not None and _torch_pinned:
         if threads != _threads:
             _differs(threads)
         return _threads
@@ -123,7 +120,7 @@ def configure_threads(threads: int, torch_model: bool = True) -> int:
             _threads = threads
         elif threads != _threads:
             _differs(threads)
-        if want_torch and not _torch_pinned:
+        if not _torch_pinned:
             import torch
 
             if torch.get_num_threads() != _threads:

@@ -19,7 +19,6 @@ __all__ = [
     "SevennetModel",
     "mace_collate",
     "mace_graph",
-    "mace_inputs",
 ]
 
 
@@ -132,36 +131,97 @@ class SevennetModel:
         return self._calc
 
     def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        from hts.models.tensor import predict_via_tensors
+
         limit = self.cpu_atoms if self.device == "cpu" else None
         out: list[Prediction] = []
         for part in _passes(batch, self.batch_size, limit):
-            out.extend(self._forward(part))
+            out.extend(predict_via_tensors(self, part))
         return out
 
-    def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:
-        import sevenn._keys as keys
-        from sevenn.atom_graph_data import AtomGraphData
-        from sevenn.train.dataload import unlabeled_atoms_to_graph
-        from torch_geometric.data import Batch
+    def evaluate(self, b):
+        """Energy, forces and stress of a :class:`~hts.models.tensor.TensorBatch`, on its device.
 
-        graphs = [
-            AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(a, self.cutoff)) for a in batch
-        ]
-        g = Batch.from_data_list(graphs).to(self.device)
-        res = self.model(g)
-        energy = res[keys.PRED_TOTAL_ENERGY].detach().cpu().numpy()
-        forces = res[keys.PRED_FORCE].detach().cpu().numpy()
-        # sevenn: (xx, yy, zz, xy, yz, zx), positive under compression
-        stress = -res[keys.PRED_STRESS].detach().cpu().numpy()[:, [0, 1, 2, 4, 5, 3]]
-        ptr = g.ptr.cpu().numpy()
-        return [
-            Prediction(
-                energy=float(energy[k]),
-                forces=forces[ptr[k] : ptr[k + 1]].astype(float),
-                stress=stress[k].astype(float),
+        The graph is sevenn's batched one, built on the device
+        (:func:`hts.models.neighbors.neighbor_list`, same edges as sevenn's
+        matscipy graph); on a CPU at most ``cpu_atoms`` atoms go through one pass.
+        """
+        import torch
+
+        from hts.models.tensor import Evaluation, TensorBatch
+
+        limit = self.cpu_atoms if self.device == "cpu" else None
+        counts = b.counts.tolist()
+        if limit is None or sum(counts) <= limit:
+            return self._evaluate(b)
+        parts = []
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        start = 0
+        while start < len(counts):
+            stop, n = start + 1, counts[start]
+            while stop < len(counts) and n + counts[stop] <= limit:
+                n += counts[stop]
+                stop += 1
+            a0, a1 = int(offsets[start]), int(offsets[stop])
+            parts.append(
+                self._evaluate(
+                    TensorBatch(
+                        b.positions[a0:a1],
+                        b.cells[start:stop],
+                        b.numbers[a0:a1],
+                        b.batch[a0:a1] - start,
+                        b.counts[start:stop],
+                    )
+                )
             )
-            for k in range(len(batch))
-        ]
+            start = stop
+        return Evaluation(
+            *(torch.cat([getattr(p, k) for p in parts]) for k in Evaluation.__slots__)
+        )
+
+    def _evaluate(self, b):
+        import sevenn._keys as keys
+        import torch
+
+        from hts.models.neighbors import neighbor_list
+        from hts.models.tensor import Evaluation
+
+        edge_index, unit = neighbor_list(b.positions, b.cells, b.batch, b.counts, self.cutoff)
+        dt = torch.float32  # sevenn's weights
+        cells = b.cells.to(dt)
+        pos = b.positions.to(dt)
+        src, dst = edge_index
+        vec = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", unit.to(dt), cells[b.batch[src]])
+        data = {
+            keys.NODE_FEATURE: b.numbers,
+            keys.ATOMIC_NUMBERS: b.numbers,
+            keys.POS: pos,
+            keys.EDGE_VEC: vec,
+            keys.EDGE_IDX: edge_index,
+            keys.CELL: cells.reshape(-1, 3),
+            keys.CELL_SHIFT: unit.to(dt),
+            keys.CELL_VOLUME: torch.linalg.det(cells).abs(),
+            keys.NUM_ATOMS: b.counts,
+            keys.BATCH: b.batch,
+        }
+        res = self.model(data)
+        out = b.positions.dtype
+        # sevenn: (xx, yy, zz, xy, yz, zx), positive under compression
+        v = -res[keys.PRED_STRESS].detach().to(out)
+        xx, yy, zz, xy, yz, zx = v.unbind(-1)
+        stress = torch.stack(
+            [
+                torch.stack([xx, xy, zx], -1),
+                torch.stack([xy, yy, yz], -1),
+                torch.stack([zx, yz, zz], -1),
+            ],
+            -2,
+        )
+        return Evaluation(
+            res[keys.PRED_TOTAL_ENERGY].detach().to(out).reshape(-1),
+            res[keys.PRED_FORCE].detach().to(out),
+            stress,
+        )
 
 
 def _passes(batch: Sequence[Atoms], structures: int, atoms: int | None):
@@ -264,6 +324,7 @@ class MaceModel:
         self._z_index = np.full(max(self.atomic_numbers) + 1, -1)
         self._z_index[self.atomic_numbers] = np.arange(len(self.atomic_numbers))
         self._head = self.heads.index("Default") if "Default" in self.heads else len(self.heads) - 1
+        self._rows = None  # z_index on the device, made at the first evaluation
         import mace
 
         self.version = f"{path} (mace-torch {getattr(mace, '__version__', '?')})"
@@ -280,66 +341,72 @@ class MaceModel:
         return MACECalculator(model_paths=self.path, device=self.device, default_dtype=self.dtype)
 
     def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        from hts.models.tensor import predict_via_tensors
+
         out: list[Prediction] = []
         for part in _passes(batch, self.batch_size, None):
-            elements = {int(z) for a in part for z in a.numbers}
-            if elements <= self._seen:
-                out.extend(self._forward(part))
-                continue
-            with self._first_use:  # builds the new elements' caches, once
-                out.extend(self._forward(part))
-                self._seen = self._seen | elements
+            out.extend(predict_via_tensors(self, part))
         return out
 
-    def _graph(self, batch: Sequence[Atoms]) -> dict:
-        return mace_inputs(
-            batch,
-            self._z_index,
-            len(self.atomic_numbers),
-            self.r_max,
-            self.dtype,
-            self.device,
-            self._head,
+    def evaluate(self, b):
+        """Energy, forces and stress of a :class:`~hts.models.tensor.TensorBatch`, on its device.
+
+        The graph is built on the device (:func:`hts.models.neighbors.neighbor_list`);
+        positions are cast to the model's dtype and results back to the batch's.
+        """
+        elements = set(self._seen_of(b.numbers))
+        if elements <= self._seen:
+            return self._evaluate(b)
+        with self._first_use:  # builds the new elements' caches, once
+            out = self._evaluate(b)
+            self._seen = self._seen | elements
+        return out
+
+    def _seen_of(self, numbers) -> frozenset[int]:
+        return frozenset(int(z) for z in numbers.unique().tolist())
+
+    def _evaluate(self, b):
+        import torch
+
+        from hts.models.neighbors import neighbor_list
+        from hts.models.tensor import Evaluation
+
+        dt = torch.float64 if self.dtype == "float64" else torch.float32
+        dev = b.positions.device
+        if self._rows is None or self._rows.device != dev:
+            self._rows = torch.as_tensor(self._z_index, dtype=torch.long, device=dev)
+        edge_index, unit = neighbor_list(b.positions, b.cells, b.batch, b.counts, self.r_max)
+        pos = b.positions.to(dt)
+        cells = b.cells.to(dt)
+        unit = unit.to(dt)
+        n = b.n_structures
+        kinds = self._rows[b.numbers]
+        attrs = torch.zeros((len(kinds), len(self.atomic_numbers)), dtype=dt, device=dev)
+        attrs[torch.arange(len(kinds), device=dev), kinds] = 1.0
+        data = {
+            "positions": pos,
+            "node_attrs": attrs,
+            "edge_index": edge_index,
+            "shifts": torch.einsum("ei,eij->ej", unit, cells[b.batch[edge_index[0]]]),
+            "unit_shifts": unit,
+            "cell": cells.reshape(-1, 3),
+            "batch": b.batch,
+            "ptr": torch.cat([b.counts.new_zeros(1), torch.cumsum(b.counts, 0)]),
+            "head": torch.full((n,), self._head, dtype=torch.long, device=dev),
+            # neutral, spin-unpolarised: what mace's AtomicData puts for plain structures
+            "charges": torch.zeros(len(kinds), dtype=dt, device=dev),
+            "total_charge": torch.zeros(n, dtype=dt, device=dev),
+            "total_spin": torch.ones(n, dtype=dt, device=dev),
+            "pbc": torch.ones((n, 3), dtype=torch.bool, device=dev),
+            "volume": torch.linalg.det(cells).abs(),
+        }
+        res = self.model(data, compute_stress=True, training=False)
+        out_dt = b.positions.dtype
+        return Evaluation(
+            res["energy"].detach().to(out_dt),
+            res["forces"].detach().to(out_dt),
+            res["stress"].detach().to(out_dt),
         )
-
-    def _forward(self, batch: Sequence[Atoms]) -> list[Prediction]:
-        d = self._graph(batch)
-        res = self.model(d, compute_stress=True, training=False)
-        energy = res["energy"].detach().cpu().numpy()
-        forces = res["forces"].detach().cpu().numpy()
-        stress = res["stress"].detach().cpu().numpy()
-        ptr = d["ptr"].cpu().numpy()
-        out = []
-        for k in range(len(batch)):
-            out.append(
-                Prediction(
-                    energy=float(energy[k]),
-                    forces=forces[ptr[k] : ptr[k + 1]].astype(float),
-                    stress=voigt(stress[k]),
-                )
-            )
-        return out
-
-
-def mace_inputs(
-    batch: Sequence[Atoms],
-    z_index: np.ndarray,
-    n_elements: int,
-    r_max: float,
-    dtype: str,
-    device: str,
-    head: int = 0,
-) -> dict:
-    """The batched input mace's forward reads, built straight from the structures.
-
-    Same neighbour lists and fields as mace's ``AtomicData`` + ``DataLoader``
-    (which cost more than a small student's forward pass per structure), made
-    directly in the model's dtype: positions never pass through float32 on
-    the way to a float64 model.  ``z_index[Z]`` is the row of element ``Z`` in
-    the model's one-hot node attributes.
-    """
-    graphs = [mace_graph(a, z_index, r_max) for a in batch]
-    return mace_collate(graphs, n_elements, dtype, device, np.full(len(batch), head))
 
 
 def mace_graph(atoms: Atoms, z_index: np.ndarray, r_max: float) -> tuple:

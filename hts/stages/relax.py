@@ -1,19 +1,46 @@
-"""Batched FIRE relaxation of positions and cell.
+"""Batched FIRE relaxation of positions and cell, as tensors on the model's device.
 
 Every structure keeps its own FIRE state (Bitzek et al., PRL 97, 170201
-(2006), with ASE's defaults and Euler step), but each step evaluates all
-still-active structures in one :meth:`Model.predict` call, so a model that
-batches sees the whole batch at once.  Cell degrees of freedom go through ASE's
-``FrechetCellFilter`` (or ``UnitCellFilter``), the same generalised coordinates a
-plain ``FIRE(FrechetCellFilter(atoms)).run(fmax)`` uses; converged structures leave
-the batch.  Results therefore match the one-by-one ASE loop to numerical noise.
+(2006), with ASE's defaults and its Euler step), and the cell is relaxed
+through the same generalised coordinates as ASE's ``FrechetCellFilter`` (the
+log of the deformation gradient, scaled by the atom count) or
+``UnitCellFilter`` (the deformation gradient itself).  The whole batch lives in
+torch tensors on the model's device — positions, cells, velocities, time
+steps — and each step is one :func:`hts.models.tensor.evaluate` call and a
+few dozen vectorised operations, whatever the batch size: no per-structure
+Python, no trip to the host but one small read of which structures are done.
+Converged structures leave the batch and waiting ones take their places
+(in-flight batching).  Results equal ASE's ``FIRE(FrechetCellFilter(atoms))``
+run one structure at a time (tested to 1e-6 eV/atom with EMT).
+
+How the filter's forces are computed, per structure, with ``F`` the
+deformation gradient from the input cell, ``V`` the volume, ``σ`` the stress
+and ``c`` the atom count (ASE's default factors):
+
+- atoms: the generalised coordinates are ``x = r F⁻ᵀ`` and their forces ``f F``;
+- ``UnitCellFilter``: the cell coordinate is ``c F``, its force ``W F⁻ᵀ / c``
+  with the virial ``W = −V σ``;
+- ``FrechetCellFilter``: the coordinate is ``c log F`` and its force is the
+  adjoint Fréchet derivative of ``exp`` at ``log F`` applied to ``W F⁻ᵀ``,
+  ``L(log Fᵀ, W F⁻ᵀ) / c``.  ASE evaluates nine directional derivatives per
+  step with scipy; the adjoint gives the same nine numbers at once, as the
+  upper-right block of ``exp([[Aᵀ, G], [0, Aᵀ]])`` (one batched 6×6
+  ``matrix_exp``; Higham, *Functions of Matrices*, §3.2).
+
+On a CUDA device the batch is sized from memory: a probe measures the bytes
+per atom of a forward and backward pass and the window is set to fill half the
+free memory (``batch_atoms`` caps it); an out-of-memory error halves the
+window and the same step is evaluated again in parts, so no candidate is lost.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,8 +51,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RelaxOutcome", "relax_batch", "relax_with"]
 
+log = logging.getLogger("hts.stages")
+
 # FIRE constants as in ASE's FIRE (and the paper).
 _DT0, _DTMAX, _NMIN, _FINC, _FDEC, _ASTART, _FA = 0.1, 1.0, 5, 1.1, 0.5, 0.1, 0.99
+_EV_A3_TO_GPA = 160.21766208
 
 
 @dataclass(slots=True)
@@ -38,185 +68,221 @@ class RelaxOutcome:
     model_time_s: float = 0.0
     # (positions, cell, prediction) at every evaluated step when asked for a trajectory
     frames: list | None = None
+    # final pressure, GPa (−trace σ / 3; positive under compression); NaN if never evaluated
+    pressure: float = float("nan")
 
 
-_recent: tuple = ()
+class _State:
+    """The in-flight structures: per-atom and per-structure tensors, and their outcome indices."""
 
+    per_atom = ("x", "vx", "numbers")
+    per_struct = ("u", "vu", "orig", "c", "dt", "a", "n_pos", "steps")
 
-def _memo(kind: str, a: np.ndarray, compute):
-    """``compute(a)``, remembered for the last four (kind, matrix) pairs.
+    def __init__(self, t: dict[str, Any], ids: list[int], counts: list[int]) -> None:
+        self.t = t
+        self.ids = ids
+        self.counts = counts
+        self._index()
 
-    One filter step works on the same few 3×3 matrices several times (the
-    deformation gradient in ``get_forces`` and again in ``get_positions``, its
-    logarithm for the nine Fréchet derivatives).  The tuple is replaced whole,
-    so threads sharing it at worst recompute.
-    """
-    global _recent
-    key = (kind, a.tobytes())
-    recent = _recent
-    for k, out in recent:
-        if k == key:
-            return out
-    out = compute(a)  # may itself remember something (the kernel needs an eig)
-    _recent = ((key, out), *_recent[:3])
-    return out
+    def _index(self) -> None:
+        import torch
 
-
-def _eig3(a: np.ndarray):
-    """Eigendecomposition ``(w, v, v⁻¹)`` of a 3×3 matrix; None if (nearly) defective."""
-    return _memo("eig", a, _decompose)
-
-
-def _decompose(a: np.ndarray):
-    w, v = np.linalg.eig(a)
-    try:
-        vi = np.linalg.inv(v)
-    except np.linalg.LinAlgError:
-        return None
-    # a large condition number (1-norm): the closed forms lose accuracy, scipy takes over
-    if np.abs(v).sum(0).max() * np.abs(vi).sum(0).max() > 1e6:
-        return None
-    return w, v, vi
-
-
-def _logm3(a: np.ndarray) -> np.ndarray:
-    """Matrix logarithm of a 3×3 deformation gradient via its eigendecomposition."""
-    from scipy.linalg import logm
-
-    d = _eig3(a)
-    if d is None or np.any(np.abs(d[0]) < 1e-12):
-        return logm(a)
-    w, v, vi = d
-    return ((v * np.log(w.astype(complex))) @ vi).real
-
-
-def _expm3(a: np.ndarray) -> np.ndarray:
-    from scipy.linalg import expm
-
-    d = _eig3(a)
-    if d is None:
-        return expm(a)
-    w, v, vi = d
-    return ((v * np.exp(w)) @ vi).real
-
-
-def _frechet_kernel(a: np.ndarray):
-    """``(V, V⁻¹, G)``: eigenvectors and the divided differences of ``exp`` over the eigenvalues."""
-    d = _eig3(a)
-    if d is None:
-        return None
-    w, v, vi = d
-    ew = np.exp(w)
-    dw = w[:, None] - w[None, :]
-    same = np.abs(dw) < 1e-8
-    g = np.where(same, ew[:, None], (ew[:, None] - ew[None, :]) / np.where(same, 1.0, dw))
-    return v, vi, g
-
-
-def _expm_frechet3(a: np.ndarray, e: np.ndarray, method=None, compute_expm: bool = True):
-    """Fréchet derivative of expm at ``a`` in direction ``e`` (Daleckii–Krein formula).
-
-    The filter asks for nine directions at one ``a`` per step; the kernel is
-    remembered, so each further direction is four 3×3 products.
-    """
-    kernel = _memo("frechet", a, _frechet_kernel)
-    if kernel is None:
-        from scipy.linalg import expm_frechet
-
-        return expm_frechet(a, e, method=method, compute_expm=compute_expm)
-    v, vi, g = kernel
-    deriv = (v @ (g * (vi @ e @ v)) @ vi).real
-    return (_expm3(a), deriv) if compute_expm else deriv
-
-
-_slow_cell_math_warned = False
-
-
-def _fast_cell_math(handle) -> bool:
-    """Swap scipy's general logm/expm/expm_frechet in ASE's cell filter for 3×3 closed forms.
-
-    scipy's versions cost ~3 ms (logm) and ~0.3 ms (each of 9 expm_frechet calls)
-    per step, more than a small MLIP's forward pass; the eigendecomposition forms
-    agree to 1e-11 and take ~0.1 ms.  Defective matrices fall back to scipy.  The
-    hook is ASE 3.29's private ``CellUtility`` (``handle._utility``); on an ASE
-    without it the filter keeps scipy's (same results, relaxations ~30x slower),
-    and that is logged once per process, naming the ASE version, rather than
-    passing in silence.  Returns whether the swap was made.
-    """
-    global _slow_cell_math_warned
-    util = getattr(handle, "_utility", None)
-    if util is not None and all(hasattr(util, k) for k in ("logm", "expm", "expm_frechet")):
-        util.logm, util.expm, util.expm_frechet = _logm3, _expm3, _expm_frechet3
-        return True
-    if not _slow_cell_math_warned:
-        _slow_cell_math_warned = True
-        import logging
-
-        import ase
-
-        logging.getLogger("hts.stages").warning(
-            "ASE %s: %s has no CellUtility (_utility with logm/expm/expm_frechet) to give "
-            "closed-form 3x3 cell math; cell relaxations use scipy's and run ~30x slower "
-            "(same results). hts's fast path is written against ASE 3.29.",
-            ase.__version__,
-            type(handle).__name__,
+        dev = self.t["x"].device
+        self.counts_t = torch.as_tensor(self.counts, dtype=torch.long, device=dev)
+        self.batch = torch.repeat_interleave(
+            torch.arange(len(self.counts), device=dev), self.counts_t
         )
-    return False
+
+    @property
+    def n_atoms(self) -> int:
+        return sum(self.counts)
+
+    def select(self, keep: list[int]) -> _State:
+        """The structures at positions ``keep`` (a sub-list of range(len(ids)))."""
+        import torch
+
+        dev = self.t["x"].device
+        ks = torch.as_tensor(keep, dtype=torch.long, device=dev)
+        atom_mask = torch.zeros(len(self.ids), dtype=torch.bool, device=dev)
+        atom_mask[ks] = True
+        atom_mask = atom_mask[self.batch]
+        t = {k: v[atom_mask] for k, v in self.t.items() if k in self.per_atom}
+        t.update({k: v[ks] for k, v in self.t.items() if k in self.per_struct})
+        return _State(t, [self.ids[k] for k in keep], [self.counts[k] for k in keep])
+
+    def join(self, other: _State) -> _State:
+        import torch
+
+        if not self.ids:
+            return other
+        if not other.ids:
+            return self
+        t = {k: torch.cat([self.t[k], other.t[k]]) for k in self.t}
+        return _State(t, self.ids + other.ids, self.counts + other.counts)
 
 
-class _Frozen:
-    """Hands the filter one prediction, set just before use.
+def _new_state(structures: Sequence[Atoms], ids: list[int], cell_filter: str, device) -> _State:
+    import torch
 
-    ASE's SinglePointCalculator would compare the atoms against a stored copy on
-    every access; with cheap potentials that comparison cost more than the model.
-    """
+    f64 = torch.float64
+    pos = torch.as_tensor(np.concatenate([a.positions for a in structures]), dtype=f64)
+    cells = torch.as_tensor(np.stack([a.cell[:] for a in structures]), dtype=f64)
+    counts = [len(a) for a in structures]
+    c = torch.as_tensor(counts, dtype=f64)
+    b = len(structures)
+    eye = torch.eye(3, dtype=f64).expand(b, 3, 3)
+    # the starting cell is the reference: F = I; Frechet's coordinate c·log F = 0, the unit
+    # filter's c·F (ASE's start in both; a constant offset does not change FIRE's path)
+    u = torch.zeros((b, 3, 3), dtype=f64) if cell_filter == "frechet" else c[:, None, None] * eye
+    t = {
+        "x": pos,
+        "vx": torch.zeros_like(pos),
+        "numbers": torch.as_tensor(np.concatenate([a.numbers for a in structures])),
+        "u": u.clone(),
+        "vu": torch.zeros((b, 3, 3), dtype=f64),
+        "orig": cells,
+        "c": c,
+        "dt": torch.full((b,), _DT0, dtype=f64),
+        "a": torch.full((b,), _ASTART, dtype=f64),
+        "n_pos": torch.zeros(b, dtype=torch.long),
+        "steps": torch.zeros(b, dtype=torch.long),
+    }
+    t = {k: v.to(device) for k, v in t.items()}
+    return _State(t, ids, counts)
 
-    __slots__ = ("p",)
 
-    def __init__(self, p) -> None:
-        self.p = p
+def _deformation(s: _State, cell: bool, cell_filter: str):
+    """Deformation gradients ``F`` [B,3,3], the cells and the Cartesian positions."""
+    import torch
 
-    def get_potential_energy(self, atoms=None, force_consistent=False):
-        return self.p.energy
+    if not cell:
+        return None, s.t["orig"], s.t["x"]
+    u, c = s.t["u"], s.t["c"][:, None, None]
+    f = torch.linalg.matrix_exp(u / c) if cell_filter == "frechet" else u / c
+    ft = f.transpose(1, 2)
+    cells = s.t["orig"] @ ft
+    pos = torch.einsum("ni,nij->nj", s.t["x"], ft[s.batch])
+    return f, cells, pos
 
-    def get_forces(self, atoms=None):
-        return self.p.forces.copy()
 
-    def get_stress(self, atoms=None):
-        return self.p.stress.copy()
+def _generalised_forces(s: _State, f, cells, ev, cell: bool, cell_filter: str):
+    """The filter's forces: on the atoms' coordinates ``[N,3]`` and on the cell's ``[B,3,3]``."""
+    import torch
+
+    if not cell:
+        return ev.forces, None
+    fx = torch.einsum("ni,nij->nj", ev.forces, f[s.batch])
+    volume = torch.linalg.det(cells).abs()
+    virial = -volume[:, None, None] * ev.stress
+    grad = virial @ torch.linalg.inv(f.transpose(1, 2))  # W F⁻ᵀ
+    c = s.t["c"][:, None, None]
+    if cell_filter == "unit":
+        return fx, grad / c
+    a_t = (s.t["u"] / c).transpose(1, 2)
+    m = torch.zeros((len(s.ids), 6, 6), dtype=a_t.dtype, device=a_t.device)
+    m[:, :3, :3] = a_t
+    m[:, 3:, 3:] = a_t
+    m[:, :3, 3:] = grad
+    return fx, torch.linalg.matrix_exp(m)[:, :3, 3:] / c
 
 
-@dataclass(slots=True)
-class _Fire:
-    vel: np.ndarray | None = None
-    dt: float = _DT0
-    a: float = _ASTART
-    n_pos: int = 0
+def _segment_sum(values, batch, n: int):
+    import torch
 
-    def step(self, x: np.ndarray, f: np.ndarray, maxstep: float) -> np.ndarray:
-        if self.vel is None:
-            self.vel = np.zeros_like(x)
-        else:
-            vf = float(np.vdot(f, self.vel))
-            if vf > 0.0:
-                self.vel = (1.0 - self.a) * self.vel + self.a * f / np.sqrt(
-                    np.vdot(f, f)
-                ) * np.sqrt(np.vdot(self.vel, self.vel))
-                if self.n_pos > _NMIN:
-                    self.dt = min(self.dt * _FINC, _DTMAX)
-                    self.a *= _FA
-                self.n_pos += 1
-            else:
-                self.vel[:] = 0.0
-                self.a = _ASTART
-                self.dt *= _FDEC
-                self.n_pos = 0
-        self.vel += self.dt * f
-        dr = self.dt * self.vel
-        norm = float(np.sqrt(np.vdot(dr, dr)))
-        if norm > maxstep:
-            dr *= maxstep / norm
-        return x + dr
+    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
+
+
+def _fire_step(s: _State, fx, fu, max_step: float, active) -> None:
+    """One FIRE step (ASE's) for the structures where ``active`` is set, in place."""
+    import torch
+
+    t, batch, n = s.t, s.batch, len(s.ids)
+    vx, vu = t["vx"], t["vu"]
+
+    def per_struct(ax, au):  # Σ over a structure's atom rows (and cell rows)
+        out = _segment_sum((ax).sum(-1), batch, n)
+        return out if au is None else out + au.sum((-1, -2))
+
+    first = t["steps"] == 0  # ASE starts from zero velocity without the mixing test
+    vf = per_struct(fx * vx, None if fu is None else fu * vu)
+    ff = per_struct(fx * fx, None if fu is None else fu * fu)
+    vv = per_struct(vx * vx, None if vu is None else vu * vu)
+    up = (vf > 0) & ~first
+    down = (vf <= 0) & ~first
+    a = t["a"]
+    mix = torch.where(up, a * torch.sqrt(vv) / torch.sqrt(torch.where(up, ff, 1.0)), 0.0)
+    keep_v = torch.where(up, 1.0 - a, torch.where(down, 0.0, 1.0))
+    grow = up & (t["n_pos"] > _NMIN)
+    dt = torch.where(grow, torch.clamp(t["dt"] * _FINC, max=_DTMAX), t["dt"])
+    dt = torch.where(down, dt * _FDEC, dt)
+    t["a"] = torch.where(grow, a * _FA, torch.where(down, _ASTART, a))
+    t["n_pos"] = torch.where(up, t["n_pos"] + 1, torch.where(down, 0, t["n_pos"]))
+    t["dt"] = dt
+    vx = keep_v[batch, None] * vx + mix[batch, None] * fx + dt[batch, None] * fx
+    drx = dt[batch, None] * vx
+    dr2 = _segment_sum((drx * drx).sum(-1), batch, n)
+    if fu is not None:
+        vu = keep_v[:, None, None] * vu + mix[:, None, None] * fu + dt[:, None, None] * fu
+        dru = dt[:, None, None] * vu
+        dr2 = dr2 + (dru * dru).sum((-1, -2))
+    scale = torch.where(dr2 > max_step**2, max_step / torch.sqrt(dr2), 1.0)
+    scale = torch.where(active, scale, 0.0)
+    t["x"] = t["x"] + scale[batch, None] * drx
+    t["vx"] = torch.where(active[batch, None], vx, t["vx"])
+    if fu is not None:
+        t["u"] = t["u"] + scale[:, None, None] * dru
+        t["vu"] = torch.where(active[:, None, None], vu, t["vu"])
+    t["steps"] = t["steps"] + active.long()
+
+
+class _Window:
+    """How many atoms may be in flight: set by a memory probe on CUDA, halved on OOM."""
+
+    _probed: dict[tuple[int, str], float] = {}  # bytes per atom, per (model, device)
+
+    def __init__(self, model, device, batch_atoms: int | None) -> None:
+        self.atoms = batch_atoms  # None: no atom limit
+        self.cuda = str(device).startswith("cuda")
+        self.model = model
+        self.device = device
+        self.probe_needed = self.cuda and batch_atoms is None
+
+    def probe(self, evaluate_part, n_atoms: int) -> None:
+        """Bytes per atom of one evaluation of ``n_atoms`` atoms; the window fills half the free memory."""
+        import torch
+
+        self.probe_needed = False
+        key = (id(self.model), str(self.device))
+        per_atom = self._probed.get(key)
+        if per_atom is None:
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            evaluate_part()
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            per_atom = max((peak - base) / max(n_atoms, 1), 1024.0)
+            self._probed[key] = per_atom
+        free, _ = torch.cuda.mem_get_info(self.device)
+        self.atoms = max(int(0.5 * free / per_atom), 1)
+        log.info(
+            "relaxation window on %s: %d atoms in flight (%.0f kB per atom measured, %.1f GB free)",
+            self.device,
+            self.atoms,
+            per_atom / 1e3,
+            free / 1e9,
+        )
+
+    def halve(self, in_flight: int) -> None:
+        self.atoms = max(min(self.atoms or in_flight, in_flight) // 2, 1)
+        log.warning("out of device memory: relaxation window halved to %d atoms", self.atoms)
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(err, oom) or "out of memory" in str(err).lower()
 
 
 def relax_batch(
@@ -228,100 +294,249 @@ def relax_batch(
     max_step: float,
     cell: bool,
     cell_filter: str = "frechet",
-    batch_size: int = 64,
+    batch_size: int | None = 64,
     batch_atoms: int | None = None,
     trajectory: bool = False,
+    pressure_tol: float | None = None,
 ) -> list[RelaxOutcome]:
     """Relax every structure; one failing structure never fails the others.
 
-    In-flight batching: at most ``batch_size`` structures (and, when given,
-    ``batch_atoms`` atoms) are in the batch; each iteration evaluates the whole
-    batch in one :meth:`Model.predict` call and takes one FIRE step for each
-    member, and a structure that converges, runs out of steps or fails leaves at
-    once, its place taken by the next waiting structure.  The model thus sees
-    full batches until the last structures, whatever the spread in steps.  If a
-    batch fails, its structures are retried one by one so the culprit is
-    isolated and marked failed.  With ``trajectory`` every evaluated step is kept
-    in ``frames`` (distillation samples the relaxation path, not only its end).
+    In-flight batching: at most ``batch_size`` structures (None: no limit) and
+    ``batch_atoms`` atoms (None: no limit on a CPU, measured on CUDA) are in
+    the batch; each iteration evaluates the whole batch at once and takes one
+    FIRE step for each member, and a structure that converges, runs out of
+    steps or fails leaves at once, its place taken by the next waiting
+    structure.  A structure converges when the largest force on the filter's
+    coordinates (atoms and cell) is below ``fmax`` and, with ``pressure_tol``
+    (GPa), its pressure is within that of zero.  If an evaluation raises, the
+    batch's structures are evaluated one by one so the culprit is isolated and
+    marked failed; when every one of them fails alone the model is broken and
+    the error is raised.  With ``trajectory`` every evaluated step is kept in
+    ``frames`` (distillation samples the relaxation path, not only its end).
     """
-    import time
-    from collections import deque
+    import torch
 
-    from ase.filters import FrechetCellFilter, UnitCellFilter
+    from hts.models.tensor import TensorBatch, evaluate, torch_device
 
-    make_filter = {"frechet": FrechetCellFilter, "unit": UnitCellFilter}[cell_filter]
+    device = torch.device(torch_device(model))
     outcomes = [RelaxOutcome(atoms=a.copy(), frames=[] if trajectory else None) for a in structures]
-    handles: list = [None] * len(outcomes)
-    fire: list = [None] * len(outcomes)
-    waiting = deque(range(len(outcomes)))
-    active: list[int] = []
-    budget = batch_atoms or 0
-    while active or waiting:
-        atoms_in = sum(len(outcomes[k].atoms) for k in active)
-        while waiting and len(active) < batch_size:
-            k = waiting[0]
-            n = len(outcomes[k].atoms)
-            if budget and active and atoms_in + n > budget:
-                break
-            waiting.popleft()
-            h = make_filter(outcomes[k].atoms) if cell else outcomes[k].atoms
-            if cell:
-                _fast_cell_math(h)
-            handles[k], fire[k] = h, _Fire()
-            active.append(k)
-            atoms_in += n
-        preds: dict[int, object] = {}
-        t0 = time.perf_counter()
-        try:
-            preds.update(
-                zip(active, model.predict([outcomes[k].atoms for k in active]), strict=True)
-            )
-        except Exception as batch_error:
-            failed = 0
-            for k in active:
-                try:
-                    preds[k] = model.predict([outcomes[k].atoms])[0]
-                except Exception as err:  # this structure alone breaks the model
-                    outcomes[k].error = f"model failed: {type(err).__name__}: {err}"[:300]
-                    failed += 1
-            if failed == len(active) > 1:  # every one of them: the model is broken, not they
-                raise batch_error
-        dt = time.perf_counter() - t0
-        still = []
-        for k in active:
-            o = outcomes[k]
-            o.model_time_s += dt / len(active)
-            if o.error:
-                continue
-            p = preds[k]
-            if not (
-                np.isfinite(p.energy)
-                and np.all(np.isfinite(p.forces))
-                and np.all(np.isfinite(p.stress))
-            ):
-                o.error = f"model returned non-finite energy/forces/stress at step {o.n_steps}"
-                continue
-            o.atoms.calc = _Frozen(p)
-            o.energy = float(p.energy)
-            if o.frames is not None:
-                o.frames.append((o.atoms.positions.copy(), o.atoms.cell[:].copy(), p))
-            h = handles[k]
-            f = np.asarray(h.get_forces())
-            if float((f**2).sum(axis=1).max()) < fmax**2:
-                o.converged = True
-                continue
-            if o.n_steps >= max_steps:
-                continue
-            x = np.asarray(h.get_positions())
-            h.set_positions(fire[k].step(x.reshape(-1), f.reshape(-1), max_step).reshape(x.shape))
-            o.n_steps += 1
-            still.append(k)
-        for k in set(active) - set(still):  # done: free its filter and optimiser state
-            handles[k] = fire[k] = None
-        active = still
     for o in outcomes:
         o.atoms.calc = None
+    waiting = deque(range(len(outcomes)))
+    window = _Window(model, device, batch_atoms)
+    cap = batch_size or len(outcomes) or 1
+    state: _State | None = None
+    ptol = None if pressure_tol is None else pressure_tol / _EV_A3_TO_GPA
+
+    def refill(state: _State | None) -> _State | None:
+        n_in = state.n_atoms if state else 0
+        k_in = len(state.ids) if state else 0
+        take: list[int] = []
+        while waiting and k_in + len(take) < cap:
+            n = len(outcomes[waiting[0]].atoms)
+            if window.atoms is not None and (n_in or take) and n_in + n > window.atoms:
+                break
+            take.append(waiting.popleft())
+            n_in += n
+        if not take:
+            return state
+        new = _new_state([outcomes[k].atoms for k in take], take, cell_filter, device)
+        return new if state is None else state.join(new)
+
+    def evaluate_parts(batch: TensorBatch, counts: list[int]):
+        """The model on the batch, in parts of at most ``window.atoms`` atoms."""
+        limit = window.atoms
+        if limit is None or sum(counts) <= limit:
+            return evaluate(model, batch)
+        parts, start, n = [], 0, 0
+        bounds = []
+        for k, c in enumerate(counts):
+            if k > start and n + c > limit:
+                bounds.append((start, k))
+                start, n = k, 0
+            n += c
+        bounds.append((start, len(counts)))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        for s0, s1 in bounds:
+            a0, a1 = int(offsets[s0]), int(offsets[s1])
+            sub = TensorBatch(
+                batch.positions[a0:a1],
+                batch.cells[s0:s1],
+                batch.numbers[a0:a1],
+                batch.batch[a0:a1] - s0,
+                batch.counts[s0:s1],
+            )
+            parts.append(evaluate(model, sub))
+        from hts.models.tensor import Evaluation
+
+        return Evaluation(
+            torch.cat([p.energy for p in parts]),
+            torch.cat([p.forces for p in parts]),
+            torch.cat([p.stress for p in parts]),
+        )
+
+    while True:
+        if window.probe_needed and waiting:
+            first = [outcomes[k].atoms for k in list(waiting)[: max(1, min(cap, 64))]]
+            probe = TensorBatch.from_atoms(first, device)
+            window.probe(lambda p=probe: evaluate(model, p), int(probe.counts.sum()))
+        state = refill(state)
+        if state is None or not state.ids:
+            break
+        f, cells, pos = _deformation(state, cell, cell_filter)
+        tb = TensorBatch(pos, cells, state.t["numbers"], state.batch, state.counts_t)
+        failed: dict[int, str] = {}
+        t0 = time.perf_counter()
+        while True:
+            try:
+                ev = evaluate_parts(tb, state.counts)
+                break
+            except Exception as err:
+                if _is_oom(err):
+                    if window.cuda:
+                        torch.cuda.empty_cache()
+                    if len(state.ids) > 1 and (window.atoms or 0) != 1:
+                        window.halve(state.n_atoms)
+                        continue
+                ev = _one_by_one(model, tb, state, failed, err)
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        share = (time.perf_counter() - t0) / len(state.ids)
+        # per structure: finite results, converged, out of steps
+        finite = torch.isfinite(ev.energy)
+        if cell:  # a calculator without stress gives NaN: fine while the cell stays fixed
+            finite &= torch.isfinite(ev.stress).all((-1, -2))
+        finite &= (
+            _segment_sum((~torch.isfinite(ev.forces)).any(-1).double(), state.batch, len(state.ids))
+            == 0
+        )
+        fx, fu = _generalised_forces(state, f, cells, ev, cell, cell_filter)
+        f2 = torch.zeros(len(state.ids), dtype=fx.dtype, device=device).scatter_reduce(
+            0, state.batch, (fx * fx).sum(-1), reduce="amax", include_self=True
+        )
+        if fu is not None:
+            f2 = torch.maximum(f2, (fu * fu).sum(-1).amax(-1))
+        pressure = -torch.diagonal(ev.stress, dim1=-2, dim2=-1).sum(-1) / 3.0
+        done = f2 < fmax**2
+        if ptol is not None and cell:
+            done &= pressure.abs() <= ptol
+        out_of_steps = state.t["steps"] >= max_steps
+        leave = done | out_of_steps | ~finite
+        # the one read back to the host per step
+        leave_h, done_h, finite_h = torch.stack([leave, done, finite]).cpu().numpy()
+        for k, msg in failed.items():
+            leave_h[k] = True
+            finite_h[k] = True  # its error is already set
+            outcomes[state.ids[k]].error = msg
+        energy_h = pressure_h = None
+        want = trajectory or leave_h.any()
+        if want:
+            energy_h = ev.energy.detach().cpu().numpy()
+            pressure_h = pressure.detach().cpu().numpy() * _EV_A3_TO_GPA
+        if trajectory:
+            _record_frames(outcomes, state, pos, cells, ev, failed)
+        for k, oid in enumerate(state.ids):
+            o = outcomes[oid]
+            o.model_time_s += share
+            o.n_steps = int(state.t["steps"][k]) if leave_h[k] else o.n_steps
+            if not leave_h[k]:
+                continue
+            if k in failed:
+                continue
+            if not finite_h[k]:
+                o.error = f"model returned non-finite energy/forces/stress at step {o.n_steps}"
+                continue
+            o.energy = float(energy_h[k])
+            o.pressure = float(pressure_h[k])
+            o.converged = bool(done_h[k])
+        if leave_h.any():
+            _write_back(outcomes, state, np.flatnonzero(leave_h), pos, cells, failed)
+        keep = np.flatnonzero(~leave_h).tolist()
+        if keep:
+            rest = state.select(keep)
+            sel = torch.as_tensor(keep, device=device)
+            mask = torch.zeros(len(state.ids), dtype=torch.bool, device=device)
+            mask[sel] = True
+            amask = mask[state.batch]
+            _fire_step(
+                rest,
+                fx[amask],
+                None if fu is None else fu[sel],
+                max_step,
+                torch.ones(len(keep), dtype=torch.bool, device=device),
+            )
+            state = rest
+        else:
+            state = None
     return outcomes
+
+
+def _one_by_one(model, tb, state: _State, failed: dict[int, str], batch_error: Exception):
+    """Each structure alone: the ones that break the model are marked; all failing re-raises."""
+    import torch
+
+    from hts.models.tensor import Evaluation, TensorBatch, evaluate
+
+    offsets = np.concatenate([[0], np.cumsum(state.counts)])
+    energies, forces, stresses = [], [], []
+    for k in range(len(state.ids)):
+        a0, a1 = int(offsets[k]), int(offsets[k + 1])
+        sub = TensorBatch(
+            tb.positions[a0:a1],
+            tb.cells[k : k + 1],
+            tb.numbers[a0:a1],
+            torch.zeros(a1 - a0, dtype=torch.long, device=tb.positions.device),
+            tb.counts[k : k + 1],
+        )
+        try:
+            ev = evaluate(model, sub)
+        except Exception as err:  # this structure alone breaks the model
+            if _is_oom(err):
+                failed[k] = f"does not fit in the device's memory alone ({a1 - a0} atoms)"
+            else:
+                failed[k] = f"model failed: {type(err).__name__}: {err}"[:300]
+            ev = Evaluation(
+                tb.positions.new_full((1,), float("nan")),
+                tb.positions.new_full((a1 - a0, 3), float("nan")),
+                tb.positions.new_full((1, 3, 3), float("nan")),
+            )
+        energies.append(ev.energy)
+        forces.append(ev.forces)
+        stresses.append(ev.stress)
+    if len(failed) == len(state.ids) > 1:  # every one of them: the model is broken, not they
+        raise batch_error
+    return Evaluation(torch.cat(energies), torch.cat(forces), torch.cat(stresses))
+
+
+def _write_back(outcomes, state: _State, leaving, pos, cells, failed) -> None:
+    """Leaving structures take the geometry of their last evaluation."""
+    offsets = np.concatenate([[0], np.cumsum(state.counts)])
+    pos_h = pos.detach().cpu().numpy()
+    cells_h = cells.detach().cpu().numpy()
+    for k in leaving:
+        o = outcomes[state.ids[k]]
+        if k in failed:
+            continue
+        o.atoms.set_cell(cells_h[k], scale_atoms=False)
+        o.atoms.positions = pos_h[offsets[k] : offsets[k + 1]]
+
+
+def _record_frames(outcomes, state: _State, pos, cells, ev, failed) -> None:
+    from hts.models.base import Prediction, voigt
+
+    offsets = np.concatenate([[0], np.cumsum(state.counts)])
+    pos_h = pos.detach().cpu().numpy()
+    cells_h = cells.detach().cpu().numpy()
+    e = ev.energy.detach().cpu().numpy()
+    f = ev.forces.detach().cpu().numpy()
+    s = ev.stress.detach().cpu().numpy()
+    for k, oid in enumerate(state.ids):
+        if k in failed or not np.isfinite(e[k]):
+            continue
+        a0, a1 = offsets[k], offsets[k + 1]
+        p = Prediction(float(e[k]), f[a0:a1].astype(float), voigt(s[k]))
+        outcomes[oid].frames.append((pos_h[a0:a1].copy(), cells_h[k].copy(), p))
 
 
 def relax_with(
@@ -333,9 +548,16 @@ def relax_with(
 ) -> list[RelaxOutcome]:
     """:func:`relax_batch` with a campaign's :class:`hts.spec.RelaxSettings`.
 
-    The batch limits (``batch_size`` structures, ``batch_atoms`` atoms) come
-    from the stage's :class:`hts.spec.ModelSpec`.
+    The batch limits come from the stage's :class:`hts.spec.ModelSpec`:
+    ``batch_atoms`` caps the atoms in flight; ``batch_size`` caps the
+    structures, except on a CUDA device where it was left at its default —
+    there the window is sized from the device's memory.
     """
+    from hts.models.tensor import torch_device
+
+    batch_size: int | None = model_spec.batch_size
+    if torch_device(model).startswith("cuda") and "batch_size" not in model_spec.model_fields_set:
+        batch_size = None
     return relax_batch(
         model,
         structures,
@@ -344,7 +566,8 @@ def relax_with(
         max_step=settings.max_step,
         cell=settings.cell,
         cell_filter=settings.cell_filter,
-        batch_size=model_spec.batch_size,
+        batch_size=batch_size,
         batch_atoms=model_spec.batch_atoms,
         trajectory=trajectory,
+        pressure_tol=getattr(settings, "pressure_tol", None),
     )

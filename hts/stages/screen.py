@@ -113,8 +113,7 @@ def run_stage(
             converged=o.converged,
             n_steps=o.n_steps,
             time_s=o.model_time_s,
-            # TODO(relax): RelaxOutcome.pressure lands with the relax.py rewrite; then read it plainly
-            pressure=getattr(o, "pressure", float("nan")),
+            pressure=o.pressure,
             numbers=np.asarray(a.numbers, dtype=np.int64),
             positions=np.array(a.positions),
             cell=np.array(a.cell[:]),

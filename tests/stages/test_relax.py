@@ -126,26 +126,6 @@ def _perovskite():
     )
 
 
-def test_closed_form_cell_math_equals_scipy():
-    from scipy.linalg import expm, expm_frechet, logm
-
-    from hts.stages.relax import _expm3, _expm_frechet3, _logm3
-
-    rng = np.random.default_rng(0)
-    for k in range(300):
-        f = np.eye(3) * rng.uniform(0.9, 1.1) + rng.normal(0, [0.2, 0.02, 0.0][k % 3], (3, 3))
-        lf = logm(f)
-        np.testing.assert_allclose(_logm3(f), lf, atol=1e-10)
-        np.testing.assert_allclose(_expm3(lf), expm(lf), atol=1e-10)
-        e = np.zeros((3, 3))
-        e[k % 3, (k // 3) % 3] = 1.0
-        np.testing.assert_allclose(
-            _expm_frechet3(lf, e, compute_expm=False),
-            expm_frechet(lf, e, compute_expm=False),
-            atol=1e-10,
-        )
-
-
 def test_in_flight_batching_keeps_the_batch_full():
     """Converged structures leave at once and waiting ones take their place; the results are
     those of relaxing each alone, whatever the batch around it."""
@@ -200,27 +180,121 @@ def test_in_flight_batching_keeps_the_batch_full():
     assert max(atoms for _, atoms in model.calls) <= 5
 
 
-def test_fast_cell_math_is_used_or_its_absence_is_logged(monkeypatch, caplog):
-    """The closed-form cell math hooks a private ASE class; another ASE must not pass silently."""
-    import ase
+def test_unit_cell_filter_equals_ase_loop_emt():
+    from ase.filters import UnitCellFilter
 
+    model = load_model(ModelSpec(name="emt"))
+    structures = _structures()
+    out = relax_batch(
+        model,
+        structures,
+        fmax=0.01,
+        max_steps=500,
+        max_step=0.2,
+        cell=True,
+        cell_filter="unit",
+        batch_size=4,
+    )
+    for a, o in zip(structures, out, strict=True):
+        ref = a.copy()
+        ref.calc = model.calculator()
+        opt = FIRE(UnitCellFilter(ref), logfile=None)
+        opt.run(fmax=0.01, steps=500)
+        assert o.converged and o.n_steps == opt.nsteps
+        assert abs(o.energy - ref.get_potential_energy()) / len(a) < 1e-6
+        assert abs(o.atoms.get_volume() / ref.get_volume() - 1) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["frechet", "unit"])
+def test_filter_forces_equal_ase_at_a_deformed_cell(kind):
+    """The batched filter forces (atoms and cell) equal ASE's filter's get_forces() far from
+    the starting cell, where the Fréchet derivative is not the identity."""
+    import torch
+    from ase.filters import UnitCellFilter
+    from scipy.linalg import logm
+
+    from hts.models.tensor import TensorBatch, evaluate
     from hts.stages import relax
 
-    h = FrechetCellFilter(bulk("Cu", "fcc", a=3.6))
-    assert relax._fast_cell_math(h)  # the ASE this project pins (3.29)
-    assert h._utility.logm is relax._logm3 and h._utility.expm_frechet is relax._expm_frechet3
+    model = load_model(ModelSpec(name="emt"))
+    structures = _structures()
+    rng = np.random.default_rng(1)
+    grads = [np.eye(3) + rng.normal(0, 0.06, (3, 3)) for _ in structures]
+    state = relax._new_state(structures, list(range(len(structures))), kind, "cpu")
+    for k, (a, f) in enumerate(zip(structures, grads, strict=True)):
+        u = logm(f) if kind == "frechet" else f
+        state.t["u"][k] = torch.as_tensor(u.real * len(a))
+    f_t, cells, pos = relax._deformation(state, True, kind)
+    tb = TensorBatch(pos, cells, state.t["numbers"], state.batch, state.counts_t)
+    fx, fu = relax._generalised_forces(state, f_t, cells, evaluate(model, tb), True, kind)
+    offsets = np.cumsum([0] + [len(a) for a in structures])
+    for k, (a, f) in enumerate(zip(structures, grads, strict=True)):
+        b = a.copy()
+        b.calc = model.calculator()
+        h = (FrechetCellFilter if kind == "frechet" else UnitCellFilter)(b)
+        b.set_cell(a.cell[:] @ f.T, scale_atoms=True)
+        ref = h.get_forces()
+        np.testing.assert_allclose(fx[offsets[k] : offsets[k + 1]].numpy(), ref[:-3], atol=1e-9)
+        np.testing.assert_allclose(fu[k].numpy(), ref[-3:], atol=1e-9)
 
-    class OtherFilter:  # an ASE whose filter keeps its cell math elsewhere
-        pass
 
-    monkeypatch.setattr(relax, "_slow_cell_math_warned", False)
+def test_pressure_tolerance_relaxes_the_cell_further_and_records_the_pressure():
+    """With a loose fmax the cell stops under tension; a pressure tolerance (GPa) goes on until
+    the pressure is within it, and the final pressure is the model's at the final geometry."""
+    model = load_model(ModelSpec(name="emt"))
+    a = bulk("Cu", "fcc", a=3.75, cubic=True)
+    common = dict(fmax=0.3, max_steps=300, max_step=0.2, cell=True)
+    loose = relax_batch(model, [a], **common)[0]
+    tight = relax_batch(model, [a], pressure_tol=0.05, **common)[0]
+    assert loose.converged and tight.converged
+    assert abs(loose.pressure) > 0.5  # GPa: left under tension by the fmax test alone
+    assert abs(tight.pressure) <= 0.05 and tight.n_steps > loose.n_steps
+    b = tight.atoms.copy()
+    b.calc = model.calculator()
+    assert abs(-b.get_stress()[:3].mean() * 160.21766208 - tight.pressure) < 1e-9
+
+
+class _Small(_Flaky):
+    """EMT on a device that holds at most ``limit`` atoms per call (stands in for a GPU)."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+        self.calls: list[int] = []
+
+    def evaluate(self, b):
+        import torch
+
+        from hts.models.tensor import evaluate
+
+        n = int(b.counts.sum())
+        if n > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate for {n} atoms")
+        self.calls.append(n)
+        return evaluate(self.inner, b)
+
+
+def test_out_of_memory_halves_the_window_and_loses_nothing(caplog):
+    structures = _structures() * 3
+    model = _Small(limit=5)
+    kw = dict(fmax=0.01, max_steps=500, max_step=0.2, cell=True)
     with caplog.at_level("WARNING", logger="hts.stages"):
-        assert not relax._fast_cell_math(OtherFilter())
-        assert not relax._fast_cell_math(OtherFilter())
-    warnings = [r for r in caplog.records if r.name == "hts.stages"]
-    assert len(warnings) == 1  # once per process, not per structure
-    assert f"ASE {ase.__version__}" in warnings[0].getMessage()
-    assert "OtherFilter" in warnings[0].getMessage()
+        out = relax_batch(model, structures, batch_size=12, **kw)
+    assert "window halved" in caplog.text
+    assert max(model.calls) <= 5
+    alone = [relax_batch(model.inner, [a], **kw)[0] for a in structures]
+    for o, ref in zip(out, alone, strict=True):
+        assert o.converged and o.n_steps == ref.n_steps and abs(o.energy - ref.energy) < 1e-9
+
+
+def test_a_structure_too_large_for_the_device_alone_fails_alone():
+    structures = _structures()  # the last one has 2 atoms
+    out = relax_batch(
+        _Small(limit=1), structures, fmax=0.05, max_steps=100, max_step=0.2, cell=True
+    )
+    assert "does not fit in the device's memory alone (2 atoms)" in out[1].error
+    assert "does not fit" in out[3].error
+    assert out[0].converged and out[2].converged
 
 
 def test_a_broken_model_fails_the_task_not_the_candidates():
