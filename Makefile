@@ -14,7 +14,7 @@ GPAW   ?= gpaw==26.7.0
 # GPAW (the DFT code of the validate stage) compiles against these Debian packages.
 SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
 
-.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-mpi test-browser test-slurm test-all lint bench clean
+.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-mpi test-browser test-slurm test-all lint bench wheelhouse clean
 
 # Installs the system libraries GPAW builds against when run as root on Debian/Ubuntu;
 # elsewhere it says what is missing (install them, or the equivalents, yourself).
@@ -84,6 +84,28 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/overhead.py
+
+# A folder of wheels that installs hts where there is no package index (a cluster's GPU
+# nodes); built here, where there is one (scripts/wheelhouse.py says how):
+#   make wheelhouse PY=3.12 PLATFORM=manylinux_2_28_x86_64 OUT=wheelhouse
+#   (there)  pip install --no-index --find-links wheelhouse hts
+# PY and PLATFORM default to this machine's. torch is left out (the target has its own CUDA
+# build) unless WITH_TORCH=yes, from TORCH_INDEX if given (a CUDA variant's index, e.g.
+# https://download.pytorch.org/whl/cu128). EXTRAS=test,browser adds extras (not dft: GPAW is
+# built on the target). SKIP names packages the target has, or @file of them
+# (scripts/gpu-image.skip: the project's GPU machine, for benchmarks/gpu.sh).
+PY          ?=
+PLATFORM    ?=
+OUT         ?= wheelhouse
+EXTRAS      ?=
+WITH_TORCH  ?= no
+TORCH_INDEX ?=
+SKIP        ?=
+wheelhouse:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/wheelhouse.py --out "$(OUT)" \
+	  --torch $(WITH_TORCH) $(if $(PY),--python $(PY)) $(if $(PLATFORM),--platform $(PLATFORM)) \
+	  $(if $(EXTRAS),--extras $(EXTRAS)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX)) \
+	  $(if $(SKIP),--skip $(SKIP))
 
 clean:
 	rm -rf demo.zarr demo.zarr.parsl demo-dft.zarr demo-dft.zarr.parsl demo-dft.zarr.dft export runinfo
