@@ -309,14 +309,25 @@ def export(
     all_ok: Annotated[
         bool, typer.Option("--all", help="Structures of every ok candidate, not only survivors.")
     ] = False,
+    xrd: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Powder XRD (Cu Kα), space group and conventional cell of at most this many "
+            "DFT-validated candidates (without a validate stage: final survivors), most stable "
+            "first, in OUT/xrd/; 0: none.",
+        ),
+    ] = 100,
 ) -> None:
-    """Survivors' structures as CIF and extxyz, a CSV summary of every candidate, and a plot."""
-    from hts.report import export_store
+    """Survivors' structures as CIF and extxyz, a CSV summary of every candidate, a plot, and
+    for the validated (or final) candidates their XRD patterns, space groups and conventional cells."""
+    from hts.report import export_store, export_xrd
 
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"--out {out_dir}: is a file; give a folder (it is created if missing)")
     try:
         n, csv = export_store(store, out_dir, survivors_only=not all_ok)
+        n_xrd, n_final, index = export_xrd(store, out_dir, limit=xrd)
     except FileNotFoundError as err:
         _fail(str(err))
     except OSError as err:
@@ -324,6 +335,11 @@ def export(
     out.print(
         f"wrote {n} structures to {out_dir}/structures and {out_dir}/structures.extxyz; summary {csv}"
     )
+    if index is not None:
+        more = f" (the {xrd} most stable of {n_final}; --xrd N for more)" if n_final > xrd else ""
+        out.print(
+            f"XRD patterns, space groups and conventional cells of {n_xrd} candidates{more}: {index}"
+        )
 
 
 @app.command()

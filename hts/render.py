@@ -226,6 +226,13 @@ def _print_dft(d: dict) -> None:
                 f"e_above_hull MAE {1000 * m['e_above_hull']:.0f} meV/atom over {m['n']} candidates",
                 highlight=False,
             )
+    for x in d.get("disagreements", []):  # first in the table too: what to look at first
+        out.print(
+            f"[bold yellow]teacher vs DFT:[/] {x['formula']} ({x['id']}): {x['kind']} "
+            f"(e_above_hull {d['teacher']} {f(x['teacher_e_above_hull'])}, "
+            f"DFT {f(x['dft_e_above_hull'])} eV/atom)",
+            highlight=False,
+        )
 
 
 def print_distilled(report: dict, out_dir: Path, dtype: str, elapsed: float) -> None:

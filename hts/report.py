@@ -24,6 +24,9 @@ __all__ = [
     "best_entries",
     "dft_parity",
     "export_store",
+    "export_xrd",
+    "keep_threshold",
+    "stability_disagreements",
     "stage_table",
     "summarize",
 ]
@@ -96,11 +99,18 @@ _DFT_VARS += ["converged", "time_s", "dft_dir"]
 
 
 def dft_parity(r: StoreReader) -> dict:
-    """MLIP against DFT on the validated candidates: per-candidate values and MAE per MLIP stage.
+    """MLIP against DFT on the validated candidates: per-candidate values, MAE per MLIP stage,
+    and the candidates where the teacher and DFT disagree on stability.
 
     Formation energies are compared, not totals: each code's total energies
     have their own zero (GPAW's are relative to its atomic references).
-    Reads only the rows the ledger says DFT ran on.
+    ``mae[stage]`` holds the mean absolute error of formation energy and of
+    ``e_above_hull`` against DFT and ``n``, the candidates it is over (those
+    with both values).  ``disagreements`` lists the validated candidates the
+    teacher (the last MLIP stage) kept but whose DFT ``e_above_hull`` is above
+    the validate stage's keep threshold, or the reverse (see
+    :func:`stability_disagreements`); they come first in ``candidates``, the
+    cases a user looks at first.  Reads only the rows the ledger says DFT ran on.
     """
     names = r.stages
     k = names.index("validate")
@@ -125,7 +135,23 @@ def dft_parity(r: StoreReader) -> dict:
             else None,
             "e_above_hull": float(np.mean(np.abs(ehull[m, j] - ehull[m, k]))) if len(m) else None,
         }
+    threshold = keep_threshold(r.attrs.get("campaign", ""), "validate")
+    teacher = names[k - 1] if k else None
+    flags = (
+        stability_disagreements(
+            c["kept"][rows, k - 1], ehull[rows, k], c["kept"][rows, k], threshold
+        )
+        if teacher
+        else [None] * len(rows)
+    )
+    flag_of = {int(i): f for i, f in zip(rows, flags, strict=True)}
     dft_dir = c.get("dft_dir", np.full(len(where), "", dtype=object))
+    # the disagreements first, the largest DFT-vs-teacher gap on top; then the rest in row order
+    gap = {int(i): abs(ehull[i, k] - ehull[i, k - 1]) if teacher else 0.0 for i in rows}
+    flagged = sorted(
+        (i for i in rows if flag_of[int(i)]), key=lambda i: -np.nan_to_num(gap[int(i)])
+    )
+    order = [*flagged, *(i for i in rows if not flag_of[int(i)]), *failed]
     candidates = [
         {
             "id": str(c["id"][i]),
@@ -139,10 +165,89 @@ def dft_parity(r: StoreReader) -> dict:
             "status": str(c["status"][i]),
             "reason": state.failures[i][1] if i in state.failures else str(c["reason"][i]),
             "job_dir": str(dft_dir[i]),
+            "disagreement": flag_of.get(int(i)),
         }
-        for i in [*rows, *failed]
+        for i in order
     ]
-    return {"code": r.stage_models()[k], "mae": mae, "candidates": candidates}
+    disagreements = [
+        {
+            "id": d["id"],
+            "row": d["row"],
+            "formula": d["formula"],
+            "kind": d["disagreement"],
+            "teacher_e_above_hull": d["e_above_hull"][teacher],
+            "dft_e_above_hull": d["e_above_hull"]["validate"],
+        }
+        for d in candidates
+        if d["disagreement"]
+    ]
+    return {
+        "code": r.stage_models()[k],
+        "mae": mae,
+        "teacher": teacher,
+        "threshold": threshold,
+        "disagreements": disagreements,
+        "candidates": candidates,
+    }
+
+
+TEACHER_ONLY = "teacher stable, DFT not"
+DFT_ONLY = "DFT stable, teacher not"
+
+
+def stability_disagreements(
+    teacher_kept: np.ndarray,
+    dft_e_above_hull: np.ndarray,
+    dft_kept: np.ndarray,
+    threshold: float | None,
+) -> list[str | None]:
+    """Per validated candidate: where the teacher and DFT disagree on stability, or None.
+
+    The teacher's verdict is its own keep rule (``kept`` at the last MLIP
+    stage, what sent the candidate to DFT); DFT's is its ``e_above_hull``
+    against the validate stage's keep threshold (``threshold``; where the rule
+    has no ``e_above_hull`` bound, the stage's ``kept``).  "Teacher stable, DFT
+    not" is a false positive of the MLIPs — a synthesis not worth attempting
+    on their word alone; "DFT stable, teacher not" a candidate the teacher
+    would have thrown away (possible once the final hull pass has moved the
+    teacher's hull after the candidate was sent to DFT).
+    """
+    if threshold is None:
+        dft_stable = np.asarray(dft_kept, dtype=bool)
+    else:
+        dft_stable = np.asarray(dft_e_above_hull, dtype=float) <= threshold
+    out: list[str | None] = []
+    for t, d, e in zip(
+        np.asarray(teacher_kept, dtype=bool), dft_stable, dft_e_above_hull, strict=True
+    ):
+        if not np.isfinite(e):
+            out.append(None)  # no DFT verdict (its hull was not computed)
+        elif t and not d:
+            out.append(TEACHER_ONLY)
+        elif d and not t:
+            out.append(DFT_ONLY)
+        else:
+            out.append(None)
+    return out
+
+
+def keep_threshold(campaign_yaml: str, stage: str) -> float | None:
+    """The ``e_above_hull`` bound (eV/atom) of a stage's keep rule, from the store's campaign text.
+
+    None when the stage or its rule is not there, or the rule bounds no
+    ``e_above_hull`` from above.
+    """
+    import yaml
+
+    from hts.spec.stages import KeepRule
+
+    try:
+        keep = ((yaml.safe_load(campaign_yaml) or {}).get("stages") or {}).get(stage, {})["keep"]
+        rule = KeepRule.parse(keep["text"] if isinstance(keep, dict) else str(keep))
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError):
+        return None
+    bounds = [v for f, op, v in rule.terms if f == "e_above_hull" and op in ("<=", "<")]
+    return min(bounds) if bounds else None
 
 
 def _num(x) -> float | None:
@@ -237,7 +342,7 @@ def plot_dft_parity(
             marker=marker,
             color=color,
             s=30,
-            label=f"{st} ({models[j]}): MAE {1000 * mae:.0f} meV/atom",
+            label=f"{st} ({models[j]}): MAE {1000 * mae:.0f} meV/atom, n={len(m)}",
         )
         lo.append(min(eform[m, k].min(), eform[m, j].min()))
         hi.append(max(eform[m, k].max(), eform[m, j].max()))
@@ -323,3 +428,172 @@ def export_store(
     if (ds.status.values.astype(object) == "ok").any():
         plot_store(ds, out_dir / "funnel.png")
     return len(frames), csv_path
+
+
+# -- for the people who will make the material: XRD, space group, conventional cell ----------
+
+
+def final_candidates(r: StoreReader, cols: dict[str, np.ndarray] | None = None):
+    """The rows an experimentalist gets a pattern for, most stable first, and their stage.
+
+    With a validate stage: the DFT-validated candidates (its ``stage_status``
+    ``ok``); without one: the final survivors (kept at the last stage, status
+    ``ok``).  Ranked by that stage's ``e_above_hull``, then formation energy.
+    ``cols`` may hold ``e_above_hull``, ``formation_energy`` and ``kept`` of
+    every committed row already in memory (the dashboard's cache); otherwise
+    they are read in blocks.
+    """
+    names = r.stages
+    if cols is None:
+        parts = [c for _, c in r.iter_blocks(["e_above_hull", "formation_energy", "kept"])]
+        cols = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]} if parts else None
+    if not names or cols is None or not len(cols["e_above_hull"]):
+        return np.zeros(0, dtype=np.int64), names[-1] if names else ""
+    k = names.index("validate") if "validate" in names else len(names) - 1
+    n = min(r.n_rows, len(cols["e_above_hull"]))
+    eh, ef = cols["e_above_hull"][:n, k], cols["formation_energy"][:n, k]
+    if names[k] == "validate":
+        cand = r.stage_rows("validate")
+        cand = np.arange(n) if cand is None else cand[cand < n]
+        ok = r.read(["stage_status"], cand)["stage_status"][:, k].astype(str) == "ok"
+    else:
+        cand = np.flatnonzero(cols["kept"][:n, k])
+        ok = r.read(["status"], cand)["status"].astype(str) == "ok"
+    cand = cand[ok]
+    order = np.lexsort((np.nan_to_num(ef[cand], nan=np.inf), np.nan_to_num(eh[cand], nan=np.inf)))
+    return cand[order].astype(np.int64), names[k]
+
+
+def characterise_row(r: StoreReader, row: int, symprec: float | None = None):
+    """:func:`hts.analysis.xrd.characterise` of one stored (relaxed) structure."""
+    from hts.analysis.xrd import SYMPREC, characterise, to_structure
+
+    numbers, positions, cell = r.structure(int(row))
+    s = to_structure(numbers=numbers, positions=positions, cell=cell)
+    return characterise(s, symprec=SYMPREC if symprec is None else symprec)
+
+
+def characterisation_entry(c, cid: str, formula: str, stage: str, e_above_hull) -> dict:
+    """One candidate's line of the index: space group, conventional cell, strongest peaks."""
+    lat = c.symmetry.conventional.lattice
+    return {
+        "id": cid,
+        "formula": formula,
+        "stage": stage,
+        "e_above_hull": _num(float(e_above_hull)),
+        "space_group": c.symmetry.symbol,
+        "space_group_number": c.symmetry.number,
+        "crystal_system": c.symmetry.crystal_system,
+        "symprec": c.symmetry.symprec,
+        "n_atoms_conventional": len(c.symmetry.conventional),
+        "a": lat.a,
+        "b": lat.b,
+        "c": lat.c,
+        "alpha": lat.alpha,
+        "beta": lat.beta,
+        "gamma": lat.gamma,
+        "strongest_peaks": "; ".join(
+            f"{p.two_theta:.2f} {p.hkl.split(' (')[0]} {p.intensity:.0f}" for p in c.strongest(3)
+        ),
+    }
+
+
+XRD_INDEX_COLUMNS = [
+    "id",
+    "formula",
+    "stage",
+    "e_above_hull",
+    "space_group",
+    "space_group_number",
+    "crystal_system",
+    "symprec",
+    "n_atoms_conventional",
+    "a",
+    "b",
+    "c",
+    "alpha",
+    "beta",
+    "gamma",
+    "strongest_peaks",
+    "peaks_csv",
+    "pattern_png",
+    "conventional_cif",
+    "error",
+]
+
+
+def export_xrd(
+    path: str | Path, out_dir: str | Path, limit: int = 100, symprec: float | None = None
+) -> tuple[int, int, Path | None]:
+    """What an experimentalist checks a synthesis against, for the validated (or final) candidates.
+
+    For each of the :func:`final_candidates`, at most ``limit`` of them (most
+    stable first), writes into ``<out_dir>/xrd/``: ``<formula>_<id>.csv`` (the
+    powder pattern's peaks, Cu Kα), ``<formula>_<id>.png`` (its plot) and
+    ``<formula>_<id>_conventional.cif`` (the conventional cell), plus
+    ``index.csv``: one line per candidate with its space group, conventional
+    lattice, strongest peaks and the files.  A structure whose analysis fails
+    gets its line with the error; the others go on.
+
+    Returns (patterns written, candidates eligible, the index's path or None
+    when none were eligible or ``limit`` is 0).
+    """
+    from hts.analysis.xrd import SYMPREC
+
+    if limit <= 0:
+        return 0, 0, None
+    symprec = SYMPREC if symprec is None else symprec
+
+    def run(r: StoreReader) -> tuple[int, int, Path | None]:
+        rows, stage = final_candidates(r)
+        if not len(rows):
+            return 0, 0, None
+        written, index = _write_xrd(r, rows[:limit], stage, Path(out_dir) / "xrd", symprec)
+        return written, len(rows), index
+
+    return with_reader(path, run)
+
+
+def _write_xrd(
+    r: StoreReader, rows: np.ndarray, stage: str, folder: Path, symprec: float
+) -> tuple[int, Path]:
+    from hts.analysis.xrd import plot_pattern, write_peaks_csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    c = r.read(["id", "formula", "e_above_hull"], rows)
+    k = r.stages.index(stage)
+    lines, written = [], 0
+    for j, row in enumerate(rows):
+        cid, formula = str(c["id"][j]), chemist_formula(str(c["formula"][j]))
+        stem = f"{formula}_{cid}"
+        try:
+            ch = characterise_row(r, int(row), symprec)
+        except Exception as err:  # one odd structure does not stop the export
+            lines.append({"id": cid, "formula": formula, "stage": stage, "error": repr(err)})
+            continue
+        write_peaks_csv(ch.peaks, folder / f"{stem}.csv")
+        title = f"{formula} ({cid}): {ch.symmetry.symbol} ({ch.symmetry.number}), Cu Kα"
+        plot_pattern(ch.peaks, folder / f"{stem}.png", title=title)
+        (folder / f"{stem}_conventional.cif").write_text(ch.symmetry.cif())
+        entry = characterisation_entry(ch, cid, formula, stage, c["e_above_hull"][j, k])
+        entry.update(
+            peaks_csv=f"{stem}.csv",
+            pattern_png=f"{stem}.png",
+            conventional_cif=f"{stem}_conventional.cif",
+            error="",
+        )
+        lines.append(entry)
+        written += 1
+    index = folder / "index.csv"
+    with index.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, XRD_INDEX_COLUMNS, restval="")
+        w.writeheader()
+        for line in lines:
+            w.writerow({key: _cell(v) for key, v in line.items()})
+    return written, index
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return "" if not np.isfinite(v) else f"{v:.6g}"
+    return "" if v is None else v
