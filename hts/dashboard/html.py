@@ -1,9 +1,9 @@
 """``hts report STORE --html FILE``: the dashboard's views as one self-contained HTML file.
 
 The same page, script and stylesheet as the live dashboard, with the
-snapshot, the plots (SVG data URIs) and the best candidates' structures
-embedded, so the file can be mailed or attached to a lab notebook and opened
-anywhere, offline.
+snapshot, the plots (SVG data URIs), the best candidates' structures and the
+lab table's XRD patterns, peak tables and conventional cells embedded, so the
+file can be mailed or attached to a lab notebook and opened anywhere, offline.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from hts.dashboard.server import static_file
-from hts.dashboard.views import PLOTS, StoreViews
+from hts.dashboard.views import LAB_FILES, PLOTS, StoreViews
 
 __all__ = ["write_html"]
 
@@ -33,7 +33,17 @@ def write_html(store: str | Path, out: str | Path, top: int = 50) -> Path:
         }
         for b in snap["best"]
     }
-    payload = json.dumps({"snapshot": snap, "plots": plots, "structures": structures}, default=str)
+    lab = {
+        e["id"]: {
+            kind: _data_uri(views.lab_file(e["id"], kind), mime.split(";")[0])
+            for kind, mime in LAB_FILES.items()
+        }
+        for e in (snap.get("lab") or {}).get("candidates", [])
+        if not e.get("error")
+    }
+    payload = json.dumps(
+        {"snapshot": snap, "plots": plots, "structures": structures, "lab": lab}, default=str
+    )
     payload = payload.replace("</", "<\\/")  # no early </script> inside the data
     page = static_file("index.html").decode()
     css = static_file("style.css").decode()

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from hts.dashboard.views import PLOTS, StoreViews
+from hts.dashboard.views import LAB_FILES, PLOTS, StoreViews
 
 __all__ = ["IDLE_S", "MAX_CONNECTIONS", "Dashboard", "is_loopback"]
 
@@ -208,6 +208,18 @@ class _Handler(BaseHTTPRequestHandler):
                     views.structure(cid, fmt),
                     "chemical/x-cif" if fmt == "cif" else "text/plain",
                     {**extra, "Content-Disposition": disposition},
+                )
+            elif path.startswith("/xrd/"):  # a lab-table candidate's pattern, peaks or cell
+                cid, _, kind = path[len("/xrd/") :].partition(".")
+                if kind not in LAB_FILES:
+                    raise KeyError(kind)
+                name = f"{cid}_conventional.cif" if kind == "cif" else f"{cid}_xrd.{kind}"
+                how = "inline" if kind == "png" else "attachment"
+                self._send(
+                    200,
+                    views.lab_file(cid, kind),
+                    LAB_FILES[kind],
+                    {**extra, "Content-Disposition": f'{how}; filename="{name}"'},
                 )
             else:
                 self._send(404, b"not found\n", "text/plain")

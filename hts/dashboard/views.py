@@ -17,12 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
+from hts.candidates.record import chemist_formula
 from hts.dashboard.cache import RowCache
-from hts.report import dft_parity, stage_table
+from hts.report import (
+    characterisation_entry,
+    characterise_row,
+    dft_parity,
+    final_candidates,
+    stage_table,
+)
 
 __all__ = ["StoreViews", "parsl_monitoring"]
 
 PLOTS = ("hull", "parity", "throughput")
+LAB_FILES = {"png": "image/png", "csv": "text/csv; charset=utf-8", "cif": "chemical/x-cif"}
+LAB_TOP = 20  # candidates characterised for the lab table: each costs ~0.1 s, once
 
 
 class StoreViews:
@@ -38,6 +47,10 @@ class StoreViews:
         self._dft_key: tuple | None = None
         self._dft: dict | None = None
         self._description: str | None = None
+        self._lab_key: tuple | None = None
+        self._lab: dict | None = None
+        self._lab_rows: dict[str, int] = {}  # id -> row of the lab table's candidates
+        self._characterised: dict[tuple, object] = {}  # (id, generation) -> Characterisation
 
     # -- the snapshot ----------------------------------------------------------
 
@@ -74,6 +87,7 @@ class StoreViews:
             "failures": counters.failures(15),
             "best": self.cache.best(),
             "dft": self._dft_parity(r) if "validate" in names else None,
+            "lab": self._lab_table(r),
             "finalized": r.finalized,
             "wall_s": wall_s,
             "updated_at": float(r.ledger.get("updated_at", 0.0)),
@@ -99,6 +113,69 @@ class StoreViews:
         if key != self._dft_key:
             self._dft, self._dft_key = dft_parity(r), key
         return self._dft
+
+    # -- for the lab: XRD, space group, conventional cell --------------------------
+
+    def _lab_table(self, r) -> dict | None:
+        """Space group, conventional cell and strongest peaks of the validated (or final)
+        candidates, the :data:`LAB_TOP` most stable; each computed once per store generation."""
+        names = r.stages
+        if not names:
+            return None
+        k = names.index("validate") if "validate" in names else len(names) - 1
+        key = (r.generation, r.n_rows, int(self.cache.logged[k]))
+        if key == self._lab_key:
+            return self._lab
+        rows, stage = final_candidates(r, self.cache.cols)
+        chosen = rows[:LAB_TOP]
+        c = r.read(["id", "formula", "e_above_hull"], chosen)
+        entries, self._lab_rows = [], {}
+        for j, row in enumerate(chosen):
+            cid = str(c["id"][j])
+            formula = chemist_formula(str(c["formula"][j]))
+            try:
+                ch = self._characterise(r, cid, int(row))
+            except Exception as err:  # one odd structure does not take the page down
+                entries.append({"id": cid, "formula": formula, "error": repr(err)})
+                continue
+            entries.append(characterisation_entry(ch, cid, formula, stage, c["e_above_hull"][j, k]))
+            self._lab_rows[cid] = int(row)
+        self._lab_key = key
+        self._lab = {"stage": stage, "total": int(len(rows)), "candidates": entries}
+        return self._lab
+
+    def _characterise(self, r, cid: str, row: int):
+        key = (cid, r.generation)
+        if key not in self._characterised:
+            if len(self._characterised) > 4 * LAB_TOP:  # forget other generations' results
+                self._characterised.clear()
+            self._characterised[key] = characterise_row(r, row)
+        return self._characterised[key]
+
+    def lab_file(self, cid: str, kind: str) -> bytes:
+        """A lab-table candidate's pattern plot (png), peaks (csv) or conventional cell (cif)."""
+        from hts.analysis.xrd import peaks_csv, plot_pattern
+
+        if kind not in LAB_FILES:
+            raise KeyError(kind)
+        self.snapshot()
+        with self._lock:
+            r = self.cache.reader
+            assert r is not None
+            if cid not in self._lab_rows:
+                raise KeyError(cid)
+            ch = self._characterise(r, cid, self._lab_rows[cid])
+            if kind == "cif":
+                return ch.symmetry.cif().encode()
+            if kind == "csv":
+                return peaks_csv(ch.peaks).encode()
+            entry = next(e for e in self._lab["candidates"] if e["id"] == cid)
+            title = (
+                f"{entry['formula']} ({cid}): {ch.symmetry.symbol} ({ch.symmetry.number}), Cu Kα"
+            )
+            buf = io.BytesIO()
+            plot_pattern(ch.peaks, buf, title=title)  # matplotlib: one drawing at a time
+            return buf.getvalue()
 
     # -- plots -----------------------------------------------------------------
 

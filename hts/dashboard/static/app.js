@@ -1,7 +1,7 @@
 // hts dashboard: polls the server's snapshot, or shows the one embedded by `hts report --html`.
 "use strict";
 
-const STATIC = window.HTS_STATIC || null; // {snapshot, plots: {name: dataURI}, structures: {id: {cif, extxyz}}}
+const STATIC = window.HTS_STATIC || null; // {snapshot, plots: {name: dataURI}, structures: {id: {cif, extxyz}}, lab: {id: {png, csv, cif}}}
 const POLL_MS = 2000;
 let lastKey = null;
 let sortState = { col: null, dir: 1 };
@@ -163,25 +163,111 @@ function renderDft(s) {
   if (!s.dft) return;
   const d = s.dft;
   const mlip = Object.keys(d.mae);
-  const parts = mlip.filter((st) => d.mae[st].n).map((st) =>
-    `${st}: formation-energy MAE ${fmt(1000 * d.mae[st].formation_energy, 0)} meV/atom (${d.mae[st].n})`);
-  box.append(el("p", { text: `DFT (${d.code}) vs MLIP — ${parts.join(" · ") || "no validated candidates yet"}` }));
-  const t = el("table");
+  const model = Object.fromEntries(s.stages.map((st) => [st.stage, st.model]));
+  box.append(el("h2", { text: `MLIP against DFT (${d.code})` }));
+  // the error of each MLIP stage, over the candidates it can be measured on
+  const te = el("table", { id: "dft-errors" });
+  te.append(el("tr", {}, ...["stage", "model", "candidates", "formation energy MAE (meV/atom)", "e_above_hull MAE (meV/atom)"]
+    .map((h) => el("th", { text: h }))));
+  for (const st of mlip) {
+    const m = d.mae[st];
+    const tr = el("tr", {}, el("td", { text: st }), el("td", { text: model[st] || "" }),
+      el("td", { class: "num", text: m.n }),
+      el("td", { class: "num", text: m.n ? fmt(1000 * m.formation_energy, 0) : "" }),
+      el("td", { class: "num", text: m.n ? fmt(1000 * m.e_above_hull, 0) : "" }));
+    tr.dataset.stage = st;
+    tr.dataset.n = m.n;
+    te.append(tr);
+  }
+  box.append(te);
+  // where the teacher and DFT disagree on stability: what a user looks at first
+  const dis = d.disagreements || [];
+  const limit = d.threshold === null || d.threshold === undefined ? "its keep rule" : `e_above_hull ≤ ${d.threshold} eV/atom`;
+  const flags = el("div", { id: "dft-disagreements" });
+  if (!d.teacher) {
+    flags.append(el("p", { class: "hint", text: "no MLIP stage before DFT: nothing to compare" }));
+  } else if (!dis.length) {
+    flags.append(el("p", { class: "hint", text: `the teacher (${d.teacher}) and DFT agree on the stability of every validated candidate (DFT: ${limit})` }));
+  } else {
+    flags.append(el("p", { class: "warn", text: `${dis.length} candidate(s) where the teacher (${d.teacher}) and DFT disagree on stability (DFT stable: ${limit}); look at these first` }));
+    const ul = el("ul");
+    for (const x of dis) {
+      const li = el("li", { text: `${x.formula} (${x.id}): ${x.kind} — e_above_hull teacher ${fmt(x.teacher_e_above_hull)}, DFT ${fmt(x.dft_e_above_hull)} eV/atom` });
+      li.dataset.id = x.id;
+      ul.append(li);
+    }
+    flags.append(ul);
+  }
+  box.append(flags);
+  const t = el("table", { id: "dft-table" });
   const head = el("tr");
-  for (const h of ["id", "formula", "prototype", ...mlip.map((m) => `E_form ${m}`), "E_form DFT", "E_hull DFT", "converged", "time", "status"])
+  for (const h of ["id", "formula", "prototype", ...mlip.map((m) => `E_form ${m}`), "E_form DFT", "E_hull DFT", "teacher vs DFT", "converged", "time", "status"])
     head.append(el("th", { text: h }));
   t.append(head);
   for (const c of d.candidates) {
-    const tr = el("tr");
+    const tr = el("tr", c.disagreement ? { class: "flag" } : {});
     tr.append(el("td", { class: "ids", text: c.id }), el("td", { text: c.formula }), el("td", { text: c.prototype }));
     for (const m of mlip) tr.append(el("td", { class: "num", text: fmt(c.formation_energy[m]) }));
     tr.append(el("td", { class: "num", text: fmt(c.formation_energy.validate) }),
       el("td", { class: "num", text: fmt(c.e_above_hull.validate) }),
+      el("td", { text: c.disagreement || "" }),
       el("td", { text: c.converged ? "yes" : "no" }), el("td", { text: hms(c.time_s) }),
       el("td", { text: c.status === "ok" ? "ok" : c.reason }));
     t.append(tr);
   }
   box.append(t);
+}
+
+const labOpen = new Set(); // candidates whose pattern is unfolded, kept across redraws
+
+function labHref(id, kind) {
+  if (STATIC) return ((STATIC.lab || {})[id] || {})[kind];
+  return `xrd/${id}.${kind}`;
+}
+
+function renderLab(s) {
+  const sec = document.getElementById("lab-section");
+  const lab = s.lab;
+  if (!lab || !lab.candidates.length) { sec.hidden = true; return; }
+  sec.hidden = false;
+  const what = lab.stage === "validate" ? "DFT-validated candidates" : `final survivors (kept at ${lab.stage})`;
+  const shown = lab.candidates.length < lab.total ? `the ${lab.candidates.length} most stable of ${lab.total} ` : "";
+  document.getElementById("lab-hint").textContent =
+    `${shown}${what}: simulated powder pattern (Cu Kα), space group and conventional cell, to check a synthesis against. ` +
+    "hts export writes the same for every one of them.";
+  const t = document.getElementById("lab");
+  t.replaceChildren(el("tr", {}, ...["id", "formula", "E_hull (eV/atom)", "space group", "crystal system",
+    "a, b, c (Å)", "α, β, γ (°)", "strongest lines: 2θ (hkl) I", "files", "pattern"].map((h) => el("th", { text: h }))));
+  for (const c of lab.candidates) {
+    const tr = el("tr");
+    tr.dataset.id = c.id;
+    if (c.error) {
+      tr.append(el("td", { class: "ids", text: c.id }), el("td", { text: c.formula }), el("td", { colspan: 8, text: c.error }));
+      t.append(tr);
+      continue;
+    }
+    const files = el("span");
+    for (const [kind, label] of [["csv", "peaks"], ["cif", "cell"]]) {
+      const href = labHref(c.id, kind);
+      if (href) files.append(el("a", { class: "dl", href, download: kind === "cif" ? `${c.id}_conventional.cif` : `${c.id}_xrd.csv`, text: label }));
+    }
+    const det = el("details");
+    det.append(el("summary", { text: "show" }));
+    const img = el("img", { class: "plot", alt: `powder pattern of ${c.formula}` });
+    det.append(img);
+    const load = () => { if (!img.src && labHref(c.id, "png")) img.src = labHref(c.id, "png"); };
+    if (labOpen.has(c.id)) { det.open = true; load(); }
+    det.addEventListener("toggle", () => { if (det.open) { labOpen.add(c.id); load(); } else labOpen.delete(c.id); });
+    tr.append(el("td", { class: "ids", text: c.id }), el("td", { text: c.formula }),
+      el("td", { class: "num", text: fmt(c.e_above_hull) }),
+      el("td", { text: `${c.space_group} (${c.space_group_number})` }),
+      el("td", { text: c.crystal_system }),
+      el("td", { class: "num", text: [c.a, c.b, c.c].map((x) => fmt(x, 3)).join(", ") }),
+      el("td", { class: "num", text: [c.alpha, c.beta, c.gamma].map((x) => fmt(x, 1)).join(", ") }),
+      el("td", { text: c.strongest_peaks }),
+      el("td", {}, files), el("td", {}, det));
+    t.append(tr);
+  }
 }
 
 function renderParsl(s) {
@@ -218,6 +304,7 @@ function render(s) {
   renderFailures(s);
   renderBest(s);
   renderDft(s);
+  renderLab(s);
   renderParsl(s);
   const key = `${s.rows}-${s.updated_at}-${s.finalized}`;
   if (key !== lastKey) {
