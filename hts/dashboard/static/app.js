@@ -234,7 +234,7 @@ function renderLab(s) {
   const shown = lab.candidates.length < lab.total ? `the ${lab.candidates.length} most stable of ${lab.total} ` : "";
   document.getElementById("lab-hint").textContent =
     `${shown}${what}: simulated powder pattern (Cu Kα), space group and conventional cell, to check a synthesis against. ` +
-    "hts export writes the same for every one of them.";
+    "hts export writes the same as files (OUT/xrd/).";
   const t = document.getElementById("lab");
   t.replaceChildren(el("tr", {}, ...["id", "formula", "E_hull (eV/atom)", "space group", "crystal system",
     "a, b, c (Å)", "α, β, γ (°)", "strongest lines: 2θ (hkl) I", "files", "pattern"].map((h) => el("th", { text: h }))));
