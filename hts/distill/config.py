@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hts.config import Strict, read_mapping, validate
 from hts.spec import (
@@ -53,16 +53,17 @@ class Sampling(Strict):
 
     train: float = Field(
         default=0.1,
-        gt=0,
+        ge=0,
         le=1_000_000,
         description="Candidates labelled for training: a count, or a share of the space if < 1.",
     )
     calibration: float = Field(
         default=1000,
-        gt=0,
+        ge=0,
         le=1_000_000,
         description="Candidates of whole chemical systems labelled for calibration (their "
-        "subsystems come along for the hull): a count, or a share of the space if < 1.",
+        "subsystems come along for the hull): a count, or a share of the space if < 1.  0 "
+        "(with data.stores): the stores' held-out teacher rows calibrate instead.",
     )
     points: float = Field(
         default=0,
@@ -157,6 +158,13 @@ class Student(Strict):
         description="Relaxing student: ZBL repulsion at short range, so it cannot collapse where "
         "it saw no data.",
     )
+    init: str | None = Field(
+        default=None,
+        description="A direct student file to fine-tune (relative to this file) instead of "
+        "training from scratch: its architecture and elements are kept, it trains for "
+        "rounds.epochs (default half of training.epochs), and with data.stores the report "
+        "compares it (before) with the fine-tuned student (after).",
+    )
 
 
 class Training(Strict):
@@ -237,6 +245,31 @@ class Evaluation(Strict):
     speed_repeats: int = Field(default=3, ge=1, le=50)
 
 
+class Data(Strict):
+    """Teacher results a campaign already produced, as extra training data (the flywheel).
+
+    Each store's teacher-scored rows — the rescored survivors and the audited
+    rejects (``stages.prefilter.audit``) — become direct-student examples: the
+    unrelaxed candidate (regenerated from its source) and the teacher's relaxed
+    structure, labelled with the teacher's relaxed energy.  A seeded share of
+    them, fixed by each candidate's id, is never trained on: both students are
+    judged there, survivors and audited rejects each weighted as the sample of
+    the campaign they are.
+    """
+
+    stores: list[str] = Field(
+        default=[],
+        description="Campaign stores (relative to this file) whose rescore stage ran the teacher.",
+    )
+    holdout: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Share of the stores' teacher rows held out from training (by seed and "
+        "candidate id): where the students before and after are compared.",
+    )
+
+
 class DistillConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     campaign: str = Field(description="Campaign file whose candidates, limits and site are used.")
@@ -248,6 +281,7 @@ class DistillConfig(Strict):
     student: Student = Student()
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
+    data: Data = Data()
     output: str = Field(description="Folder for the dataset, training run, student and report.")
     chunk_size: int = Field(
         default=8, ge=1, le=100_000, description="Candidates per labelling task."
@@ -255,6 +289,23 @@ class DistillConfig(Strict):
     seed: int = 0
 
     base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _zero_budgets_need_stores(self) -> DistillConfig:
+        if not self.data.stores:
+            for name in ("train", "calibration"):
+                if not getattr(self.sampling, name):
+                    raise ValueError(
+                        f"sampling.{name}: 0 needs data.stores to learn and calibrate from"
+                    )
+        if self.data.stores and self.student.kind != "direct":
+            raise ValueError(
+                "data.stores: a store holds the teacher's relaxed energies, not the forces a "
+                "relaxing student learns: use student.kind: direct"
+            )
+        if self.student.init and self.student.kind != "direct":
+            raise ValueError("student.init: fine-tuning is for direct students")
+        return self
 
     def path(self, p: str) -> Path:
         q = Path(p).expanduser()

@@ -21,6 +21,7 @@ from hts.candidates.record import Candidate
 from hts.distill.config import DistillConfig
 from hts.distill.dataset import LabelStore
 from hts.distill.sample import held_out_system
+from hts.distill.stores import StoreRows
 from hts.spec import ModelSpec
 
 __all__ = [
@@ -96,6 +97,7 @@ class DistillRun:
     student_refs: dict[str, float] = field(default_factory=dict)  # the last round's fitted ones
     failures: Counter = field(default_factory=Counter)  # why the student failed, this round
     timing: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    stores: StoreRows | None = None  # data.stores: a campaign's teacher rows (the flywheel)
 
     @property
     def teacher_label(self) -> str:

@@ -163,13 +163,23 @@ def _run(cfg: dict) -> dict:
     train = read(cfg["train"], ":")
     valid = read(cfg["valid"], ":") if cfg["valid"] else []
     zs = sorted(int(z) for z in cfg["atomic_numbers"])
-    z_index = np.full(max(zs) + 1, -1)
-    z_index[zs] = np.arange(len(zs))
     st = cfg["student"]
     present = {str(fr.info.get("hts_head", RELAXED)) for fr in train}
     heads = [h for h in (POINT, RELAXED) if h in present or h == RELAXED]
-    gtr = _Graphs(train, z_index, st["r_max"], heads)
-    gva = _Graphs(valid, z_index, st["r_max"], heads) if valid else None
+    init = None
+    if cfg.get("init"):  # fine-tune (a later round, or student.init): its layout is kept
+        init = torch.load(cfg["init"], map_location=device, weights_only=False)
+        zs = [int(z) for z in init.atomic_numbers]
+        heads = list(init.heads)
+        train, valid = (_fits(frames, zs, heads, log) for frames in (train, valid))
+        print(f"fine-tuning {cfg['init']}", file=log, flush=True)
+    if not train:
+        raise ValueError(f"no training frame has only elements of {cfg['init']}")
+    z_index = np.full(max(zs) + 1, -1)
+    z_index[zs] = np.arange(len(zs))
+    r_max = float(init.r_max) if init is not None else float(st["r_max"])
+    gtr = _Graphs(train, z_index, r_max, heads)
+    gva = _Graphs(valid, z_index, r_max, heads) if valid else None
     # per head: a per-element baseline, then mace's scale and shift of the residual per atom
     e0s, scales, shifts = [], [], []
     for k, _ in enumerate(heads):
@@ -185,37 +195,35 @@ def _run(cfg: dict) -> dict:
         f"{st['channels']}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(st["max_L"] + 1)
     )
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    model = modules.ScaleShiftMACE(
-        r_max=float(st["r_max"]),
-        num_bessel=8,
-        num_polynomial_cutoff=5,
-        max_ell=int(st["max_ell"]),
-        interaction_cls=block,
-        interaction_cls_first=block,
-        num_interactions=int(st["interactions"]),
-        num_elements=len(zs),
-        hidden_irreps=o3.Irreps(hidden),
-        MLP_irreps=o3.Irreps(f"{16 * len(heads)}x0e"),
-        # the baseline is per atom of a compound: an isolated atom's energy it is not
-        atomic_energies=np.stack(e0s),
-        avg_num_neighbors=avg_nb,
-        atomic_numbers=zs,
-        correlation=int(st["correlation"]),
-        gate=torch.nn.functional.silu,
-        pair_repulsion=False,
-        radial_MLP=list(st["radial_mlp"]),
-        radial_type="bessel",
-        heads=heads,
-        atomic_inter_scale=scales,
-        atomic_inter_shift=shifts,
-    ).to(device)
+    model = (
+        init.to(dtype)
+        if init is not None
+        else modules.ScaleShiftMACE(
+            r_max=float(st["r_max"]),
+            num_bessel=8,
+            num_polynomial_cutoff=5,
+            max_ell=int(st["max_ell"]),
+            interaction_cls=block,
+            interaction_cls_first=block,
+            num_interactions=int(st["interactions"]),
+            num_elements=len(zs),
+            hidden_irreps=o3.Irreps(hidden),
+            MLP_irreps=o3.Irreps(f"{16 * len(heads)}x0e"),
+            # the baseline is per atom of a compound: an isolated atom's energy it is not
+            atomic_energies=np.stack(e0s),
+            avg_num_neighbors=avg_nb,
+            atomic_numbers=zs,
+            correlation=int(st["correlation"]),
+            gate=torch.nn.functional.silu,
+            pair_repulsion=False,
+            radial_MLP=list(st["radial_mlp"]),
+            radial_type="bessel",
+            heads=heads,
+            atomic_inter_scale=scales,
+            atomic_inter_shift=shifts,
+        ).to(device)
+    )
     tr = cfg["training"]
-    if cfg.get("init"):  # a later round starts from the last one's weights
-        prev = torch.load(cfg["init"], map_location=device, weights_only=False).state_dict()
-        mine = model.state_dict()
-        if prev.keys() == mine.keys() and all(prev[k].shape == mine[k].shape for k in mine):
-            model.load_state_dict({k: v.to(mine[k].dtype) for k, v in prev.items()})
-            print(f"warm start from {cfg['init']}", file=log, flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=float(tr["lr"]), amsgrad=True)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.7, patience=10)
     ema = ExponentialMovingAverage(model.parameters(), decay=0.99) if tr["ema"] else None
@@ -296,6 +304,24 @@ def _run(cfg: dict) -> dict:
         "best_epoch": best_epoch,
         "valid_mae_mev_per_atom": best,
     }
+
+
+def _fits(frames: list, zs: list[int], heads: list[str], log) -> list:
+    """The frames a student of elements ``zs`` and readouts ``heads`` can learn; says what it drops."""
+    known = set(zs)
+    keep = [
+        fr
+        for fr in frames
+        if set(int(z) for z in fr.numbers) <= known
+        and str(fr.info.get("hts_head", RELAXED)) in heads
+    ]
+    if len(keep) < len(frames):
+        print(
+            f"{len(frames) - len(keep)} frames left out: an element or readout the student lacks",
+            file=log,
+            flush=True,
+        )
+    return keep
 
 
 class _null:

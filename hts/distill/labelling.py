@@ -17,7 +17,7 @@ import numpy as np
 
 from hts.campaign.pool import Done, TaskPool
 from hts.candidates.record import Candidate
-from hts.candidates.sampling import fraction_label, space_size, systems, uniform
+from hts.candidates.sampling import SystemSample, fraction_label, space_size, systems, uniform
 from hts.distill.context import DistillRun, path_frames, run_tasks
 from hts.distill.sample import isolated_atom_energies, label_chunk, point_chunk
 from hts.spec import RescoreStage
@@ -33,14 +33,17 @@ def sample(run: DistillRun) -> None:
     cfg, campaign = run.cfg, run.campaign
     run.phase("sampling candidates")
     size = space_size(campaign, cfg.seed)
-    n_train = fraction_label(cfg.sampling.train, size)
-    n_cal = fraction_label(cfg.sampling.calibration, size)
-    train = uniform(campaign, n_train, cfg.seed, keep=lambda c: not run.held(c.chemsys))
-    cal = systems(campaign, n_cal, cfg.seed + 1)
-    if len(train) < 4:
-        raise ValueError(f"{cfg.campaign}: only {len(train)} valid candidates to train on")
-    if not cal.primary:
-        raise ValueError(f"{cfg.campaign}: no chemical system could be drawn for calibration")
+    # a budget of 0 (with data.stores): the stores' teacher rows train or calibrate instead
+    train, cal = [], SystemSample()
+    if cfg.sampling.train:
+        n_train = fraction_label(cfg.sampling.train, size)
+        train = uniform(campaign, n_train, cfg.seed, keep=lambda c: not run.held(c.chemsys))
+        if len(train) < 4:
+            raise ValueError(f"{cfg.campaign}: only {len(train)} valid candidates to train on")
+    if cfg.sampling.calibration:
+        cal = systems(campaign, fraction_label(cfg.sampling.calibration, size), cfg.seed + 1)
+        if not cal.primary:
+            raise ValueError(f"{cfg.campaign}: no chemical system could be drawn for calibration")
     for c in [*train, *cal.primary, *cal.closure]:
         run.cands.setdefault(c.id, c)
     run.train = [c.id for c in train]

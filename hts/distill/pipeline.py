@@ -36,11 +36,13 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from hts.distill.calibration import evaluate_student
 from hts.distill.config import DistillConfig
@@ -49,7 +51,8 @@ from hts.distill.dataset import LabelStore
 from hts.distill.labelling import label, sample, single_points, teacher_references, training_set
 from hts.distill.report import build_report, markdown
 from hts.distill.rounds import acquire, round_record
-from hts.distill.training import train_round
+from hts.distill.stores import compare, evaluate_on_stores, read_stores
+from hts.distill.training import store_training, train_round
 from hts.spec import CampaignError
 
 __all__ = ["DistillProgress", "run_distill", "run_tasks"]
@@ -70,6 +73,43 @@ def _check_teacher(cfg: DistillConfig, teacher) -> None:
         check_calculator(teacher, "the student is trained on the teacher's stress")
     except ModelSpecError as err:
         raise CampaignError(err.at(where)) from None
+
+
+def _init(cfg: DistillConfig) -> Path | None:
+    """``student.init``, the student to fine-tune, checked before any work."""
+    if not cfg.student.init:
+        return None
+    path = cfg.path(cfg.student.init).resolve()
+    if not path.is_file():
+        raise CampaignError(f"student.init: no such student file {path}")
+    return path
+
+
+def _flywheel(run: DistillRun, report: dict, init: Path | None, final: Path, result: dict) -> dict:
+    """Before (``student.init``) and after, on the stores' held-out teacher rows."""
+    from hts.distill.report import ReportError, auto_keep_rule
+
+    assert run.stores is not None
+    target = run.cfg.evaluation.target_recall
+    after = result if not run.primary else evaluate_on_stores(run, final, run.stores)
+    after.pop("student_spec", None)
+    results = {"after": ("student.model", after, report["screening"]["calibration"]["threshold"])}
+    if init is not None:
+        before = evaluate_on_stores(run, init, run.stores)
+        own = None
+        # the threshold the first student's own report calibrated, when it has one
+        with contextlib.suppress(ReportError, IndexError):
+            own = auto_keep_rule(init.parent / "report.json", target).terms[0][2]
+        results = {"before": (str(init), before, own), **results}
+    return {
+        "stores": run.stores.summary,
+        "held_out_share": run.cfg.data.holdout,
+        "trained_on": len(store_training(run)),
+        "population": "held-out survivors and audited rejects, weighted"
+        if any(s["audited"] for s in run.stores.summary)
+        else "held-out survivors only (the stores have no audit: rejects unseen)",
+        **compare(report, results),
+    }
 
 
 def run_distill(
@@ -100,22 +140,35 @@ def run_distill(
         },
     )
     run = DistillRun(cfg, campaign, teacher, engine, labels, out, progress or (lambda p: None))
-
+    init = _init(cfg)
     t0 = time.time()
+    if cfg.data.stores:  # the flywheel: checked and read before any teacher work
+        run.phase("reading the stores")
+        run.stores = read_stores(cfg, campaign, teacher)
+        for cid, c in run.stores.screened.items():
+            run.cands.setdefault(cid, c)
     sample(run)
     run.timing["sampling_s"] += time.time() - t0
     label(run, [run.cands[c] for c in [*run.primary, *run.closure, *run.train]], "labelling")
     if run.direct and cfg.sampling.points:
         single_points(run)
     training_set(run)
-    if len(run.train) < 4:
+    n_train = len(run.train) + len(store_training(run))
+    if n_train < 4:
         raise ValueError(
-            f"only {len(run.train)} training candidates were labelled; every teacher task failed?"
+            f"only {n_train} training candidates were labelled; every teacher task failed?"
         )
-    teacher_references(run)
+    if run.primary:
+        teacher_references(run)
+
+    def evaluate(student: Path) -> dict:
+        if run.primary:
+            return evaluate_student(run, student)
+        assert run.stores is not None  # no calibration systems: the stores' held-out rows
+        return evaluate_on_stores(run, student, run.stores)
 
     rounds: list[dict] = []
-    student_file = result = None
+    student_file, result = init, None
     for r in range(cfg.rounds.max + 1):
         if r > 0:
             t0 = time.time()
@@ -125,7 +178,7 @@ def run_distill(
         student_file, trained = train_round(run, r, student_file)
         run.timing["training_s"] += time.time() - t0
         t0 = time.time()
-        result = evaluate_student(run, student_file)
+        result = evaluate(student_file)
         run.timing["evaluation_s"] += time.time() - t0
         rounds.append(round_record(run, r, trained, result))
         log.info("round %d: %s", r, rounds[-1])
@@ -142,6 +195,8 @@ def run_distill(
 
     run.phase("timing student and teacher")
     report = build_report(run, result, rounds)
+    if run.stores is not None:
+        report["flywheel"] = _flywheel(run, report, init, student_file, result)
     report["wall_s"] = time.time() - t_start
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report))

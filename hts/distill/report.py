@@ -259,4 +259,57 @@ def markdown(report: dict) -> str:
         "![rounds](rounds.png)",
         "",
     ]
+    if "flywheel" in report:
+        lines += _flywheel_markdown(report["flywheel"])
     return "\n".join(lines)
+
+
+def _flywheel_markdown(fw: dict) -> list[str]:
+    """The flywheel: the student before and after fine-tuning on the stores' teacher rows."""
+    lines = [
+        "## Flywheel: before and after, on the stores' held-out teacher rows",
+        "",
+        f"{fw['trained_on']} store rows trained on; {fw['held_out_share']:.0%} held out by id. "
+        f"Judged on: {fw['population']}.",
+        "",
+        "| store | rows | teacher rows | survivors | audited | audited the teacher keeps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for st in fw["stores"]:
+        lines.append(
+            f"| {st['path']} | {st['rows']} | {st['teacher_rows']} | {st['survivors']} | "
+            f"{st['audited']} | {st.get('audit_missed', 'n/a')} |"
+        )
+    lines += [
+        "",
+        "| student | threshold | recall | lower bound | discarded | audited misses kept | "
+        "Spearman ρ | energy MAE (meV/atom) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("before", "after"):
+        e = fw.get(name)
+        if not e:
+            continue
+        for key, label in (("calibrated", "calibrated here"), ("own_report", "its report's")):
+            a = e.get(key)
+            if not a:
+                lines.append(
+                    f"| {name} ({label}) | none: too few teacher-stable rows | | | | "
+                    f"– / {e['audit_missed']} | {_f(e['spearman_e_above_hull'], '.3f')} | "
+                    f"{_f(e['own_energy_mae_mev'])} |"
+                )
+                continue
+            lines.append(
+                f"| {name} ({label}) | {_f(a['threshold'], '.3f')} | {_f(a['recall'], '.3f')} | "
+                f"{_f(a['recall_lower_bound'], '.3f')} | {_f(a['discarded'], '.3f')} | "
+                f"{a['audit_missed_found']} / {e['audit_missed']} | "
+                f"{_f(e['spearman_e_above_hull'], '.3f')} | {_f(e['own_energy_mae_mev'])} |"
+            )
+    lines += [
+        "",
+        "Recall of teacher-stable candidates and the share discarded are weighted: a held-out "
+        "survivor stands for the survivors, a held-out audited reject for the rejects; the "
+        "bound is Clopper-Pearson on the effective number of teacher-stable candidates.",
+        "",
+    ]
+    return lines

@@ -25,12 +25,14 @@ __all__ = [
 THRESHOLDS = np.round(np.arange(0.0, 1.0001, 0.005), 3)
 
 
-def recall_bound(found: int, n: int, confidence: float) -> float:
+def recall_bound(found: float, n: float, confidence: float) -> float:
     """One-sided Clopper–Pearson lower bound on a recall of ``found`` out of ``n``.
 
     The exact binomial bound (Clopper & Pearson, Biometrika 26, 404 (1934)):
     the smallest recall under which seeing ``found`` or more has probability
     ``1 - confidence``.  Zero when nothing was found or nothing could be.
+    Weighted samples pass effective counts (Korn & Graubard, Survey
+    Methodology 24, 193 (1998)), which need not be whole numbers.
     """
     from scipy.stats import beta
 
@@ -50,6 +52,7 @@ def screening_metrics(
     stable_threshold: float,
     target_recall: float,
     confidence: float = 0.95,
+    weights: np.ndarray | None = None,
 ) -> dict:
     """Spearman ρ, recall/discard curves with a recall lower bound, and the calibrated threshold.
 
@@ -58,23 +61,38 @@ def screening_metrics(
     t`` among those with teacher ``e_above_hull <= stable_threshold``) reaches
     ``target_recall``; None (with ``stable_needed``) when the candidates are too
     few for any threshold to show it.
+
+    ``weights``: each candidate stands for that many of the population (a
+    stratified sample, such as a campaign's survivors and its audited rejects):
+    recall and discarded share are weighted (Horvitz–Thompson), and the bound is
+    Clopper–Pearson on Kish's effective number of teacher-stable candidates
+    (``n_effective``).  Without weights every count is the plain one.
     """
     from scipy.stats import spearmanr
 
     ok = np.isfinite(teacher_ehull) & np.isfinite(student_ehull)
     t, s = teacher_ehull[ok], student_ehull[ok]
+    w = np.ones(len(t)) if weights is None else np.asarray(weights, dtype=float)[ok]
     stable = t <= stable_threshold + 1e-9
     n_stable = int(stable.sum())
-    found = [int((s[stable] <= x + 1e-9).sum()) for x in THRESHOLDS]
-    recall = [f / n_stable if n_stable else float("nan") for f in found]
-    lower = [recall_bound(f, n_stable, confidence) for f in found]
-    discarded = [float((s > x + 1e-9).mean()) if len(s) else float("nan") for x in THRESHOLDS]
+    ws = w[stable]
+    n_eff = float(ws.sum() ** 2 / (ws**2).sum()) if n_stable else 0.0
+    recall = [
+        float(ws[s[stable] <= x + 1e-9].sum() / ws.sum()) if n_stable else float("nan")
+        for x in THRESHOLDS
+    ]
+    lower = [recall_bound(r * n_eff, n_eff, confidence) if n_stable else 0.0 for r in recall]
+    discarded = [
+        float(w[s > x + 1e-9].sum() / w.sum()) if len(s) else float("nan") for x in THRESHOLDS
+    ]
     chosen = threshold_for(THRESHOLDS, lower, target_recall)
     k = int(np.searchsorted(THRESHOLDS, chosen)) if chosen is not None else None
     rho = float(spearmanr(t, s).statistic) if len(t) > 2 else float("nan")
     return {
         "n_candidates": int(ok.sum()),
         "n_teacher_stable": n_stable,
+        "n_effective": n_eff,
+        "weighted": weights is not None,
         "stable_threshold": stable_threshold,
         "spearman_e_above_hull": rho,
         "ehull_mae_mev_per_atom": float(1000 * np.mean(np.abs(t - s))) if len(t) else float("nan"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hts.distill.context import DistillRun, path_frames
 
-__all__ = ["split_valid", "train_round"]
+__all__ = ["split_valid", "store_training", "train_round"]
 
 
 @dataclass(frozen=True)
@@ -33,21 +33,30 @@ class _Job:
     n_valid: int
 
 
-def split_valid(run: DistillRun) -> tuple[list[str], list[str]]:
-    """Training candidates → (train, valid); each candidate's side is fixed by its id.
+def split_valid(run: DistillRun, ids: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Training candidates (or ``ids``) → (train, valid); each candidate's side is fixed by its id.
 
     A hash rather than a draw: a candidate added in a later round (or a later
     run) never moves an earlier one across the split.
     """
     share = run.cfg.sampling.valid
+    ids = run.train if ids is None else ids
     valid = [
         c
-        for c in run.train
+        for c in ids
         if int(hashlib.sha1(f"{run.cfg.seed}:valid:{c}".encode()).hexdigest()[:8], 16) / 16**8
         < share
     ]
     vs = set(valid)
-    return [c for c in run.train if c not in vs], valid
+    return [c for c in ids if c not in vs], valid
+
+
+def store_training(run: DistillRun) -> list[str]:
+    """The stores' teacher rows trained on (``data.stores``), those the dataset lacks."""
+    if run.stores is None:
+        return []
+    known = set(run.train)
+    return [c for c in run.stores.training(run.held) if c not in known]
 
 
 def train_round(run: DistillRun, r: int, prev: Path | None) -> tuple[Path, dict]:
@@ -70,6 +79,7 @@ def train_round(run: DistillRun, r: int, prev: Path | None) -> tuple[Path, dict]
             "student": cfg.student.model_dump(mode="json"),
             "training": cfg.training.model_dump(mode="json"),
             "init": str(prev) if prev else "",
+            "stores": sorted(store_training(run)),
         },
         sort_keys=True,
     )
@@ -134,6 +144,14 @@ def _direct_job(
         for a in ([frames[c][0], frames[c][-1]] if aug else frames[c][:1])
     ]
     va = [frames[c][0] for c in valid_ids if frames[c]]
+    if run.stores is not None:  # the flywheel: a campaign's teacher rows, in the same two frames
+        s_train, s_valid = split_valid(run, store_training(run))
+        rows = run.stores.teacher
+        for c in [*s_train, *s_valid]:
+            targets[c] = rows[c]["energy_per_atom"]
+            groups[c] = Composition(rows[c]["formula"]).reduced_formula
+        tr += [a for c in s_train for a in _store_frames(run, c, aug)]
+        va += [a for c in s_valid for a in _store_frames(run, c, False)]
     files = {"train": str(folder / "train.extxyz"), "valid": str(folder / "valid.extxyz")}
     n_tr = write_examples(Path(files["train"]), tr, targets, groups)
     if cfg.training.point_weight > 0 and (run.points or cfg.sampling.points):
@@ -157,6 +175,16 @@ def _direct_job(
     return _Job(
         train_direct, args, folder / "run" / "train.log", epochs or cfg.training.epochs, n_tr, n_va
     )
+
+
+def _store_frames(run: DistillRun, cid: str, augment: bool) -> list:
+    """A store row as training frames: the unrelaxed candidate and, with augment, the teacher's minimum."""
+    out = []
+    for c in [run.stores.screened[cid], run.stores.teacher[cid]["relaxed"]][: 2 if augment else 1]:
+        a = c.to_atoms()
+        a.info["hts_id"] = cid
+        out.append(a)
+    return out
 
 
 def _relax_job(
