@@ -93,14 +93,19 @@ def _flywheel(run: DistillRun, report: dict, init: Path | None, final: Path, res
     target = run.cfg.evaluation.target_recall
     after = result if not run.primary else evaluate_on_stores(run, final, run.stores)
     after.pop("student_spec", None)
-    results = {"after": ("student.model", after, report["screening"]["calibration"]["threshold"])}
+    mine = {"own_report": report["screening"]["calibration"]["threshold"]}
+    results = {"after": ("student.model", after, mine)}
     if init is not None:
         before = evaluate_on_stores(run, init, run.stores)
         own = None
-        # the threshold the first student's own report calibrated, when it has one
+        # the threshold the first student's own report calibrated, when it has one: both
+        # students are also compared there, at one threshold
         with contextlib.suppress(ReportError, IndexError):
             own = auto_keep_rule(init.parent / "report.json", target).terms[0][2]
-        results = {"before": (str(init), before, own), **results}
+        results = {
+            "before": (str(init), before, {"own_report": own, "init_threshold": own}),
+            "after": ("student.model", after, {**mine, "init_threshold": own}),
+        }
     return {
         "stores": run.stores.summary,
         "held_out_share": run.cfg.data.holdout,
@@ -108,7 +113,7 @@ def _flywheel(run: DistillRun, report: dict, init: Path | None, final: Path, res
         "population": "held-out survivors and audited rejects, weighted"
         if any(s["audited"] for s in run.stores.summary)
         else "held-out survivors only (the stores have no audit: rejects unseen)",
-        **compare(report, results),
+        **compare(results),
     }
 
 

@@ -290,8 +290,14 @@ def _flywheel_markdown(fw: dict) -> list[str]:
         e = fw.get(name)
         if not e:
             continue
-        for key, label in (("calibrated", "calibrated here"), ("own_report", "its report's")):
-            a = e.get(key)
+        for key, label in (
+            ("calibrated", "calibrated here"),
+            ("own_report", "its report's"),
+            ("init_threshold", "the first student's"),
+        ):
+            if key not in e:
+                continue
+            a = e[key]
             if not a:
                 lines.append(
                     f"| {name} ({label}) | none: too few teacher-stable rows | | | | "

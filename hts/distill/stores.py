@@ -350,19 +350,19 @@ def evaluate_on_stores(run, student_file: Path, data: StoreRows) -> dict:
     }
 
 
-def compare(report: dict, results: dict[str, tuple[str, dict, float | None]]) -> dict:
+def compare(results: dict[str, tuple[str, dict, dict[str, float | None]]]) -> dict:
     """The report's ``flywheel`` section: each student on the held-out store rows.
 
-    ``results``: name → (student file, :func:`evaluate_on_stores`'s answer, the
-    threshold the student's own report calibrated, or None).  Per student: the
-    weighted screen at the threshold calibrated on these rows and at its own
-    report's threshold, and the held-out audited rejects the teacher keeps
-    (what the campaign's prefilter missed) that it would keep.
+    ``results``: name → (student file, :func:`evaluate_on_stores`'s answer,
+    more thresholds by label: its own report's, the first student's).  Per
+    student: the weighted screen at the threshold calibrated on these rows and
+    at each of those, and the held-out audited rejects the teacher keeps (what
+    the campaign's prefilter missed) that it would keep.
     """
     from hts.distill.screening import THRESHOLDS
 
     out: dict = {}
-    for name, (path, res, own) in results.items():
+    for name, (path, res, more) in results.items():
         m = res["screening"]["calibration"]
         rows = res["candidates"]
         stable = m["stable_threshold"] + 1e-9
@@ -379,7 +379,7 @@ def compare(report: dict, results: dict[str, tuple[str, dict, float | None]]) ->
             "own_energy_mae_mev": res["errors"]["calibration"]["own_energy_mae_mev"],
             "audit_missed": len(missed),
         }
-        for key, thr in (("calibrated", m["threshold"]), ("own_report", own)):
+        for key, thr in {"calibrated": m["threshold"], **more}.items():
             if thr is None:
                 entry[key] = None
                 continue

@@ -119,6 +119,8 @@ def test_a_store_fine_tunes_the_student_and_the_report_compares_before_and_after
     # v1's own keep: auto threshold (its report, at the distillation's target recall)
     v1_rule = auto_keep_rule(DEMO / "report.json", 0.5).text
     assert v1_rule == f"e_above_hull <= {fw['before']['own_report']['threshold']:g}"
+    # both students also at that one threshold
+    assert fw["after"]["init_threshold"]["threshold"] == fw["before"]["own_report"]["threshold"]
     # the held-out rows are the calibration (sampling.calibration: 0): weighted, so audited
     # rejects count for the rejects they stand for
     cal = report["screening"]["calibration"]
