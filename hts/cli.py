@@ -265,8 +265,24 @@ def status(
         Path | None,
         typer.Option(help="Also write the funnel plot (with the MLIP-vs-DFT parity) to this PNG."),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print everything as one JSON object (funnel, audit, economics, failures, best "
+            "candidates, DFT, batch jobs) for scripts and notebooks.",
+        ),
+    ] = False,
 ) -> None:
     """Funnel counts, rates, failures by reason and the best candidates of a store (safe while it runs)."""
+    if as_json:
+        try:
+            print(render.status_json(store, top=top))
+        except FileNotFoundError as err:
+            _fail(str(err))
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            _fail(f"{store}: cannot read it ({type(err).__name__}: {err}); `hts verify {store}` checks it")
+        return
     try:
         render.print_status(store, top=top)
         render.print_jobs(store)

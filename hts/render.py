@@ -137,6 +137,89 @@ def print_jobs(store_path: Path) -> None:
     out.print(t)
 
 
+def status_json(store_path: Path, top: int = 10) -> str:
+    """``hts status --json``: the summary, the audit and economics, the store's batch jobs."""
+    import json
+
+    from hts.execution.submit import job_states, jobs_dir
+    from hts.report import summarize
+
+    s = summarize(store_path, top=top)
+    s["audit"] = s["funnel"]["audit"]
+    s["economics"] = s["funnel"]["economics"]
+    s["warning"] = s["funnel"]["warning"]
+    del s["funnel"]
+    has_jobs = (jobs_dir(store_path) / "jobs.json").is_file()
+    s["jobs"] = job_states(store_path) if has_jobs else []
+    s["store"] = str(store_path)
+
+    def plain(x):
+        if isinstance(x, float) and x != x:
+            return None  # NaN is not JSON
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [plain(v) for v in x]
+        if hasattr(x, "item"):  # numpy scalars
+            return plain(x.item())
+        return x
+
+    return json.dumps(plain(s), indent=1, allow_nan=False)
+
+
+def _fmt(x: float | None, spec: str, none: str = "–") -> str:
+    return none if x is None else format(x, spec)
+
+
+def print_funnel(f: dict) -> None:
+    """The audit's recall with its interval, and the discovery economics, under the funnel table."""
+    a, e = f["audit"], f["economics"]
+    if a is not None:
+        ci = a["recall_ci"]
+        mci = a["miss_rate_ci"]
+        out.print(
+            f"audit ({a['share']:.1%} of rejects to the teacher): {a['scored']} of {a['audited']} "
+            f"audited rejects scored, {a['missed']} teacher-stable (missed); miss rate "
+            f"{_fmt(a['miss_rate'], '.3f')}"
+            + (f" [{mci[0]:.3f}, {mci[1]:.3f}]" if mci and a["scored"] else "")
+            + f"; recall of teacher-stable {_fmt(a['recall'], '.3f')}"
+            + (f" (95 % CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
+            + (
+                f"; enrichment over random {a['enrichment']:.1f}×"
+                if a["enrichment"] is not None
+                else ""
+            ),
+            highlight=False,
+        )
+    if f.get("warning"):
+        out.print(f"[bold yellow]warning:[/] {f['warning']}", highlight=False)
+    parts = [
+        f"{st['stage']} {st['kept']}/{e['screened']} ({st['discovery_rate']:.2%})"
+        for st in e["stages"]
+        if st["discovery_rate"] is not None and st["in"]
+    ]
+    if parts:
+        line = "discovery rate (kept / screened): " + ", ".join(parts)
+        if e.get("s_per_stable_hit") is not None:
+            line += f"; {e['s_per_stable_hit']:.1f} worker-s per teacher-stable hit"
+        if e.get("s_per_dft_hit") is not None:
+            line += f", {e['s_per_dft_hit']:.0f} per DFT-confirmed hit"
+        out.print(line, highlight=False)
+    if e.get("teacher_only_s") is not None:
+        share = e.get("teacher_saved_share")
+        out.print(
+            f"teacher time saved: {e['teacher_saved_s']:.0f} worker-s of "
+            f"{e['teacher_only_s']:.0f} for the teacher alone"
+            + (f" ({share:.0%})" if share is not None else "")
+            + (
+                f"; the audit cost ~{e['audit_teacher_s']:.0f} s of teacher time"
+                if e.get("audit_teacher_s")
+                else ""
+            ),
+            highlight=False,
+        )
+
+
 def print_status(store_path: Path, top: int = 10) -> None:
     from hts.report import summarize
 
@@ -155,6 +238,7 @@ def print_status(store_path: Path, top: int = 10) -> None:
             str(st["kept"]),
         )
     out.print(funnel)
+    print_funnel(s["funnel"])
     if s["wall_s"]:
         out.print(
             f"rate: {s['rows'] / s['wall_s']:.2f} candidates/s over {s['wall_s']:.0f} s of run time"

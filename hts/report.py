@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hts.audit import funnel_of
 from hts.candidates.record import chemist_formula
 from hts.store import StoreReader, open_dataset, structure_of
 from hts.store.best import rank, rank_keys
@@ -91,6 +92,7 @@ def _summarize(r: StoreReader, top: int) -> dict:
         "finalized": r.finalized,
         "model": models[0] if names else "",
         "stage_names": names,
+        "funnel": funnel_of(r),
     }
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hts.audit import audit_pick, estimate, warning
 from hts.campaign.pool import Done, TaskPool
 from hts.campaign.references import ReferenceBook, RunError
 from hts.campaign.resolve import ResolvedCampaign, preflight, results_hash
@@ -61,7 +62,8 @@ class RunStats:
     kept: int = 0  # prefilter survivors (running verdicts until the final pass)
     rescored: int = 0  # survivors rescored by the teacher, this run
     rescore_kept: int = 0
-    rescore_waiting: int = 0  # survivors queued or in flight for the teacher
+    rescore_waiting: int = 0  # survivors (and audited rejects) queued or in flight for the teacher
+    audited: int = 0  # rejects sent to the teacher by the audit, this run
     validated: int = 0  # DFT jobs finished this run (candidates)
     validate_failed: int = 0
     validate_waiting: int = 0  # DFT jobs (candidates and references) queued or running
@@ -88,8 +90,14 @@ class RunStats:
         return max(0.0, (self.total_estimate - self.done - self.resumed) / self.rate)
 
 
-def _prefilter_rows(chunk: Chunk, recs: list[StageRecord], t: StageScorer) -> list[Row]:
-    """A chunk's store rows: each result scored against the hull with the chunk's own results in it."""
+def _prefilter_rows(
+    chunk: Chunk, recs: list[StageRecord], t: StageScorer, audit: float = 0.0, seed: int = 0
+) -> list[Row]:
+    """A chunk's store rows: each result scored against the hull with the chunk's own results in it.
+
+    A reject is marked for the audit when :func:`hts.audit.audit_pick` draws
+    it (rejects only tighten as the hull fills, so the final pass keeps the mark).
+    """
     t.hull.add(
         (c.formula, r.energy_per_atom)
         for c, r in zip(chunk.candidates, recs, strict=True)
@@ -120,6 +128,9 @@ def _prefilter_rows(chunk: Chunk, recs: list[StageRecord], t: StageScorer) -> li
                 positions=r.positions if has_structure else c.positions,
                 cell=r.cell if has_structure else c.cell,
                 stage={"prefilter": values},
+                audit=status == STATUS_OK
+                and not values.get("kept")
+                and audit_pick(seed, c.id, audit),
             )
         )
     return rows
@@ -145,7 +156,10 @@ class _Driver:
         self.stats = RunStats()
         self.pool = TaskPool(engine)
         self.book = ReferenceBook(resolved, store, self.scorers, engine, self._phase)
-        self.queue: list[tuple[int, Candidate]] = []  # survivors waiting for the teacher
+        # survivors (and audited rejects: True) waiting for the teacher
+        self.queue: list[tuple[int, Candidate, bool]] = []
+        self.audit = self.r.stages["prefilter"].audit if self.re is not None else 0.0
+        self._recall_warned = False
         self.committed: set[int] = set()  # ids in the store (as integers): never screened again
         self._batches = 0
 
@@ -159,7 +173,8 @@ class _Driver:
         """Put every committed result back into its stage's hull; requeue unrescored survivors."""
         waiting: list[int] = []
         rescored = self.store.stage_done.get("rescore", set())
-        for start, b in self.store.iter_blocks(["id", "formula", "energy_per_atom", "kept"]):
+        names = ["id", "formula", "energy_per_atom", "kept", "audit"]
+        for start, b in self.store.iter_blocks(names):
             self.committed.update(int(x, 16) for x in b["id"])
             for t in self.scorers.values():
                 e = b["energy_per_atom"][:, t.k]
@@ -171,16 +186,17 @@ class _Driver:
             if self.re is not None:
                 waiting.extend(
                     start + int(i)
-                    for i in np.flatnonzero(b["kept"][:, 0])
+                    for i in np.flatnonzero(b["kept"][:, 0] | b["audit"])
                     if start + int(i) not in rescored
                 )
         if waiting:
-            meta = self.store.read(_IDENTITY, waiting)
+            meta = self.store.read([*_IDENTITY, "audit"], waiting)
             for j, (row, (z, pos, cell)) in enumerate(
                 zip(waiting, self.store.structures(waiting), strict=True)
             ):
                 ident = {name: str(meta[name][j]) for name in _IDENTITY}
-                self.queue.append((row, Candidate(**ident, numbers=z, positions=pos, cell=cell)))
+                cand = Candidate(**ident, numbers=z, positions=pos, cell=cell)
+                self.queue.append((row, cand, bool(meta["audit"][j])))
             self.stats.rescore_waiting = len(self.queue)
 
     # -- the prefilter ---------------------------------------------------------
@@ -212,7 +228,7 @@ class _Driver:
         if recs is None:
             s.unscreened += len(chunk.candidates)
             return
-        rows = _prefilter_rows(chunk, recs, self.pre)
+        rows = _prefilter_rows(chunk, recs, self.pre, self.audit, self.c.seed)
         first = self.store.n_rows
         self.store.append(rows, chunk.index)
         s.done += len(rows)
@@ -221,11 +237,13 @@ class _Driver:
         survivors = [(first + i, r) for i, r in enumerate(rows) if r.stage["prefilter"].get("kept")]
         s.kept += len(survivors)
         if self.re is not None:
-            for row, r in survivors:
+            audited = [(first + i, r) for i, r in enumerate(rows) if r.audit]
+            for row, r in survivors + audited:
                 ident = {name: getattr(r, name) for name in _IDENTITY}
                 cand = Candidate(**ident, numbers=r.numbers, positions=r.positions, cell=r.cell)
-                self.queue.append((row, cand))
-            s.rescore_waiting += len(survivors)
+                self.queue.append((row, cand, r.audit))
+            s.rescore_waiting += len(survivors) + len(audited)
+            s.audited += len(audited)
 
     # -- the rescore stage -----------------------------------------------------
 
@@ -236,12 +254,13 @@ class _Driver:
         size = spec.chunk_size or self.c.chunk_size
         while self.queue and (flush or len(self.queue) >= size):
             batch, self.queue = self.queue[:size], self.queue[size:]
-            rows = [r for r, _ in batch]
-            cands = [c for _, c in batch]
+            rows = [r for r, _, _ in batch]
+            cands = [c for _, c, _ in batch]
+            audit = [a for _, _, a in batch]
             self._batches += 1
             self.pool.submit(
                 spec.resource,
-                ("rescore", (rows, cands)),
+                ("rescore", (rows, cands, audit)),
                 run_stage,
                 self._batches,
                 cands,
@@ -249,7 +268,9 @@ class _Driver:
                 self.c.seed,
             )
 
-    def _collect_rescore(self, d: Done, rows: list[int], cands: list[Candidate]) -> None:
+    def _collect_rescore(
+        self, d: Done, rows: list[int], cands: list[Candidate], audit: list[bool]
+    ) -> None:
         t, s = self.re, self.stats
         assert t is not None
         recs = self._records("rescore", d, "a rescore task")
@@ -263,12 +284,16 @@ class _Driver:
             if r.status == STATUS_OK
         )
         updates = []
-        for row, c, r in zip(rows, cands, recs, strict=True):
+        for row, c, r, audited in zip(rows, cands, recs, audit, strict=True):
             if r.status == STATUS_OK:
                 values, why = t.columns(r, c.formula, c.n_atoms)
             else:
                 values, why = {"time_s": r.time_s}, r.reason
             ok = not why
+            missed = None
+            if audited:  # the teacher's verdict goes to audit_missed: an audited row is no survivor
+                missed = bool(ok and values.get("kept"))
+                values["kept"] = False
             updates.append(
                 StageUpdate(
                     row=row,
@@ -278,12 +303,25 @@ class _Driver:
                     stage_reached="rescore" if ok else "prefilter",
                     positions=r.positions if ok else None,
                     cell=r.cell if ok else None,
+                    audit_missed=missed,
                 )
             )
             s.rescored += 1
             s.rescore_kept += bool(values.get("kept"))
         self.store.update("rescore", updates)
         s.rescore_waiting -= len(rows)
+        if any(audit):
+            self._check_recall()
+
+    def _check_recall(self) -> None:
+        """Log once when the audited recall's upper bound falls below the distillation's target."""
+        link = self.r.stages["prefilter"].distillation
+        if self._recall_warned or link is None:
+            return
+        line = warning(estimate(self.store.counters, self.audit, link.target_recall))
+        if line:
+            log.warning("%s", line)
+            self._recall_warned = True
 
     # -- the loop --------------------------------------------------------------
 
@@ -358,6 +396,22 @@ class _Driver:
         self.progress(s)
         return s
 
+    def _final_audit(self) -> None:
+        """Mark the audit sample again from the final verdicts (so it does not depend on chunking).
+
+        An early survivor the final hull drops is a reject like any other: if
+        drawn, it joins the sample (the teacher already rescored it).
+        """
+        if not self.audit:
+            return
+        for start, b in self.store.iter_blocks(["id", "e_above_hull", "kept", "audit"]):
+            want = _audit_sample(
+                b["id"], np.isfinite(b["e_above_hull"][:, 0]), b["kept"][:, 0], self.c.seed, self.audit
+            )
+            changed = np.flatnonzero(want != b["audit"])
+            self.store.write_rows("audit", start + changed, want[changed])
+            self.stats.audited += int(want.sum()) - int(b["audit"].sum())
+
     def _finalize(self) -> None:
         """Score everything once more against each stage's final hull and write the final values."""
         if self.store.finalized:
@@ -365,13 +419,22 @@ class _Driver:
             return
         self._phase("final hull pass")
         for t in self.scorers.values():
-            kept = t.final_pass(self.store)
+            kept = t.final_pass(self.store, gated=t is not self.pre)
             if t is self.pre:
                 self.stats.kept = kept
+                self._final_audit()
             else:
                 self.stats.rescore_kept = kept
         self.store.set_finalized(True)
         self.store.consolidate()
+
+
+def _audit_sample(ids, scored, kept, seed: int, share: float) -> np.ndarray:
+    """Which rows are in the audit: the final rejects :func:`hts.audit.audit_pick` draws."""
+    out = np.zeros(len(ids), dtype=bool)
+    for i in np.flatnonzero(scored & ~kept):
+        out[i] = audit_pick(seed, str(ids[i]), share)
+    return out
 
 
 def open_store(

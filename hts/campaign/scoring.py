@@ -122,14 +122,18 @@ class StageScorer:
             kept[i] = v.kept and (ok is None or bool(ok[i]))
         return ehull, eform, kept
 
-    def final_pass(self, store) -> int:
+    def final_pass(self, store, gated: bool = False) -> int:
         """Score every committed row against the final hull and write the stage's columns.
 
         Streams the store in blocks, so memory stays flat however large the run;
-        returns how many rows the stage keeps.
+        returns how many rows the stage keeps.  ``gated`` (a later stage): a
+        row is kept only if the previous stage finally kept it too, and an
+        audited row never is — the verdict goes to ``audit_missed`` instead.
         """
         kept_total = 0
         names = ["formula", "energy_per_atom", "n_atoms", "converged"]
+        if gated:
+            names += ["kept", "audit", "audit_missed"]
         for start, b in store.iter_blocks(names):
             ehull, eform, kept = self.score_rows(
                 b["formula"],
@@ -137,6 +141,12 @@ class StageScorer:
                 b["n_atoms"],
                 b["converged"][:, self.k],
             )
+            if gated:
+                audit = b["audit"]
+                missed = kept & audit
+                changed = np.flatnonzero(missed != b["audit_missed"])
+                store.write_rows("audit_missed", start + changed, missed[changed])
+                kept = kept & b["kept"][:, self.k - 1] & ~audit
             store.write_stage_column("e_above_hull", self.name, start, ehull)
             store.write_stage_column("kept", self.name, start, kept)
             store.write_stage_column("formation_energy", self.name, start, eform)

@@ -300,6 +300,15 @@ class PrefilterStage(_RelaxStage):
         description="The model predicts the teacher's relaxed energy from the unrelaxed candidate "
         "(a direct student from hts distill): one forward pass per candidate, no relaxation.",
     )
+    audit: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        json_schema_extra=HASHED_UNLESS_DEFAULT,
+        description="Share of the prefilter's rejects the teacher rescores anyway, a random "
+        "sample fixed by the seed and each candidate's id: the run's own measure of what the "
+        "student misses (audited rows are not survivors). 0: no audit.",
+    )
 
     @model_validator(mode="after")
     def _auto_needs_report(self) -> PrefilterStage:
@@ -437,6 +446,11 @@ class Stages(Strict):
 
     @model_validator(mode="after")
     def _auto_needs_rescore(self) -> Stages:
+        if self.prefilter.audit and self.rescore is None:
+            raise ValueError(
+                "prefilter.audit: the audit sends rejects to the teacher, and there is no "
+                "rescore stage: add one or set audit: 0"
+            )
         if self.prefilter.keep == "auto" and self.rescore is None:
             raise ValueError(
                 "prefilter.keep: 'auto' picks a threshold for the teacher's stable candidates; "

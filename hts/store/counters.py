@@ -17,6 +17,11 @@ The definitions are those ``hts report`` always used:
   ``"<stage>:"``.
 * scored (``ok``): a finite ``e_above_hull``; ``failed`` is tried − scored.
 * kept: the stage's ``kept`` flag.
+* time_ms: worker milliseconds per stage (each row's ``time_s`` rounded to
+  the millisecond, so running sums stay exact integers).
+* audit: ``[audited, scored, missed]`` — rows in the audit sample (``audit``),
+  those the teacher scored (a finite ``e_above_hull`` at ``rescore``), and
+  those it keeps (``audit_missed``): what :mod:`hts.audit` estimates recall from.
 * failures: rows whose ``status`` is not ok, grouped by the stage that failed
   (the last ``stage_status`` that says ``failed``, else the reason's prefix)
   and :func:`reason_key` of the reason as shown (``"rescore: …"``).  Each
@@ -36,7 +41,17 @@ from hts.store.schema import STATUS_FAILED, STATUS_OK
 __all__ = ["Counters", "RowState", "STATE_VARS", "failure_text", "reason_key", "recount"]
 
 # what a row's contribution to the counters depends on
-STATE_VARS = ("status", "reason", "stage_status", "e_above_hull", "energy_per_atom", "kept")
+STATE_VARS = (
+    "status",
+    "reason",
+    "stage_status",
+    "e_above_hull",
+    "energy_per_atom",
+    "kept",
+    "time_s",
+    "audit",
+    "audit_missed",
+)
 _EXAMPLE_IDS = 3
 
 
@@ -66,6 +81,8 @@ class RowState:
     scored: np.ndarray
     kept: np.ndarray
     failures: dict[int, tuple[str, str]]  # position in the block -> (stage, reason as shown)
+    time_ms: np.ndarray  # [m, n_stages] int64
+    audit: np.ndarray  # [m, 3] bool: audited, scored by the teacher, missed
 
     @classmethod
     def of(cls, stages: list[str], cols: dict[str, np.ndarray]) -> RowState:
@@ -94,11 +111,22 @@ class RowState:
             else:
                 st = next((s for s in stages[1:] if text.startswith(f"{s}:")), stages[0])
             failures[int(i)] = (st, failure_text(stages, st, text))
+        scored = np.isfinite(np.asarray(cols["e_above_hull"], dtype=np.float64))
+        t = cols.get("time_s")
+        t = np.zeros((m, n)) if t is None else np.asarray(t, dtype=np.float64)
+        audited = cols.get("audit")
+        audited = np.zeros(m, bool) if audited is None else np.asarray(audited, dtype=bool)
+        missed = cols.get("audit_missed")
+        missed = np.zeros(m, bool) if missed is None else np.asarray(missed, dtype=bool)
+        k = stages.index("rescore") if "rescore" in stages else None
+        teacher = scored[:, k] if k is not None else np.zeros(m, bool)
         return cls(
             tried=tried,
-            scored=np.isfinite(np.asarray(cols["e_above_hull"], dtype=np.float64)),
+            scored=scored,
             kept=np.asarray(cols["kept"], dtype=bool),
             failures=failures,
+            time_ms=np.rint(np.nan_to_num(t * 1000.0, nan=0.0)).astype(np.int64),
+            audit=np.stack([audited, audited & teacher, audited & missed], axis=1),
         )
 
 
@@ -112,7 +140,13 @@ class Counters:
     kept: list[int]
     # (stage, reason key) -> [count, first row, its reason as shown, [[row, id], ...]]
     groups: dict[tuple[str, str], list] = field(default_factory=dict)
+    time_ms: list[int] = field(default_factory=list)  # per stage
+    audit: list[int] = field(default_factory=lambda: [0, 0, 0])  # audited, scored, missed
     stale: bool = False  # a group lost an example row: recount before committing
+
+    def __post_init__(self) -> None:
+        if len(self.time_ms) != len(self.stages):
+            self.time_ms = [0] * len(self.stages)
 
     @classmethod
     def empty(cls, stages: list[str]) -> Counters:
@@ -124,9 +158,17 @@ class Counters:
         """The ledger's counters, or None when absent or kept for other stages."""
         if not data or list(data.get("stages", [])) != list(stages):
             return None
+        if "time_ms" not in data:  # counters from before time and audit were counted
+            return None
         groups = {(g[0], g[1]): [int(g[2]), int(g[3]), g[4], g[5]] for g in data["failures"]}
         return cls(
-            list(stages), list(data["tried"]), list(data["scored"]), list(data["kept"]), groups
+            list(stages),
+            list(data["tried"]),
+            list(data["scored"]),
+            list(data["kept"]),
+            groups,
+            list(data["time_ms"]),
+            list(data["audit"]),
         )
 
     def to_json(self) -> dict:
@@ -135,13 +177,15 @@ class Counters:
             "tried": [int(x) for x in self.tried],
             "scored": [int(x) for x in self.scored],
             "kept": [int(x) for x in self.kept],
+            "time_ms": [int(x) for x in self.time_ms],
+            "audit": [int(x) for x in self.audit],
             "failures": [[st, key, *g] for (st, key), g in self.groups.items()],
         }
 
     # -- changes -----------------------------------------------------------------
 
     def add_counts(self, state: RowState, sign: int = 1) -> None:
-        for name in ("tried", "scored", "kept"):
+        for name in ("tried", "scored", "kept", "time_ms", "audit"):
             delta = getattr(state, name).sum(axis=0)
             setattr(
                 self,
@@ -195,6 +239,8 @@ class Counters:
         """Stage ``k``'s column ``name`` rewritten in place (the final pass) from ``old`` to ``values``."""
         if name == "e_above_hull":
             self.scored[k] += int(np.isfinite(values).sum()) - int(np.isfinite(old).sum())
+            if self.audit[0] and self.stages[k] == "rescore":
+                self.stale = True  # the audit's scored count may have moved: count again
         elif name == "kept":
             self.kept[k] += int(np.asarray(values, bool).sum()) - int(np.asarray(old, bool).sum())
         else:

@@ -54,6 +54,20 @@ CANDIDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
     "stage_reached": ((), str, "", "last stage that produced a result"),
     "committed_at": ((), np.float64, np.nan, "when the row was committed (Unix time, s)"),
     "dft_dir": ((), str, "", "job directory of the DFT validation (atomate2 documents inside)"),
+    "audit": (
+        (),
+        bool,
+        False,
+        "in the audit: a prefilter reject the teacher rescored anyway, drawn by the seed and the "
+        "id (stages.prefilter.audit); not a survivor",
+    ),
+    "audit_missed": (
+        (),
+        bool,
+        False,
+        "an audited reject the teacher's keep rule keeps: a teacher-stable candidate the "
+        "prefilter missed",
+    ),
     "cell": (("vector", "xyz"), np.float64, np.nan, "relaxed cell, rows are lattice vectors (Å)"),
     "energy": (("stage",), np.float64, np.nan, "total energy (eV)"),
     "energy_per_atom": (("stage",), np.float64, np.nan, "energy per atom (eV/atom)"),

@@ -79,6 +79,7 @@ class Row:
     positions: np.ndarray
     cell: np.ndarray
     stage: dict[str, dict[str, float | bool | int]] = field(default_factory=dict)
+    audit: bool = False
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ class StageUpdate:
     positions: np.ndarray | None = None
     cell: np.ndarray | None = None
     dft_dir: str | None = None
+    audit_missed: bool | None = None  # an audited row: whether the teacher keeps it
 
 
 def _ranges(indices: set[int]) -> list[list[int]]:
@@ -128,6 +130,8 @@ def _append_columns(rows: Sequence[Row], stages: list[str], a0: int) -> dict[str
         "reason": np.array([r.reason for r in rows], dtype=object),
         "stage_reached": np.array([r.stage_reached for r in rows], dtype=object),
         "dft_dir": np.full(m, "", dtype=object),
+        "audit": np.array([r.audit for r in rows], dtype=bool),
+        "audit_missed": np.zeros(m, dtype=bool),
         "committed_at": np.full(m, time.time()),
         "cell": np.array([r.cell for r in rows], dtype=np.float64).reshape(m, 3, 3),
     }
@@ -428,6 +432,11 @@ class Store(RowReader):
             self._arrays[name].oindex[rows] = col
             if name in new:
                 new[name] = col
+        audited = np.array([u.audit_missed is not None for u in ups])
+        if audited.any():
+            missed = np.array([bool(u.audit_missed) for u in ups])[audited]
+            self._arrays["audit_missed"].oindex[rows[audited]] = missed
+            new["audit_missed"][audited] = missed
         with_dir = np.array([u.dft_dir is not None for u in ups])
         if with_dir.any():
             dirs = np.array([u.dft_dir for u in ups], dtype=object)[with_dir]
@@ -472,6 +481,16 @@ class Store(RowReader):
             arr[int(rows[0]) : int(rows[-1]) + 1, k] = values
         elif len(rows):
             arr.oindex[rows, k] = values
+        self._rewritten = True
+
+    def write_rows(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        """A per-candidate column at some rows (the final pass's audit flags); committed next."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
+        if name in STATE_VARS:
+            self.counters.stale = True  # rare (the final pass, a few rows): count again
+        self._arrays[name].oindex[rows] = values
         self._rewritten = True
 
     def set_finalized(self, value: bool) -> None:
