@@ -13,7 +13,7 @@
    candidates with its Clopper-Pearson bound and the share discarded, at the
    threshold calibrated there, at each student's own threshold and at v1's.
 
-    python benchmarks/flywheel.py [--candidates 300] [--audit 0.25] [--site workstation] [--keep DIR]
+    python benchmarks/flywheel.py [--candidates 250] [--audit 0.25] [--site workstation] [--keep DIR]
 
 Round 2 is then the same campaign file naming v2 and a new store (README,
 *Distilling a student*).
@@ -40,12 +40,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--candidates", type=int, default=300, help="Candidates of drawn systems.")
+    ap.add_argument("--candidates", type=int, default=250, help="Candidates of drawn systems.")
     ap.add_argument("--audit", type=float, default=0.25, help="Share of rejects audited.")
     ap.add_argument("--holdout", type=float, default=0.4, help="data.holdout")
     ap.add_argument("--epochs", type=int, default=20, help="Fine-tuning epochs (rounds.epochs).")
     ap.add_argument("--lr", type=float, default=0.002)
-    ap.add_argument("--target-recall", type=float, default=0.9)
+    ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--site", default="workstation")
     ap.add_argument("--keep", type=Path, default=None, help="Keep everything in this folder.")
