@@ -79,7 +79,8 @@ class Display:
         )
         if s.rescored or s.rescore_waiting:
             t.add_row(
-                f"teacher: rescored {s.rescored}  kept {s.rescore_kept}  waiting {s.rescore_waiting}",
+                f"teacher: rescored {s.rescored}  kept {s.rescore_kept}  waiting {s.rescore_waiting}"
+                + (f"  (audit: {s.audited} rejects)" if s.audited else ""),
                 "",
             )
         if s.validated or s.validate_waiting:
@@ -113,6 +114,8 @@ def _teacher(s) -> str:
         text += (
             f" | teacher: rescored {s.rescored} kept {s.rescore_kept} waiting {s.rescore_waiting}"
         )
+        if s.audited:
+            text += f" (audit: {s.audited} rejects)"
     if s.validated or s.validate_waiting:
         text += f" | DFT: finished {s.validated} failed {s.validate_failed} waiting {s.validate_waiting}"
     return text
