@@ -19,7 +19,7 @@ import numpy as np
 from hts.store.best import KEPT
 from hts.store.counters import Counters, recount
 from hts.store.layout import plain, root_attributes
-from hts.store.schema import CANDIDATE_VARS
+from hts.store.schema import CANDIDATE_VARS, STATUS_FAILED, STATUS_OK
 
 __all__ = [
     "RowReader",
@@ -88,7 +88,7 @@ class RowReader:
         out = {}
         for name in names:
             if (arr := self._array(_candidate_var(name))) is not None:
-                out[name] = plain(arr[start:stop])
+                out[name] = _words(name, plain(arr[start:stop]))
         return out
 
     def read(self, names: Sequence[str], rows) -> dict[str, np.ndarray]:
@@ -107,7 +107,7 @@ class RowReader:
             if (arr := self._array(_candidate_var(name))) is None:
                 continue
             values = arr.oindex[idx] if len(idx) else np.zeros((0, *arr.shape[1:]), arr.dtype)
-            out[name] = plain(values)
+            out[name] = _words(name, plain(values))
         return out
 
     def iter_blocks(self, names: Sequence[str], block: int = 16384):
@@ -256,7 +256,7 @@ def open_dataset(path: str | Path, variables: list[str] | None = None, retries: 
                     continue
                 dims = tuple(arr.metadata.dimension_names or ())
                 n = limits.get(dims[0]) if dims else None
-                values = plain(arr[:n] if n is not None else arr[...])
+                values = _words(name, plain(arr[:n] if n is not None else arr[...]))
                 data[name] = xr.Variable(dims, values, attrs=dict(arr.attrs))
             coords = {"stage": data.pop("stage")} if "stage" in data else {}
             return xr.Dataset(data, coords=coords, attrs=attrs)
@@ -264,6 +264,21 @@ def open_dataset(path: str | Path, variables: list[str] | None = None, retries: 
             last = err
             time.sleep(0.1)
     raise RuntimeError(f"{path}: could not read a consistent snapshot: {last}")
+
+
+_LEGACY_STATUS = {"o": STATUS_OK, "f": STATUS_FAILED}
+
+
+def _words(name: str, values: np.ndarray) -> np.ndarray:
+    """``stage_status`` of the first stage as written before 2026-12-03: ``o``/``f``, read as words."""
+    if name != "stage_status" or not values.size:
+        return values
+    first = values[..., 0]
+    short = (first == "o") | (first == "f")
+    if short.any():
+        values = values.copy()
+        values[..., 0][short] = [_LEGACY_STATUS[v] for v in first[short]]
+    return values
 
 
 def with_reader(path: str | Path, fn, retries: int = 20):

@@ -138,7 +138,8 @@ def _append_columns(rows: Sequence[Row], stages: list[str], a0: int) -> dict[str
     for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
         if dims != ("stage",):
             continue
-        col = np.full((m, len(stages)), fill, dtype=dtype)
+        # object for strings: np.full(…, "", dtype=str) is one character wide and cut "ok" to "o"
+        col = np.full((m, len(stages)), fill, dtype=object if dtype is str else dtype)
         for i, r in enumerate(rows):
             for s, values in r.stage.items():
                 if name == "stage_status":

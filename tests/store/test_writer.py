@@ -213,3 +213,23 @@ def test_a_store_from_before_pressure_opens_resumes_and_exports(tmp_path):
     p = StoreReader(path).read_range(["pressure"])["pressure"]
     assert p.shape == (9, 2) and np.isnan(p[:6]).all() and np.isnan(p[6:, 1]).all()
     assert (p[6:, 0] == 1.5).all()
+
+
+def test_the_first_stage_status_is_stored_whole(tmp_path):
+    """'ok'/'failed' of the first stage, not their first letters (stores before 2026-12-03: read as words)."""
+    path = tmp_path / "s.zarr"
+    store = _open(path)
+    store.append([_row(k, 2, 0) for k in range(4)], chunk_index=0)
+    expect = ["failed", "ok", "ok", "failed"]
+    assert [
+        str(v) for v in xr.open_zarr(path, consolidated=False).stage_status.values[:, 0]
+    ] == expect
+    store.close()
+    # a store written with the one-letter column reads as words
+    import zarr
+
+    zarr.open_group(path, mode="r+")["stage_status"][:, 0] = np.array(["f", "o", "o", "f"])
+    assert list(open_dataset(path).stage_status.values[:, 0]) == expect
+    r = StoreReader(path)
+    assert list(r.read(["stage_status"], [0, 1])["stage_status"][:, 0]) == expect[:2]
+    assert list(r.read_range(["stage_status"])["stage_status"][:, 0]) == expect
