@@ -1,9 +1,10 @@
 """``hts report STORE --html FILE``: the dashboard's views as one self-contained HTML file.
 
 The same page, script and stylesheet as the live dashboard, with the
-snapshot, the plots (SVG data URIs), the best candidates' structures and the
-lab table's XRD patterns, peak tables and conventional cells embedded, so the
-file can be mailed or attached to a lab notebook and opened anywhere, offline.
+snapshot (the funnel's audit, economics and warning among it), the plots
+(SVG data URIs), the best candidates' structures and the lab table's XRD
+patterns, peak tables and conventional cells embedded, so the file can be
+mailed or attached to a lab notebook and opened anywhere, offline.
 """
 
 from __future__ import annotations

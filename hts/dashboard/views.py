@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hts.audit import funnel_of
 from hts.candidates.record import chemist_formula
 from hts.dashboard.cache import RowCache
 from hts.report import (
@@ -84,6 +85,8 @@ class StoreViews:
             "rows": r.n_rows,
             "stages": stage_table(counters, models),
             "stage_names": names,
+            # the audit, the economics and the warning, as `hts status` shows them: the ledger only
+            "funnel": funnel_of(r),
             "failures": counters.failures(15),
             "best": self.cache.best(),
             "dft": self._dft_parity(r) if "validate" in names else None,

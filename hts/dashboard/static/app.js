@@ -70,6 +70,82 @@ function renderFunnel(s) {
   box.dataset.rows = s.rows;
 }
 
+// the audit, the economics and the warning: hts.audit's numbers (snapshot.funnel), only formatted here
+function pct(x, digits = 1) {
+  return x === null || x === undefined ? "–" : `${(100 * x).toFixed(digits)} %`;
+}
+
+function secs(x) {
+  if (x === null || x === undefined) return "–";
+  return x < 600 ? `${x.toFixed(x < 10 ? 2 : 1)} s` : `${hms(x)} (${Math.round(x)} s)`;
+}
+
+function interval(ci, digits = 3) {
+  return ci ? `[${fmt(ci[0], digits)}, ${fmt(ci[1], digits)}]` : "";
+}
+
+function stat(key, value, label, bad) {
+  const d = el("div", { class: bad ? "stat bad" : "stat" }, el("div", { class: "v", text: value }),
+    el("div", { class: "k", text: label }));
+  d.dataset.key = key;
+  return d;
+}
+
+function renderEconomics(s) {
+  const f = s.funnel || { audit: null, economics: null, warning: null };
+  const banner = document.getElementById("audit-warning");
+  banner.hidden = !f.warning;
+  banner.textContent = f.warning ? `Warning: ${f.warning}` : "";
+  const box = document.getElementById("audit");
+  const hint = document.getElementById("audit-hint");
+  box.replaceChildren();
+  const a = f.audit;
+  if (!a) {
+    box.hidden = true;
+    hint.textContent = "No audit in this campaign: set stages.prefilter.audit (e.g. 0.02) to send a " +
+      "random share of the prefilter's rejects to the teacher and measure what the prefilter misses.";
+  } else {
+    box.hidden = false;
+    hint.textContent = `Audit: ${pct(a.share)} of the prefilter's ${a.rejected} rejects go to the teacher too; ` +
+      `recall of teacher-stable candidates ${a.stable_kept} / (${a.stable_kept} + miss rate × ${a.rejected}), ` +
+      "95 % Clopper–Pearson intervals" +
+      (a.target_recall !== null && a.target_recall !== undefined ? `; target recall ${fmt(a.target_recall, 2)}` : "") +
+      (a.scored ? "." : "; no audited reject scored by the teacher yet.");
+    box.append(
+      stat("audited", String(a.audited), "rejects audited"),
+      stat("scored", String(a.scored), "scored by the teacher"),
+      stat("missed", String(a.missed), "missed (teacher-stable)"),
+      stat("miss_rate", fmt(a.miss_rate) || "–", `miss rate ${interval(a.miss_rate_ci)}`),
+      stat("recall", fmt(a.recall) || "–", `recall, 95 % CI ${interval(a.recall_ci)}`, a.below_target),
+      stat("enrichment", a.enrichment === null || a.enrichment === undefined ? "–" : `${fmt(a.enrichment, 1)}×`,
+        "enrichment over random"));
+  }
+  const e = f.economics;
+  const t = document.getElementById("economics");
+  const totals = document.getElementById("economics-totals");
+  totals.replaceChildren();
+  if (!e) { t.replaceChildren(); return; }
+  t.replaceChildren(el("tr", {}, ...["stage", "in", "kept", "discovery rate (kept / screened)", "worker time",
+    "s per candidate"].map((h) => el("th", { text: h }))));
+  for (const st of e.stages) {
+    const tr = el("tr", {}, el("td", { text: st.stage }), el("td", { class: "num", text: st.in }),
+      el("td", { class: "num", text: st.kept }), el("td", { class: "num", text: pct(st.discovery_rate, 2) }),
+      el("td", { class: "num", text: secs(st.worker_s) }),
+      el("td", { class: "num", text: st.s_per_candidate === null ? "–" : fmt(st.s_per_candidate, 3) }));
+    tr.dataset.stage = st.stage;
+    t.append(tr);
+  }
+  totals.append(stat("screened", String(e.screened), "candidates screened"),
+    stat("worker_s", secs(e.worker_s), "worker time, all stages"));
+  if ("s_per_stable_hit" in e) totals.append(stat("s_per_stable_hit", secs(e.s_per_stable_hit), "worker time per teacher-stable hit"));
+  if ("s_per_dft_hit" in e) totals.append(stat("s_per_dft_hit", secs(e.s_per_dft_hit), `worker time per DFT-confirmed hit (${e.dft_confirmed})`));
+  if ("teacher_saved_s" in e) {
+    totals.append(stat("teacher_saved_s", secs(e.teacher_saved_s),
+      `teacher time saved (${pct(e.teacher_saved_share)} of ${secs(e.teacher_only_s)} for the teacher alone)`));
+  }
+  if ("audit_teacher_s" in e) totals.append(stat("audit_teacher_s", secs(e.audit_teacher_s), "the audit's teacher time"));
+}
+
 function renderTimes(s) {
   const t = document.getElementById("stage-times");
   t.replaceChildren(el("tr", {}, el("th", { text: "stage" }), el("th", { text: "candidates" }),
@@ -300,6 +376,7 @@ function render(s) {
   current = s;
   renderHeader(s);
   renderFunnel(s);
+  renderEconomics(s);
   renderTimes(s);
   renderFailures(s);
   renderBest(s);
