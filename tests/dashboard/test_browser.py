@@ -54,6 +54,19 @@ def _browser(download_dir: Path):
     return webdriver.Chrome(service=Service(DRIVER), options=opts)
 
 
+def _fresh(action, tries: int = 5):
+    """``action()``, again if the page replaced the element under it (a redraw between find and use)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for i in range(tries):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            if i == tries - 1:
+                raise
+            time.sleep(0.2)
+
+
 def _rows(driver) -> int:
     return int(driver.execute_script("return Number(document.body.dataset.rows || -1)"))
 
@@ -114,15 +127,21 @@ def test_dashboard_follows_a_running_campaign(tmp_path):
         funnel = driver.find_elements(By.CSS_SELECTOR, "#funnel .row")
         assert [r.get_attribute("data-stage") for r in funnel[1:]] == ["prefilter", "rescore"]
         # the best table sorts by a column, and a structure downloads
-        header = driver.find_elements(By.CSS_SELECTOR, "#best th")[1]  # formula
-        header.click()
-        formulas = [
-            td.text for td in driver.find_elements(By.CSS_SELECTOR, "#best tr td:nth-child(2)")
-        ]
-        assert formulas == sorted(formulas)
-        link = driver.find_element(By.CSS_SELECTOR, "#best a.dl")
-        name = link.get_attribute("download")
-        link.click()
+        # (the page redraws the table on a poll: read it in one script, retry a click on a stale node)
+        _fresh(lambda: driver.find_elements(By.CSS_SELECTOR, "#best th")[1].click())  # formula
+        formulas = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#best tr td:nth-child(2)'),"
+            " td => td.textContent)"
+        )
+        assert formulas and formulas == sorted(formulas)
+
+        def download() -> str:
+            link = driver.find_element(By.CSS_SELECTOR, "#best a.dl")
+            name = link.get_attribute("download")
+            link.click()
+            return name
+
+        name = _fresh(download)
         target = downloads / name
         deadline = time.time() + 20
         while not target.exists():
