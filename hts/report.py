@@ -402,7 +402,7 @@ def export_store(
     csv_path = out_dir / "summary.csv"
     stages = list(ds.stage.values.astype(object))
     cols = ["id", "formula", "chemsys", "prototype", "source", "n_atoms", "status", "reason"]
-    cols += ["dft_dir"] if "dft_dir" in ds else []
+    cols += [c for c in ("dft_dir", "audit", "audit_missed") if c in ds]
     per_stage = [
         "energy_per_atom",
         "formation_energy",

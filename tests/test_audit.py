@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -228,6 +229,19 @@ def test_the_audit_survives_a_sigkill_and_status_json_reports_it(tmp_path):
     assert s["economics"]["teacher_only_s"] > 0
     text = subprocess.run(_hts("status", str(store)), capture_output=True, text=True).stdout
     text = " ".join(text.split())
+    # the export's summary names the audited rows and the misses
+    out = tmp_path / "export"
+    res = subprocess.run(
+        _hts("export", str(store), "--out", str(out), "--xrd", "0"), capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    with (out / "summary.csv").open() as fh:
+        rows = {r["id"]: r for r in csv.DictReader(fh)}
+    audited = set(ds.id.values.astype(object)[ds.audit.values])
+    assert {i for i, r in rows.items() if r["audit"] == "True"} == audited
+    assert sum(r["audit_missed"] == "True" for r in rows.values()) == int(
+        ds.audit_missed.values.sum()
+    )
     assert "audit (50.0% of rejects to the teacher)" in text and "recall of teacher-stable" in text
 
 
