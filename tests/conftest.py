@@ -55,3 +55,46 @@ def write_campaign(tmp_path: Path, data: dict, name: str = "campaign.yaml") -> P
 @pytest.fixture
 def lj_campaign_file(tmp_path: Path) -> Path:
     return write_campaign(tmp_path, lj_campaign(tmp_path))
+
+
+def hts_cmd(*args: str) -> list[str]:
+    """``hts ARGS`` as a subprocess command line, with this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "hts.cli", *args]
+
+
+def kill_run_after(campaign_file: Path, store: Path, rows: int, cwd: Path) -> int:
+    """Start ``hts run`` and SIGKILL it once ``rows`` candidates are committed; returns how many were.
+
+    The reader polls the store while the run writes (as a user's `hts status` would), so the kill
+    lands mid-stream; fails if the run ends or errors first, or nothing is committed in 120 s.
+    """
+    import signal
+    import subprocess
+    import time
+
+    from hts.store import open_dataset
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        hts_cmd("run", str(campaign_file), "-q"),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    committed = 0
+    while time.time() < deadline:
+        try:
+            committed = open_dataset(store).sizes["candidate"]
+        except (FileNotFoundError, RuntimeError, KeyError):
+            committed = 0
+        if committed >= rows:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return committed

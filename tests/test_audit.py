@@ -6,10 +6,7 @@ import csv
 import json
 import math
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ import pytest
 from hts.audit import audit_pick, clopper_pearson, economics, estimate, warning, wilson
 from hts.spec import CampaignError, parse_campaign
 from hts.store import Counters, StoreReader, open_dataset
-from tests.conftest import lj_campaign, run_on_parsl, write_campaign
+from tests.conftest import hts_cmd, kill_run_after, lj_campaign, run_on_parsl, write_campaign
 
 # -- the interval arithmetic, on cases known in closed form ------------------------------------
 
@@ -179,36 +176,15 @@ def test_the_audit_finds_planted_misses_and_is_the_same_for_any_chunking(tmp_pat
     assert _audit_ids(other.store) == set(ids[audit])
 
 
-def _hts(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hts.cli", *args]
-
-
 def test_the_audit_survives_a_sigkill_and_status_json_reports_it(tmp_path):
     data = _audited(tmp_path, chunk_size=2)
     data["candidates"]["prototypes"] = ["rocksalt", "zincblende", "cscl", "fluorite", "wurtzite"]
     path = write_campaign(tmp_path, data)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        _hts("run", str(path), "-q"),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     store = Path(data["store"])
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if open_dataset(store).sizes["candidate"] >= 16:
-                break
-        except (FileNotFoundError, RuntimeError, KeyError):
-            pass
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_run_after(path, store, 16, cwd=tmp_path)
     res = subprocess.run(
-        _hts("run", str(path), "-q"), cwd=tmp_path, env=env, capture_output=True, text=True
+        hts_cmd("run", str(path), "-q"), cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
     clean = parse_campaign(data | {"store": str(tmp_path / "clean.zarr")}, base_dir=str(tmp_path))
@@ -217,7 +193,7 @@ def test_the_audit_survives_a_sigkill_and_status_json_reports_it(tmp_path):
     ds = open_dataset(store)
     assert (ds.stage_status.values[ds.audit.values, 1].astype(object) != "").all()
 
-    res = subprocess.run(_hts("status", str(store), "--json"), capture_output=True, text=True)
+    res = subprocess.run(hts_cmd("status", str(store), "--json"), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     s = json.loads(res.stdout)
     a = s["audit"]
@@ -227,12 +203,14 @@ def test_the_audit_survives_a_sigkill_and_status_json_reports_it(tmp_path):
     assert [st["stage"] for st in s["stages"]] == ["prefilter", "rescore"]
     assert s["economics"]["screened"] == ds.sizes["candidate"]
     assert s["economics"]["teacher_only_s"] > 0
-    text = subprocess.run(_hts("status", str(store)), capture_output=True, text=True).stdout
+    text = subprocess.run(hts_cmd("status", str(store)), capture_output=True, text=True).stdout
     text = " ".join(text.split())
     # the export's summary names the audited rows and the misses
     out = tmp_path / "export"
     res = subprocess.run(
-        _hts("export", str(store), "--out", str(out), "--xrd", "0"), capture_output=True, text=True
+        hts_cmd("export", str(store), "--out", str(out), "--xrd", "0"),
+        capture_output=True,
+        text=True,
     )
     assert res.returncode == 0, res.stderr
     with (out / "summary.csv").open() as fh:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from hts.campaign import run_campaign
 from hts.execution import make_engine
 from hts.spec import CampaignError, load_campaign, parse_campaign
 from hts.store import open_dataset
-from tests.conftest import lj_campaign, write_campaign
+from tests.conftest import hts_cmd, kill_run_after, lj_campaign, write_campaign
 
 
 def _run(campaign, tmp_path, engine="parsl", store=None):
@@ -94,45 +91,21 @@ def test_changed_campaign_refuses_the_store(tmp_path):
         _run(changed, tmp_path)
 
 
-def _hts(*args, cwd):
-    return [sys.executable, "-m", "hts.cli", *args]
-
-
 def test_resume_after_sigkill(tmp_path):
     """SIGKILL the driver mid-run; the rerun completes with every candidate once and the same values."""
     data = lj_campaign(tmp_path, chunk_size=2)
     data["candidates"]["prototypes"] = ["rocksalt", "zincblende", "cscl", "fluorite", "wurtzite"]
     path = write_campaign(tmp_path, data)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        _hts("run", str(path), "-q", cwd=tmp_path),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     store = Path(data["store"])
-    deadline = time.time() + 120
-    committed = 0
-    while time.time() < deadline:
-        try:
-            ds = open_dataset(store)  # a reader while the run writes
-            committed = ds.sizes["candidate"]
-        except (FileNotFoundError, RuntimeError, KeyError):
-            committed = 0
-        if committed >= 10:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_run_after(path, store, 10, cwd=tmp_path)
     ds = open_dataset(store)
     assert ds.attrs["ledger"]["finalized"] is False
     partial = ds.sizes["candidate"]
     assert partial >= 10
 
     res = subprocess.run(
-        _hts("run", str(path), "-q", cwd=tmp_path),
+        hts_cmd("run", str(path), "-q"),
         cwd=tmp_path,
         env=env,
         capture_output=True,
