@@ -93,6 +93,40 @@ def at_minimum(run: DistillRun, ids: list[str]) -> list[Candidate]:
     return out
 
 
+def judged_sections(
+    base, unseen, formulas, t_e, at_e, own_e, t_eh, s_eh, stable, ev, weights=None
+) -> tuple[dict, dict]:
+    """Screening metrics and the error decomposition on all judged rows, unseen and seen systems.
+
+    ``base`` marks the rows judged, ``unseen`` those of held-out chemical
+    systems; ``weights`` (optional) are the rows' inverse inclusion
+    probabilities (a store's survivors and audited rejects).
+    """
+    screening, errors = {}, {}
+    for name, mask in (
+        ("calibration", base),
+        ("held_out_systems", base & unseen),
+        ("seen_systems", base & ~unseen),
+    ):
+        screening[name] = screening_metrics(
+            t_eh[mask],
+            s_eh[mask],
+            stable,
+            ev.target_recall,
+            ev.confidence,
+            weights=None if weights is None else weights[mask],
+        )
+        errors[name] = error_decomposition(
+            [f for f, m in zip(formulas, mask, strict=True) if m],
+            t_e[mask],
+            at_e[mask],
+            own_e[mask],
+            t_eh[mask],
+            s_eh[mask],
+        )
+    return screening, errors
+
+
 def evaluate_student(run: DistillRun, student_file: Path) -> dict:
     """The student as the campaign will use it, on the calibration systems.
 
@@ -145,24 +179,10 @@ def evaluate_student(run: DistillRun, student_file: Path) -> dict:
     own_arr = np.array([own.get(c, float("nan")) for c in cal_ids])
     at_arr = np.array([at_t.get(c, float("nan")) for c in cal_ids])
     f_list = [formulas[c] for c in cal_ids]
-    screening, errors = {}, {}
-    for name, mask in (
-        ("calibration", held),
-        ("held_out_systems", held & unseen),
-        ("seen_systems", held & ~unseen),
-    ):
-        screening[name] = screening_metrics(
-            t_eh[mask], s_eh[mask], stable, ev.target_recall, ev.confidence
-        )
-        # the hull is over every calibration candidate; the errors over the held-out ones
-        errors[name] = error_decomposition(
-            [f for f, m in zip(f_list, mask, strict=True) if m],
-            t_arr[mask],
-            at_arr[mask],
-            own_arr[mask],
-            t_eh[mask],
-            s_eh[mask],
-        )
+    # the hull is over every calibration candidate; the figures over the held-out ones
+    screening, errors = judged_sections(
+        held, unseen, f_list, t_arr, at_arr, own_arr, t_eh, s_eh, stable, ev
+    )
     return {
         "screening": screening,
         "errors": errors,

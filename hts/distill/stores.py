@@ -265,10 +265,9 @@ def evaluate_on_stores(run, student_file: Path, data: StoreRows) -> dict:
     ``screening`` and ``errors`` cover the held-out rows (``calibration``) and
     those of seen and held-out chemical systems.
     """
-    from hts.distill.calibration import screen
+    from hts.distill.calibration import judged_sections, screen
     from hts.distill.context import num, rescore_threshold, student_spec
-    from hts.distill.evaluate import error_decomposition, fit_references, hull_energies
-    from hts.distill.screening import screening_metrics
+    from hts.distill.evaluate import fit_references, hull_energies
     from hts.spec import PrefilterStage
 
     cfg = run.cfg
@@ -307,23 +306,19 @@ def evaluate_on_stores(run, student_file: Path, data: StoreRows) -> dict:
     at_e = np.array([at_t.get(c, np.nan) for c in ev_ids])
     unseen = np.array([run.held(t[c]["chemsys"]) for c in ev_ids], dtype=bool)
     everything = np.ones(len(ev_ids), bool)
-    screening, errors = {}, {}
-    for name, mask in (
-        ("calibration", everything),
-        ("held_out_systems", unseen),
-        ("seen_systems", ~unseen),
-    ):
-        screening[name] = screening_metrics(
-            t_eh[mask], st_eh[mask], stable, ev.target_recall, ev.confidence, weights=w[mask]
-        )
-        errors[name] = error_decomposition(
-            [t[c]["formula"] for c, m in zip(ev_ids, mask, strict=True) if m],
-            t_e[mask],
-            at_e[mask],
-            own_e[mask],
-            t_eh[mask],
-            st_eh[mask],
-        )
+    screening, errors = judged_sections(
+        everything,
+        unseen,
+        [t[c]["formula"] for c in ev_ids],
+        t_e,
+        at_e,
+        own_e,
+        t_eh,
+        st_eh,
+        stable,
+        ev,
+        weights=w,
+    )
     return {
         "screening": screening,
         "errors": errors,
