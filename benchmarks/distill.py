@@ -1,40 +1,149 @@
-"""A distillation end to end, with the figures issue 14 asks of the student.
+"""Which student, from how many teacher labels: the learning curve that picks ``hts distill``'s default.
 
-Runs ``workflows/distill-demo.yaml`` (SevenNet-0 → a direct MACE student on the
-13,714-candidate space of ``workflows/screen.yaml``) and prints, on the
-calibration systems (whole chemical systems drawn at random, never trained on):
+Every design is trained on nested prefixes of one uniform draw of training
+candidates (400 ⊂ 1,600 ⊂ 6,400 teacher relaxations by default) of the space
+``workflows/distill-demo.yaml`` samples (``workflows/screen.yaml``: 29,410
+candidates), and judged on the same held-out *whole* chemical systems (the
+distillation's calibration systems with their subsystems, never trained on),
+as a campaign would use it: the student's ``e_above_hull`` on its own hull
+(elemental references fitted on its training candidates) against the
+teacher's on the teacher's hull.  Per cell:
 
-- recall of teacher-stable candidates (teacher e_above_hull ≤ 0.05 eV/atom) at
-  the calibrated threshold, its 95 % Clopper-Pearson lower bound, and the share
-  discarded (targets: recall ≥ 0.98 with ≥ 80 % discarded);
-- Spearman ρ of e_above_hull (target ≥ 0.9);
-- the error decomposition: energy MAE at the teacher's relaxed structures
-  (target ≤ 15 meV/atom), the student's own screening energy against the
-  teacher's relaxed energy (target: within 20 meV/atom for ≥ 95 %), polymorph
-  energy differences, e_above_hull;
-- the same on held-out chemical systems (secondary) and per round;
-- student/teacher speed per structure, batched, one thread (target ≥ 10×);
-- wall time per phase.
+- ``eh_mae``: mean |student − teacher| ``e_above_hull`` (meV/atom); ``p98_stable``:
+  the 98th percentile of that error on teacher-stable candidates (the tail
+  decides recall);
+- Spearman ρ of ``e_above_hull``;
+- ``oracle_098``: the share discarded at the best threshold that keeps recall
+  ≥ 0.98 of teacher-stable candidates (teacher ``e_above_hull`` ≤ 0.05);
+- ``auto``: what ``keep: auto`` does — the smallest threshold whose 95 %
+  Clopper–Pearson lower bound on recall reaches 0.95 — *cross-fitted*: chosen
+  on half of the systems and applied to the other half, both ways, so the
+  recall and discarded share are out of sample (``auto_in`` is the in-sample
+  figure the distillation report gives);
+- ``cost``: a teacher relaxation's time per candidate over the student's, both
+  measured in this run on the same candidates (``ratio_per_candidate``);
+- training wall time and epochs.
 
-By default it reuses the output folder of the config (its labels, so only
-training and evaluation run again); ``--fresh`` starts from nothing in a
-temporary folder, labelling included.
+Designs (``--designs``): ``scratch`` (the small MACE direct student trained from
+scratch, the old default), ``trunk-K`` (SevenNet-0's embedding and first K of
+its 5 blocks, a new readout, energy labels only), ``trunk`` (every block, starting
+from the teacher's readout), and ``+atoms`` / ``+features`` suffixes (the
+teacher's per-atom energies / readout features at its minimum as extra targets).
 
-    python benchmarks/distill.py [--config workflows/distill-demo.yaml] [--fresh] [--epochs N]
+    python benchmarks/distill.py [--sizes 400 1600 6400] [--designs scratch trunk-2 trunk+atoms]
+                                 [--label] [--out bench-distill] [--epochs N]
+
+``--label`` first has the teacher relax whatever of the calibration systems and
+the largest training prefix the dataset lacks (about 1 candidate/s on 2
+cores); without it only what is labelled is used.  Training runs are cached in
+``--out`` by their data and settings, so a rerun only trains what is new.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mb, report  # noqa: E402
+from _common import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# student / training overrides per design (on top of the distillation file's)
+SCRATCH = {
+    "student": {"kind": "direct"},
+    "training": {"lr": 0.01, "epochs": 80, "patience": 15, "atom_weight": 0.0},
+}
+TRUNK = {
+    "student": {"kind": "trunk"},
+    "training": {"atom_weight": 0.0, "feature_weight": 0.0},
+}
+
+
+def design(name: str) -> dict:
+    """The overrides of a design name: scratch, trunk, trunk-K, with +atoms / +features."""
+    base, *extras = name.split("+")
+    if base == "scratch":
+        if extras:
+            raise SystemExit(f"{name}: extras are for trunk designs")
+        return json.loads(json.dumps(SCRATCH))
+    if not base.startswith("trunk"):
+        raise SystemExit(f"unknown design {name!r}")
+    d = json.loads(json.dumps(TRUNK))
+    if base != "trunk":
+        d["student"]["blocks"] = int(base.split("-")[1])
+    for e in extras:
+        if e == "atoms":
+            d["training"]["atom_weight"] = 1.0
+        elif e == "features":
+            d["training"]["feature_weight"] = 1.0
+        elif e == "noaug":
+            d["training"]["augment"] = False
+        else:
+            raise SystemExit(f"unknown extra {e!r} in {name!r}")
+    return d
+
+
+def _fold(system: str) -> int:
+    return int(hashlib.sha1(f"fold:{system}".encode()).hexdigest()[:8], 16) % 2
+
+
+def oracle_discard(t: np.ndarray, s: np.ndarray, stable: float, recall: float) -> float:
+    """The largest share discarded by a threshold on ``s`` that keeps ``recall`` of teacher-stable."""
+    st = np.sort(s[t <= stable + 1e-9])
+    if not len(st):
+        return float("nan")
+    keep = int(np.ceil(recall * len(st)))
+    thr = st[keep - 1]
+    return float(np.mean(s > thr + 1e-12))
+
+
+def judge(result: dict, run, stable: float, target: float, confidence: float) -> dict:
+    """The cell's figures from :func:`evaluate_student`'s rows (held-out primary candidates)."""
+    from hts.distill.screening import screening_metrics
+
+    rows = [
+        r
+        for r in result["candidates"]
+        if r["system"] == "primary"
+        and not r["trained"]
+        and r["teacher_e_above_hull"] is not None
+        and r["student_e_above_hull"] is not None
+    ]
+    t = np.array([r["teacher_e_above_hull"] for r in rows])
+    s = np.array([r["student_e_above_hull"] for r in rows])
+    err = np.abs(s - t)
+    is_stable = t <= stable + 1e-9
+    folds = np.array([_fold(run.cands[r["id"]].chemsys) for r in rows])
+    kept = found = 0
+    for k in (0, 1):
+        a, b = folds == k, folds != k
+        thr = screening_metrics(t[a], s[a], stable, target, confidence)["threshold"]
+        if thr is None:
+            kept = found = -1
+            break
+        kept += int((s[b] <= thr + 1e-9).sum())
+        found += int(((s[b] <= thr + 1e-9) & is_stable[b]).sum())
+    cal = result["screening"]["calibration"]
+    return {
+        "n": len(rows),
+        "n_stable": int(is_stable.sum()),
+        "eh_mae": 1000 * float(err.mean()),
+        "p98_stable": 1000 * float(np.percentile(err[is_stable], 98)) if is_stable.any() else None,
+        "rho": cal["spearman_e_above_hull"],
+        "energy_mae": result["errors"]["calibration"]["own_energy_mae_mev"],
+        "oracle_098": oracle_discard(t, s, stable, 0.98),
+        "auto_recall": found / max(int(is_stable.sum()), 1) if kept >= 0 else None,
+        "auto_discard": 1 - kept / len(rows) if kept >= 0 else None,
+        "auto_in_threshold": cal["threshold"],
+        "auto_in_discard": cal["discarded_at_threshold"],
+    }
 
 
 def main() -> None:
@@ -42,152 +151,155 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", type=Path, default=ROOT / "workflows" / "distill-demo.yaml")
-    ap.add_argument("--epochs", type=int, default=None, help="Override the training epochs.")
-    ap.add_argument("--out", type=Path, default=None, help="Output folder (default: the config's).")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[400, 1600, 6400])
     ap.add_argument(
-        "--fresh", action="store_true", help="Start from nothing in a temporary folder."
+        "--designs",
+        nargs="+",
+        default=["scratch", "trunk-1", "trunk-2", "trunk-3", "trunk", "trunk+atoms"],
     )
+    ap.add_argument("--label", action="store_true", help="Label what the dataset lacks first.")
+    ap.add_argument("--epochs", type=int, default=None, help="Override every design's epochs.")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-distill")
+    ap.add_argument("--cost-candidates", type=int, default=16)
     args = ap.parse_args()
 
+    from hts.distill.calibration import evaluate_student
     from hts.distill.config import load_distill
-    from hts.distill.pipeline import run_distill
+    from hts.distill.context import DistillRun, rescore_threshold
+    from hts.distill.dataset import LabelStore
+    from hts.distill.labelling import label, sample, teacher_references
+    from hts.distill.speed import candidate_cost
+    from hts.distill.training import train_round
     from hts.execution import make_engine
+    from hts.models import load_model
 
-    cfg = load_distill(args.config)
-    out = args.out or (
-        Path(tempfile.mkdtemp(prefix="hts-distill-")) if args.fresh else cfg.path(cfg.output)
+    cfg0 = load_distill(args.config)
+    campaign = cfg0.load_campaign()
+    teacher = cfg0.resolved_teacher(campaign)
+    relax = (campaign.stages.rescore or campaign.stages.prefilter).relax
+    cfg0 = cfg0.model_copy(update={"sampling": cfg0.sampling.model_copy(update={"relax": relax})})
+    labels = LabelStore(
+        cfg0.path(cfg0.output) / "dataset" / cfg0.dataset_key(teacher),
+        {
+            "teacher": teacher.model_dump(mode="json"),
+            "sampling": cfg0.sampling.model_dump(mode="json"),
+        },
     )
-    update: dict = {"output": str(out.resolve())}
-    if args.epochs:
-        update["training"] = cfg.training.model_copy(update={"epochs": args.epochs})
-    cfg = cfg.model_copy(update=update)
-    campaign = cfg.load_campaign()
-    marks: dict[str, float] = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    engine = make_engine("parsl", campaign.site, args.out / "parsl")
+    phase = {"name": ""}
 
     def progress(p) -> None:
-        marks.setdefault(p.phase, time.perf_counter())
+        if p.phase != phase["name"]:
+            phase["name"] = p.phase
+            print(f"\n{time.strftime('%H:%M:%S')} {p.phase}", end="", flush=True)
         if p.total:
             print(f"\r{p.phase} {p.done}/{p.total} {p.detail}".ljust(100), end="", flush=True)
 
-    t0 = time.perf_counter()
-    engine = make_engine("parsl", campaign.site, out / "parsl")
+    run = DistillRun(cfg0, campaign, teacher, engine, labels, args.out, progress)
+    cells: list[dict] = []
+    results_file = args.out / "curve.json"
     try:
-        rep = run_distill(cfg, engine, progress)
+        sample(run)
+        draw = list(run.train)
+        calibration = set(run.primary) | set(run.closure)
+        if args.label:
+            label(run, [run.cands[c] for c in [*run.primary, *run.closure]], "calibration")
+            label(run, [run.cands[c] for c in draw[: max(args.sizes)]], "training")
+        teacher_references(run)
+        stable = cfg0.evaluation.stable_threshold or rescore_threshold(campaign)
+        ev = cfg0.evaluation
+        teacher_model = load_model(teacher)
+        pick = [run.cands[c] for c in run.primary[: args.cost_candidates]]
+        for name in args.designs:
+            d = design(name)
+            student = cfg0.student.model_copy(update=d["student"])
+            training = cfg0.training.model_copy(update=d["training"])
+            if args.epochs:
+                training = training.model_copy(update={"epochs": args.epochs})
+            cfg = cfg0.model_copy(update={"student": student, "training": training})
+            run.cfg = cfg
+            for n in sorted(args.sizes):
+                prefix = draw[:n]
+                have = [c for c in prefix if run.ok(c) and c not in calibration]
+                missing = sum(1 for c in prefix if c not in labels.candidates)
+                if missing > 0.02 * n:
+                    print(
+                        f"\n{name} @ {n}: {missing} of {n} not labelled yet (use --label): skipped"
+                    )
+                    continue
+                run.train = have
+                t0 = time.time()
+                file, trained = train_round(run, 0, None)
+                result = evaluate_student(run, file)
+                spec = result.pop("student_spec")
+                cost = candidate_cost(
+                    teacher_model, teacher, relax, load_model(spec), spec, pick, True, None, 3
+                )
+                cell = {
+                    "design": name,
+                    "labels": n,
+                    "trained_on": len(have),
+                    **judge(result, run, stable, ev.target_recall, ev.confidence),
+                    "cost_ratio": cost["ratio_per_candidate"],
+                    "student_ms": 1000 * cost["student_s_per_candidate"],
+                    "train_s": trained["wall_s"],
+                    "epochs": trained["epochs"],
+                    "wall_s": time.time() - t0,
+                }
+                cells.append(cell)
+                results_file.write_text(json.dumps(cells, indent=1))
+                print(f"\n{json.dumps(cell)}", flush=True)
     finally:
         engine.close()
-    t_end = time.perf_counter()
     print()
-    order = sorted(marks.items(), key=lambda kv: kv[1])
-    phases = {
-        name: nxt[1] - start
-        for (name, start), nxt in zip(order, [*order[1:], ("end", t_end)], strict=True)
-        if name != "done"
-    }
-    sp = rep["speed"]
-    err = rep["errors"]
     rows = [
-        {"quantity": "wall_total_s", "value": t_end - t0, "target": ""},
-        *(
-            {"quantity": f"phase_{k.replace(' ', '_')}_s", "value": v, "target": ""}
-            for k, v in phases.items()
-        ),
-        {"quantity": "space_candidates", "value": rep["space"]["candidates"], "target": ">= 10000"},
         {
-            "quantity": "teacher_relaxations",
-            "value": rep["dataset"]["teacher_relaxations"],
-            "target": "",
-        },
-        {
-            "quantity": "training_candidates",
-            "value": rep["dataset"]["training_candidates"],
-            "target": "",
-        },
-        {"quantity": "rounds", "value": len(rep["rounds"]), "target": ""},
-        {"quantity": "student_parameters", "value": rep["student"]["n_parameters"], "target": ""},
-        {
-            "quantity": f"speed_ratio_batched_{sp['atoms_min']}-{sp['atoms_max']}_atoms",
-            "value": sp["ratio_batched"],
-            "target": ">= 10",
-        },
-        {
-            "quantity": "teacher_ms_per_structure",
-            "value": 1000 * sp["teacher_s_per_structure"],
-            "target": "",
-        },
+            "design": c["design"],
+            "labels": c["labels"],
+            "eh_mae": c["eh_mae"],
+            "p98_stable": c["p98_stable"],
+            "rho": c["rho"],
+            "oracle_098": c["oracle_098"],
+            "auto_recall": c["auto_recall"],
+            "auto_discard": c["auto_discard"],
+            "auto_in": c["auto_in_discard"],
+            "cost": f"1/{c['cost_ratio']:.0f}",
+            "train_s": c["train_s"],
+        }
+        for c in cells
     ]
-    for name, label in (
-        ("calibration", "cal"),
-        ("seen_systems", "seen"),
-        ("held_out_systems", "heldout_systems"),
-    ):
-        m, e = rep["screening"][name], err[name]
-        main_set = name == "calibration"
-        rows += [
-            {"quantity": f"{label}_candidates", "value": m["n_candidates"], "target": ""},
-            {"quantity": f"{label}_teacher_stable", "value": m["n_teacher_stable"], "target": ""},
-            {
-                "quantity": f"{label}_spearman_e_above_hull",
-                "value": m["spearman_e_above_hull"],
-                "target": ">= 0.9" if main_set else "",
-            },
-            {
-                "quantity": f"{label}_energy_mae_at_teacher_minimum_mev",
-                "value": e["energy_mae_at_teacher_minimum_mev"],
-                "target": "<= 15" if main_set else "",
-            },
-            {
-                "quantity": f"{label}_own_energy_mae_mev",
-                "value": e["own_energy_mae_mev"],
-                "target": "",
-            },
-            {
-                "quantity": f"{label}_own_within_20_mev_share",
-                "value": e["own_within_20_mev"],
-                "target": ">= 0.95" if main_set else "",
-            },
-            {
-                "quantity": f"{label}_polymorph_difference_mae_mev",
-                "value": e["pair_difference_mae_own_mev"],
-                "target": "",
-            },
-            {"quantity": f"{label}_ehull_mae_mev", "value": e["ehull_mae_mev"], "target": ""},
-        ]
-        if main_set:
-            rows += [
-                {"quantity": "threshold_eV_per_atom", "value": m["threshold"], "target": ""},
-                {
-                    "quantity": "recall_teacher_stable",
-                    "value": m["recall_at_threshold"],
-                    "target": ">= 0.98",
-                },
-                {
-                    "quantity": "recall_lower_bound_95",
-                    "value": m["recall_lower_bound_at_threshold"],
-                    "target": f">= {m['target_recall']}",
-                },
-                {
-                    "quantity": "fraction_discarded",
-                    "value": m["discarded_at_threshold"],
-                    "target": ">= 0.8",
-                },
-            ]
-    for r in rep["rounds"]:
-        rows.append(
-            {
-                "quantity": f"round_{r['round']}_labels_{r['teacher_relaxations']}",
-                "value": f"t={r['threshold']} recall={r['recall']} discarded={r['discarded']} "
-                f"rho={r['spearman']:.3f} mae={r['own_energy_mae_mev']:.1f}",
-                "target": "",
-            }
-        )
-    rows.append({"quantity": "peak_rss_mb_driver", "value": peak_rss_mb(), "target": ""})
     report(
-        f"distillation {cfg.name}: {rep['teacher']} → {rep['student']['kind']} MACE student "
-        f"on {rep['device']}",
-        ["quantity", "value", "target"],
+        "distill",
+        list(rows[0]) if rows else ["design"],
         rows,
-        {"output": str(out)},
+        {"cells": cells, "n_held_out": cells[0]["n"] if cells else 0},
     )
+    if cells:
+        plot(cells, args.out / "curve.png")
+        print(f"plot: {args.out / 'curve.png'}")
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    """e_above_hull MAE and share discarded at recall 0.98 against teacher labels, per design."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(c["design"] for c in cells):
+        mine = sorted((c for c in cells if c["design"] == name), key=lambda c: c["labels"])
+        x = [c["labels"] for c in mine]
+        a.loglog(x, [c["eh_mae"] for c in mine], "o-", label=name)
+        b.semilogx(x, [c["oracle_098"] for c in mine], "o-", label=name)
+    a.axhline(30, color="k", ls=":", lw=1)
+    b.axhline(0.5, color="k", ls=":", lw=1)
+    a.set(xlabel="teacher relaxations", ylabel="e_above_hull MAE (meV/atom)")
+    b.set(xlabel="teacher relaxations", ylabel="discarded at recall 0.98")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

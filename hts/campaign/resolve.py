@@ -141,13 +141,14 @@ def _resolved_stage(campaign: Campaign, name: str) -> tuple[object, dict[str, fl
         report = campaign.resolve_input(link.report)
         try:
             kind = student_kind(report)
-            if kind is not None and (kind == "direct") != bool(getattr(stage, "direct", False)):
+            direct = kind in ("direct", "trunk")
+            if kind is not None and direct != bool(getattr(stage, "direct", False)):
                 raise CampaignError(
                     f"stages.{name}.direct: the report's student is "
                     + (
                         "a direct student (it predicts relaxed energies from unrelaxed "
                         "candidates): set direct: true"
-                        if kind == "direct"
+                        if direct
                         else "a relaxing student (a force field): set direct: false"
                     )
                 )

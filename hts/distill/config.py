@@ -138,14 +138,36 @@ class Rounds(Strict):
 
 
 class Student(Strict):
-    """A small MACE: invariant messages (max_L 0) are several times cheaper than the teacher.
+    """What the student is: the teacher's own first layers, or a small MACE from scratch.
 
-    ``direct``: the student predicts the teacher's relaxed energy from the
-    unrelaxed candidate (one forward pass; the prefilter runs with ``direct:
-    true``).  ``relax``: a force field the prefilter relaxes each candidate with.
+    ``trunk`` (what ``auto`` picks when the teacher has layers to give: a
+    SevenNet checkpoint or a MACE file): the teacher's embedding and first
+    ``blocks`` interaction blocks, weights copied, and a new readout,
+    fine-tuned to predict the teacher's relaxed energy from the unrelaxed
+    candidate (:mod:`hts.models.student`).  ``direct`` (``auto`` for a black-box
+    teacher: an ASE calculator, CHGNet): the same prediction by a small MACE
+    trained from scratch.  Both are direct students: one forward pass per
+    candidate, the prefilter runs with ``direct: true``.  ``relax``: a MACE
+    force field the prefilter relaxes each candidate with.  The MACE fields
+    (``channels`` … ``radial_mlp``) shape ``direct`` and ``relax`` students.
     """
 
-    kind: Literal["direct", "relax"] = "direct"
+    kind: Literal["auto", "trunk", "direct", "relax"] = "auto"
+    blocks: int | None = Field(
+        default=None,
+        ge=1,
+        le=20,
+        description="Trunk student: interaction blocks copied from the teacher (fewer cost less "
+        "per candidate); default: all of them.",
+    )
+    readout_hidden: int = Field(
+        default=64, ge=4, le=1024, description="Trunk student: width of the new readout's MLP."
+    )
+    teacher_readout: bool = Field(
+        default=True,
+        description="Trunk student with every block: start the readout as the teacher's own, so "
+        "the untrained student is the teacher's single point.",
+    )
     channels: int = Field(default=32, ge=4, le=512)
     max_L: int = Field(default=0, ge=0, le=3)
     max_ell: int = Field(default=2, ge=1, le=4)
@@ -202,6 +224,25 @@ class Training(Strict):
     )
     huber_delta: float = Field(
         default=0.05, gt=0, description="Direct student: eV/atom where the Huber loss turns linear."
+    )
+    atom_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Trunk student: weight of the teacher's per-atom energies at its relaxed "
+        "structure (labels the same teacher call gives) against the energy per atom.",
+    )
+    feature_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="Trunk student: weight of matching the teacher's readout features at its "
+        "relaxed structure (through a learned linear map).",
+    )
+    trunk_lr: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Trunk student: the copied layers' learning rate as a share of lr (the new "
+        "readout's).",
     )
     augment: bool = Field(
         default=True,
@@ -298,14 +339,35 @@ class DistillConfig(Strict):
                     raise ValueError(
                         f"sampling.{name}: 0 needs data.stores to learn and calibrate from"
                     )
-        if self.data.stores and self.student.kind != "direct":
+        if self.data.stores and self.student.kind == "relax":
             raise ValueError(
                 "data.stores: a store holds the teacher's relaxed energies, not the forces a "
-                "relaxing student learns: use student.kind: direct"
+                "relaxing student learns: use student.kind: trunk or direct"
             )
-        if self.student.init and self.student.kind != "direct":
-            raise ValueError("student.init: fine-tuning is for direct students")
+        if self.student.init and self.student.kind == "relax":
+            raise ValueError("student.init: fine-tuning is for direct (and trunk) students")
+        if self.student.blocks is not None and self.student.kind in ("direct", "relax"):
+            raise ValueError(f"student.blocks: only for trunk students, not {self.student.kind!r}")
         return self
+
+    def student_kind(self, teacher: ModelSpec, init: Path | None = None) -> str:
+        """``student.kind`` with ``auto`` resolved: a trunk where the teacher has one to give.
+
+        With ``student.init`` the file decides (a trunk student, or a MACE one).
+        """
+        from hts.models.student import is_trunk_student, trunk_of
+
+        kind = self.student.kind
+        if kind == "auto" and init is not None:
+            return "trunk" if is_trunk_student(init) else "direct"
+        if kind == "auto":
+            return "trunk" if trunk_of(teacher) is not None else "direct"
+        if kind == "trunk" and trunk_of(teacher) is None:
+            raise CampaignError(
+                f"student.kind: trunk needs a teacher with layers to copy (a SevenNet checkpoint "
+                f"or a MACE file), not {teacher.name!r}; use direct (a student from scratch)"
+            )
+        return kind
 
     def path(self, p: str) -> Path:
         q = Path(p).expanduser()

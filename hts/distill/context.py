@@ -112,7 +112,8 @@ class DistillRun:
 
     @property
     def direct(self) -> bool:
-        return self.cfg.student.kind == "direct"
+        """A direct student (trunk or from scratch): one forward pass per candidate, no relaxation."""
+        return self.cfg.student.kind in ("direct", "trunk")
 
     def ok(self, cid: str) -> bool:
         """Whether the teacher relaxed ``cid`` to a finite energy (a failed label is kept, as failed)."""
@@ -146,7 +147,7 @@ def path_frames(run: DistillRun, ids: set[str]) -> dict[str, list]:
 def student_spec(run: DistillRun, path: Path) -> ModelSpec:
     """The student file as a model, batched as the prefilter will batch it."""
     return ModelSpec(
-        name="mace",
+        name="student",
         path=str(path.resolve()),
         dtype=run.cfg.training.dtype,
         device="auto",

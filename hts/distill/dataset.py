@@ -68,6 +68,9 @@ class LabelStore:
         frames = [_atoms(f) for f in result.frames]
         if frames:
             write(self.root / name, frames, format="extxyz")
+        features = {f.candidate: f.features for f in result.frames if f.features is not None}
+        if features:  # beside the frames: 100+ numbers per atom read badly as extxyz text
+            np.savez(self.root / _features_name(name), **features)
         self.n_files += 1
         for r in result.relaxed:
             self.candidates[r.id] = {
@@ -123,6 +126,20 @@ class LabelStore:
                 if ids is None or a.info.get("hts_id") in ids:
                     yield a
 
+    def features(self, ids: set[str]) -> dict[str, np.ndarray]:
+        """The teacher's readout features ``[n_atoms, F]`` at the relaxed structure of ``ids``.
+
+        Only candidates whose teacher exposes them (:meth:`SevennetModel.atomic`).
+        """
+        out: dict[str, np.ndarray] = {}
+        names = {self.candidates[c]["file"] for c in ids if self.candidates.get(c, {}).get("file")}
+        for name in sorted(names):
+            path = self.root / _features_name(name)
+            if path.exists():
+                with np.load(path) as z:
+                    out.update({c: z[c] for c in z.files if c in ids})
+        return out
+
     def write_split(
         self,
         path: Path,
@@ -164,7 +181,13 @@ def _atoms(f: Frame):
         "config_type": f.kind,
     }
     a.arrays["REF_forces"] = f.forces
+    if f.energies is not None:
+        a.arrays["REF_energies"] = np.asarray(f.energies, dtype=float)
     return a
+
+
+def _features_name(labels: str) -> str:
+    return labels.replace(".extxyz", ".features.npz")
 
 
 def frame_labels(a) -> Frame:
@@ -178,4 +201,5 @@ def frame_labels(a) -> Frame:
         float(a.info["REF_energy"]),
         np.asarray(a.arrays["REF_forces"]),
         np.asarray(a.info["REF_stress"], dtype=float),
+        np.asarray(a.arrays["REF_energies"]) if "REF_energies" in a.arrays else None,
     )

@@ -32,13 +32,15 @@ import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DirectResult", "train_direct", "write_examples"]
+from hts.distill.examples import POINT, RELAXED, batches, composition_baseline
+
+__all__ = ["DirectResult", "train_direct"]
 
 
 @dataclass(slots=True)
@@ -49,40 +51,6 @@ class DirectResult:
     epochs: int
     wall_s: float
     valid_mae_mev_per_atom: float
-
-
-RELAXED, POINT = "Default", "point"  # readout heads: the relaxed energy is the one a campaign reads
-
-
-def write_examples(
-    path: Path,
-    frames: list,
-    targets: dict[str, float] | None,
-    groups: dict[str, str],
-    head: str = RELAXED,
-    mode: str = "w",
-) -> int:
-    """Write training frames with their target energy per atom and readout head.
-
-    ``frames`` are ASE Atoms carrying ``hts_id``.  For the ``Default`` head the
-    target is ``targets[id]``, the teacher's relaxed energy per atom; for the
-    ``point`` head it is the frame's own teacher energy (a single point of the
-    unrelaxed candidate: cheap labels that teach the chemistry the relaxed head
-    shares).  ``groups[id]`` is the composition the candidate belongs to.
-    """
-    from ase import Atoms
-    from ase.io import write
-
-    out = []
-    for a in frames:
-        cid = a.info["hts_id"]
-        b = Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=True)
-        e = targets[cid] if head == RELAXED else a.info["REF_energy"] / len(a)
-        b.info = {"hts_id": cid, "hts_target": float(e), "hts_group": groups[cid], "hts_head": head}
-        out.append(b)
-    if out:
-        write(path, out, format="extxyz", append=mode == "a")
-    return len(out)
 
 
 # --------------------------------------------------------------------------- the training process
@@ -104,36 +72,6 @@ class _Graphs:
         from hts.models.batched import mace_collate
 
         return mace_collate([self.items[i] for i in idx], n_elements, dtype, device, self.head[idx])
-
-
-def _baseline(frames, zs: list[int]) -> np.ndarray:
-    """Per-element energies (eV/atom) from a least-squares fit of the targets to composition."""
-    col = {z: k for k, z in enumerate(zs)}
-    a = np.zeros((len(frames), len(zs)))
-    for i, fr in enumerate(frames):
-        for z in fr.numbers:
-            a[i, col[int(z)]] += 1.0 / len(fr)
-    b = np.array([fr.info["hts_target"] for fr in frames])
-    e0 = np.linalg.lstsq(a.T @ a + 1e-6 * np.eye(len(zs)), a.T @ b, rcond=None)[0]
-    return e0
-
-
-def _batches(groups: list[str], size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Whole compositions per batch (polymorphs together), about ``size`` frames each."""
-    by: dict[str, list[int]] = defaultdict(list)
-    for i, g in enumerate(groups):
-        by[g].append(i)
-    keys = list(by)
-    rng.shuffle(keys)
-    out, cur = [], []
-    for k in keys:
-        cur.extend(by[k])
-        if len(cur) >= size:
-            out.append(np.array(cur))
-            cur = []
-    if cur:
-        out.append(np.array(cur))
-    return out
 
 
 def _loss(pred, target, weight, delta: float):
@@ -162,6 +100,13 @@ def _run(cfg: dict) -> dict:
 
     train = read(cfg["train"], ":")
     valid = read(cfg["valid"], ":") if cfg["valid"] else []
+    if cfg.get("trunk"):  # the teacher's own layers, fine-tuned (hts.distill.trunk)
+        from hts.distill.trunk import run_trunk
+
+        try:
+            return run_trunk(cfg, train, valid, log)
+        finally:
+            log.close()
     zs = sorted(int(z) for z in cfg["atomic_numbers"])
     st = cfg["student"]
     present = {str(fr.info.get("hts_head", RELAXED)) for fr in train}
@@ -184,7 +129,7 @@ def _run(cfg: dict) -> dict:
     e0s, scales, shifts = [], [], []
     for k, _ in enumerate(heads):
         mine = [fr for fr, h in zip(train, gtr.head, strict=True) if h == k]
-        e0 = _baseline(mine, zs) if mine else np.zeros(len(zs))
+        e0 = composition_baseline(mine, zs) if mine else np.zeros(len(zs))
         base = np.array([sum(e0[z_index[z]] for z in fr.numbers) / len(fr) for fr in mine])
         resid = np.array([fr.info["hts_target"] for fr in mine]) - base if mine else np.zeros(1)
         e0s.append(e0)
@@ -238,7 +183,7 @@ def _run(cfg: dict) -> dict:
     def evaluate(g: _Graphs) -> float:
         model.eval()
         errs = []
-        ctx = ema.average_parameters() if ema else _null()
+        ctx = ema.average_parameters() if ema else nullcontext()
         with ctx, torch.no_grad():
             for start in range(0, len(g.n), 256):
                 idx = np.arange(start, min(start + 256, len(g.n)))
@@ -252,7 +197,7 @@ def _run(cfg: dict) -> dict:
     for epoch in range(int(cfg.get("epochs") or tr["epochs"])):
         model.train()
         total, count = 0.0, 0
-        for idx in _batches(gtr.group, int(tr["batch_size"]), rng):
+        for idx in batches(gtr.group, int(tr["batch_size"]), rng):
             pred = predict(gtr, idx)
             target = torch.as_tensor(gtr.target[idx], dtype=dtype, device=device)
             w = torch.as_tensor(weight[idx], dtype=dtype, device=device)
@@ -276,7 +221,7 @@ def _run(cfg: dict) -> dict:
         )
         if mae < best:
             best, best_epoch = mae, epoch
-            ctx = ema.average_parameters() if ema else _null()
+            ctx = ema.average_parameters() if ema else nullcontext()
             with ctx:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= int(tr["patience"]):
@@ -324,14 +269,6 @@ def _fits(frames: list, zs: list[int], heads: list[str], log) -> list:
     return keep
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def train_direct(
     run_dir: str,
     student,
@@ -341,11 +278,15 @@ def train_direct(
     device: str = "auto",
     init: str | None = None,
     epochs: int | None = None,
+    trunk: dict | None = None,
+    features: str = "",
 ) -> DirectResult:
     """Train the direct student in its own process; ``files``: ``train`` and ``valid`` extxyz.
 
     ``init``: a previous round's student to start from (when its layout matches);
-    ``epochs`` then overrides the training's epoch count.
+    ``epochs`` then overrides the training's epoch count.  ``trunk``: the
+    teacher's trunk recipe (:func:`hts.models.student.trunk_of`) for a trunk
+    student, ``features`` the teacher's readout features to match (npz by id).
     """
     from hts.models.base import resolve_device
 
@@ -364,6 +305,8 @@ def train_direct(
         "device": resolve_device(training.device if device == "auto" else device),
         "init": str(Path(init).resolve()) if init else "",
         "epochs": epochs,
+        "trunk": trunk,
+        "features": str(Path(features).resolve()) if features else "",
     }
     done = run / "result.json"
     # a finished run with the same settings and data (the caller names the folder by

@@ -36,7 +36,6 @@ Output folder::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
@@ -48,10 +47,11 @@ from hts.distill.calibration import evaluate_student
 from hts.distill.config import DistillConfig
 from hts.distill.context import DistillProgress, DistillRun, run_tasks
 from hts.distill.dataset import LabelStore
+from hts.distill.flywheel import evaluate_on_stores, flywheel_section
 from hts.distill.labelling import label, sample, single_points, teacher_references, training_set
 from hts.distill.report import build_report, markdown
 from hts.distill.rounds import acquire, round_record
-from hts.distill.stores import compare, evaluate_on_stores, read_stores
+from hts.distill.stores import read_stores
 from hts.distill.training import store_training, train_round
 from hts.spec import CampaignError
 
@@ -85,38 +85,6 @@ def _init(cfg: DistillConfig) -> Path | None:
     return path
 
 
-def _flywheel(run: DistillRun, report: dict, init: Path | None, final: Path, result: dict) -> dict:
-    """Before (``student.init``) and after, on the stores' held-out teacher rows."""
-    from hts.distill.report import ReportError, auto_keep_rule
-
-    assert run.stores is not None
-    target = run.cfg.evaluation.target_recall
-    after = result if not run.primary else evaluate_on_stores(run, final, run.stores)
-    after.pop("student_spec", None)
-    mine = {"own_report": report["screening"]["calibration"]["threshold"]}
-    results = {"after": ("student.model", after, mine)}
-    if init is not None:
-        before = evaluate_on_stores(run, init, run.stores)
-        own = None
-        # the threshold the first student's own report calibrated, when it has one: both
-        # students are also compared there, at one threshold
-        with contextlib.suppress(ReportError, IndexError):
-            own = auto_keep_rule(init.parent / "report.json", target).terms[0][2]
-        results = {
-            "before": (str(init), before, {"own_report": own, "init_threshold": own}),
-            "after": ("student.model", after, {**mine, "init_threshold": own}),
-        }
-    return {
-        "stores": run.stores.summary,
-        "held_out_share": run.cfg.data.holdout,
-        "trained_on": len(store_training(run)),
-        "population": "held-out survivors and audited rejects, weighted"
-        if any(s["audited"] for s in run.stores.summary)
-        else "held-out survivors only (the stores have no audit: rejects unseen)",
-        **compare(results),
-    }
-
-
 def run_distill(
     cfg: DistillConfig, engine, progress: Callable[[DistillProgress], None] | None = None
 ) -> dict:
@@ -130,6 +98,8 @@ def run_distill(
     campaign = cfg.load_campaign()
     teacher = cfg.resolved_teacher(campaign)
     _check_teacher(cfg, teacher)
+    kind = cfg.student_kind(teacher, _init(cfg))
+    cfg = cfg.model_copy(update={"student": cfg.student.model_copy(update={"kind": kind})})
     if cfg.sampling.relax is None:  # the teacher relaxes as it will in the campaign's rescore stage
         stage = campaign.stages.rescore or campaign.stages.prefilter
         cfg = cfg.model_copy(
@@ -201,7 +171,7 @@ def run_distill(
     run.phase("timing student and teacher")
     report = build_report(run, result, rounds)
     if run.stores is not None:
-        report["flywheel"] = _flywheel(run, report, init, student_file, result)
+        report["flywheel"] = flywheel_section(run, report, init, student_file, result)
     report["wall_s"] = time.time() - t_start
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report))

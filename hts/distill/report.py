@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from hts.distill.screening import stable_needed, threshold_for
 
 if TYPE_CHECKING:
@@ -104,7 +106,7 @@ def build_report(run: DistillRun, result: dict, rounds: list[dict]) -> dict:
     run's output folder and named in the report.
     """
     from hts.distill.plots import plot_report
-    from hts.distill.speed import speed_cells, speed_ratio
+    from hts.distill.speed import candidate_cost, speed_cells, speed_ratio
     from hts.models import load_model
     from hts.models.base import resolve_device
 
@@ -119,6 +121,19 @@ def build_report(run: DistillRun, result: dict, rounds: list[dict]) -> dict:
         seed=cfg.seed,
     )
     speed = speed_ratio(teacher_model, student, cells, cfg.evaluation.speed_repeats)
+    # per candidate as the funnel spends it: the student's verdict vs a teacher relaxation
+    pick = np.random.default_rng(cfg.seed).permutation(len(cal_ids))[: cfg.evaluation.speed_cells]
+    speed |= candidate_cost(
+        teacher_model,
+        run.teacher,
+        cfg.sampling.relax,
+        student,
+        spec,
+        [run.cands[cal_ids[int(i)]] for i in pick],
+        run.direct,
+        run.campaign.stages.prefilter.relax,
+        cfg.evaluation.speed_repeats,
+    )
     labelled = sum(1 for c in run.labels.candidates.values() if c["file"])
     report = {
         "name": cfg.name,

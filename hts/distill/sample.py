@@ -44,6 +44,10 @@ class Frame:
     energy: float
     forces: np.ndarray
     stress: np.ndarray
+    # at the teacher's relaxed structure, when the teacher exposes them (SevenNet, MACE):
+    # its per-atom energies (eV; they sum to ``energy``) and the features its readout reads
+    energies: np.ndarray | None = None
+    features: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +133,7 @@ def label_chunk(
         model, [c.to_atoms() for c in todo], sampling.relax, teacher, trajectory=True
     )
     extra: list[tuple[str, str, object]] = []
+    minima: list[tuple[Frame, object]] = []  # each candidate's last path frame, its minimum
     for c, o in zip(todo, outcomes, strict=True):
         if o.error or not o.frames:
             out.relaxed.append(Relaxed(c.id, error=o.error or "no teacher evaluation"))
@@ -142,9 +147,11 @@ def label_chunk(
             a = o.atoms.copy()
             a.positions, a.cell = pos, cell
             out.frames.append(_frame(c.id, "path", a, p))
+        minima.append((out.frames[-1], a))
         s = int(hashlib.sha1(f"{seed}:{c.id}".encode()).hexdigest()[:8], 16)
         for kind, a in _perturbed(o.atoms, sampling, np.random.default_rng(s)):
             extra.append((c.id, kind, a))
+    _atomic_labels(model, minima, teacher.batch_size)
     if extra:
         preds = predict_isolating(model, [a for _, _, a in extra], teacher.batch_size)
         for (cid, kind, a), p in zip(extra, preds, strict=True):
@@ -152,6 +159,40 @@ def label_chunk(
                 out.frames.append(_frame(cid, kind, a, p))
     out.wall_s = time.perf_counter() - t0
     return out
+
+
+def _atomic_labels(model, minima: list[tuple[Frame, object]], batch_size: int) -> None:
+    """Attach the teacher's per-atom energies and readout features to each minimum's frame.
+
+    Labels that cost one forward pass without forces per candidate (~1 % of its
+    relaxation) and teach a student how the energy splits over sites (Matin et
+    al. 2025: students trained on teacher atomic energies) and what the
+    teacher's representation of the relaxed structure is (feature matching,
+    Ekström Kelvinius et al. 2023).  A teacher without them (CHGNet, an ASE
+    calculator) leaves the frames as they are; so does a batch it fails on.
+    """
+    if not hasattr(model, "atomic"):
+        return
+    from hts.models.tensor import TensorBatch, torch_device
+
+    for i in range(0, len(minima), max(batch_size, 1)):
+        part = minima[i : i + batch_size]
+        try:
+            b = TensorBatch.from_atoms([a for _, a in part], torch_device(model))
+            energies, features = model.atomic(b)
+        except Exception:  # optional labels: the relaxed energies stand without them
+            continue
+        energies = energies.detach().cpu().numpy().astype(float)
+        if features is not None:
+            features = features.detach().float().cpu().numpy()
+        offsets = np.concatenate([[0], np.cumsum([len(a) for _, a in part])])
+        for k, (frame, _) in enumerate(part):
+            e = energies[offsets[k] : offsets[k + 1]]
+            if not np.isfinite(e).all():
+                continue
+            frame.energies = e
+            if features is not None:
+                frame.features = features[offsets[k] : offsets[k + 1]]
 
 
 def point_chunk(candidates: Sequence[Candidate], teacher, model=None) -> LabelResult:

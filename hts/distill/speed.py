@@ -11,7 +11,55 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["speed_cells", "speed_ratio"]
+__all__ = ["candidate_cost", "speed_cells", "speed_ratio"]
+
+
+def candidate_cost(
+    teacher,
+    teacher_spec,
+    relax,
+    student,
+    student_spec,
+    candidates: Sequence,
+    direct: bool,
+    student_relax=None,
+    repeats: int = 3,
+) -> dict:
+    """Seconds per candidate of the student as the prefilter screens it, and of a teacher relaxation.
+
+    What the funnel trades: the student's verdict on a candidate as generated
+    (one forward pass for a direct student, its own relaxation otherwise)
+    against the teacher relaxing the same candidate with the rescore stage's
+    settings.  Measured in one process on the same candidates; the student
+    (fast, so noisier) is timed ``repeats`` times and its median taken.
+    """
+    from hts.stages.relax import relax_with
+    from hts.stages.screen import energies_isolating
+
+    atoms = [c.to_atoms() if hasattr(c, "to_atoms") else c for c in candidates]
+    t0 = time.perf_counter()
+    relax_with(teacher, atoms, relax, teacher_spec)
+    t_teacher = (time.perf_counter() - t0) / len(atoms)
+
+    def student_pass() -> None:
+        if direct:
+            energies_isolating(student, atoms, student_spec.batch_size)
+        else:
+            relax_with(student, atoms, student_relax, student_spec)
+
+    student_pass()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        student_pass()
+        times.append((time.perf_counter() - t0) / len(atoms))
+    t_student = float(np.median(times))
+    return {
+        "n_candidates": len(atoms),
+        "teacher_relaxation_s_per_candidate": t_teacher,
+        "student_s_per_candidate": t_student,
+        "ratio_per_candidate": t_teacher / t_student,
+    }
 
 
 def speed_ratio(teacher, student, cells: Sequence, repeats: int = 3) -> dict:

@@ -1,4 +1,4 @@
-"""The flywheel: a campaign's teacher results as training data, and where two students are judged.
+"""The flywheel's data: a campaign's teacher results read back as training examples.
 
 A campaign's store holds what its teacher computed: the rescored survivors
 (``kept[:, prefilter]``) and, with ``stages.prefilter.audit``, a seeded random
@@ -10,17 +10,8 @@ failing both, the stored structure stands in and is counted), and the
 teacher's relaxed structure, both labelled with the teacher's relaxed energy.
 
 A seeded share of the teacher rows (``data.holdout``, by candidate id) is never
-trained on.  :func:`evaluate_on_stores` judges a student there as the campaign
-would use it: it screens every row of the stores (its hull is over all of
-them, with elemental references fitted on the training rows), and compares
-its ``e_above_hull`` with the teacher's.  The held-out rows are a stratified
-sample of the campaign — every survivor had its teacher result, an audited
-reject stands for ``rejects / audited`` rejects — so recall and discarded
-share are weighted by those inverse inclusion probabilities, and the
-Clopper–Pearson bound uses the effective number of teacher-stable candidates
-(:func:`hts.distill.screening.screening_metrics`).  Without an audit the
-rejects are unseen and the figures cover the survivors only (the report says
-which).  The store is read only through :mod:`hts.store`.
+trained on: :mod:`hts.distill.flywheel` judges students there.  The store is
+read only through :mod:`hts.store`.
 """
 
 from __future__ import annotations
@@ -35,7 +26,7 @@ import numpy as np
 from hts.candidates.record import Candidate
 from hts.spec import CampaignError
 
-__all__ = ["StoreRows", "evaluate_on_stores", "read_stores"]
+__all__ = ["StoreRows", "read_stores", "store_elements"]
 
 log = logging.getLogger("hts.distill")
 
@@ -231,171 +222,6 @@ def _candidate(c: dict, i: int, numbers, positions, cell) -> Candidate:
     )
 
 
-def weigh(data: StoreRows, exclude: set[str]) -> None:
-    """Population weights of the held-out teacher rows (rows in ``exclude`` were trained on).
-
-    Per store, a held-out survivor stands for ``survivors / held-out
-    survivors`` and a held-out audited reject for ``rejects / held-out audited
-    rejects``; rescored rows the final hull dropped are no random sample and
-    are left out of the evaluation.
-    """
-    counts: dict[tuple, int] = {}
-    totals: dict[tuple, int] = {}
-    for cid, v in data.teacher.items():
-        store, kind, n_rejects = v["_strata"]
-        key = (store, kind)
-        if kind == "survivor":
-            totals[key] = totals.get(key, 0) + 1
-        else:
-            totals[key] = n_rejects
-        if v["held"] and cid not in exclude:
-            counts[key] = counts.get(key, 0) + 1
-    for cid, v in data.teacher.items():
-        store, kind, _ = v["_strata"]
-        key = (store, kind)
-        ok = v["held"] and cid not in exclude and kind != "rescored"
-        v["weight"] = totals[key] / counts[key] if ok else 0.0
-
-
-def evaluate_on_stores(run, student_file: Path, data: StoreRows) -> dict:
-    """A student on the stores' held-out teacher rows, weighted: the shape of ``evaluate_student``.
-
-    The student screens every row of the stores (one forward pass each), its
-    references are fitted on the training rows, its hull is over all of them;
-    ``screening`` and ``errors`` cover the held-out rows (``calibration``) and
-    those of seen and held-out chemical systems.
-    """
-    from hts.distill.calibration import judged_sections, screen
-    from hts.distill.context import num, rescore_threshold, student_spec
-    from hts.distill.evaluate import fit_references, hull_energies
-    from hts.spec import PrefilterStage
-
-    cfg = run.cfg
-    weigh(data, set(run.train))  # what the dataset trained on is no test
-    spec = student_spec(run, student_file)
-    stage = PrefilterStage(model=spec, direct=True)
-    run.failures.clear()
-    run.phase("evaluating on the stores", 2 * len(data.screened))
-    own = screen(run, stage, list(data.screened.values()))
-    ev_ids = data.evaluated()
-    at_t = screen(run, stage, [data.teacher[c]["relaxed"] for c in ev_ids])
-    fit_ids = data.training(run.held)
-    refs = {el: data.references.get(el, float("nan")) for el in _elements(data)}
-    s_refs = fit_references(
-        [data.teacher[c]["formula"] for c in fit_ids],
-        [own.get(c, float("nan")) for c in fit_ids],
-        [data.teacher[c]["formation_energy"] for c in fit_ids],
-        refs,
-    )
-    run.student_refs = s_refs
-    ids = list(data.screened)
-    s_all = hull_energies(
-        [(data.screened[c].formula, own.get(c, float("nan"))) for c in ids], s_refs
-    )
-    s_eh = dict(zip(ids, s_all, strict=True))
-    t = data.teacher
-    stable = cfg.evaluation.stable_threshold
-    if stable is None:
-        stable = rescore_threshold(run.campaign)
-    ev = cfg.evaluation
-    t_eh = np.array([t[c]["e_above_hull"] for c in ev_ids])
-    st_eh = np.array([s_eh.get(c, np.nan) for c in ev_ids])
-    w = np.array([t[c]["weight"] for c in ev_ids])
-    t_e = np.array([t[c]["energy_per_atom"] for c in ev_ids])
-    own_e = np.array([own.get(c, np.nan) for c in ev_ids])
-    at_e = np.array([at_t.get(c, np.nan) for c in ev_ids])
-    unseen = np.array([run.held(t[c]["chemsys"]) for c in ev_ids], dtype=bool)
-    everything = np.ones(len(ev_ids), bool)
-    screening, errors = judged_sections(
-        everything,
-        unseen,
-        [t[c]["formula"] for c in ev_ids],
-        t_e,
-        at_e,
-        own_e,
-        t_eh,
-        st_eh,
-        stable,
-        ev,
-        weights=w,
-    )
-    return {
-        "screening": screening,
-        "errors": errors,
-        "references": {"teacher": refs, "student_fitted": s_refs},
-        "candidates": [
-            {
-                "id": c,
-                "formula": t[c]["formula"],
-                "system": t[c]["kind"],
-                "trained": False,
-                "held_out_system": bool(u),
-                "weight": float(wi),
-                "teacher_energy_per_atom": num(te),
-                "student_energy_per_atom": num(oe),
-                "student_at_teacher_minimum": num(ae),
-                "teacher_e_above_hull": num(a),
-                "student_e_above_hull": num(b),
-            }
-            for c, u, wi, te, oe, ae, a, b in zip(
-                ev_ids, unseen, w, t_e, own_e, at_e, t_eh, st_eh, strict=True
-            )
-        ],
-        "student_spec": spec,
-    }
-
-
-def compare(results: dict[str, tuple[str, dict, dict[str, float | None]]]) -> dict:
-    """The report's ``flywheel`` section: each student on the held-out store rows.
-
-    ``results``: name → (student file, :func:`evaluate_on_stores`'s answer,
-    more thresholds by label: its own report's, the first student's).  Per
-    student: the weighted screen at the threshold calibrated on these rows and
-    at each of those, and the held-out audited rejects the teacher keeps (what
-    the campaign's prefilter missed) that it would keep.
-    """
-    from hts.distill.screening import THRESHOLDS
-
-    out: dict = {}
-    for name, (path, res, more) in results.items():
-        m = res["screening"]["calibration"]
-        rows = res["candidates"]
-        stable = m["stable_threshold"] + 1e-9
-        missed = [
-            r for r in rows if r["system"] == "audit" and _le(r["teacher_e_above_hull"], stable)
-        ]
-        entry = {
-            "student": path,
-            "n_candidates": m["n_candidates"],
-            "n_teacher_stable": m["n_teacher_stable"],
-            "n_effective": m["n_effective"],
-            "spearman_e_above_hull": m["spearman_e_above_hull"],
-            "ehull_mae_mev_per_atom": m["ehull_mae_mev_per_atom"],
-            "own_energy_mae_mev": res["errors"]["calibration"]["own_energy_mae_mev"],
-            "audit_missed": len(missed),
-        }
-        for key, thr in {"calibrated": m["threshold"], **more}.items():
-            if thr is None:
-                entry[key] = None
-                continue
-            k = int(np.argmin(np.abs(THRESHOLDS - thr)))
-            c = m["curve"]
-            entry[key] = {
-                "threshold": float(thr),
-                "recall": c["recall"][k],
-                "recall_lower_bound": c["recall_lower_bound"][k],
-                "discarded": c["discarded"][k],
-                "audit_missed_found": sum(
-                    1 for r in missed if _le(r["student_e_above_hull"], thr + 1e-9)
-                ),
-            }
-        out[name] = entry
-    return out
-
-
-def _le(x, limit: float) -> bool:
-    return x is not None and x <= limit
-
-
-def _elements(data: StoreRows) -> list[str]:
+def store_elements(data: StoreRows) -> list[str]:
+    """Every element of the stores' screened rows."""
     return sorted({el for c in data.screened.values() for el in c.chemsys.split("-") if el})

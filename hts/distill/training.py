@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from hts.distill.context import DistillRun, path_frames
 
 __all__ = ["split_valid", "store_training", "train_round"]
@@ -126,7 +128,8 @@ def _direct_job(
     """
     from pymatgen.core import Composition
 
-    from hts.distill.direct import POINT, train_direct, write_examples
+    from hts.distill.direct import train_direct
+    from hts.distill.examples import POINT, write_examples
 
     cfg = run.cfg
     frames = path_frames(run, set(run.train) | set(run.points))
@@ -144,6 +147,20 @@ def _direct_job(
         for a in ([frames[c][0], frames[c][-1]] if aug else frames[c][:1])
     ]
     va = [frames[c][0] for c in valid_ids if frames[c]]
+    trunk, features = None, ""
+    if cfg.student.kind == "trunk":  # and the richer labels of the same teacher call
+        from hts.distill.trunk import atom_targets
+        from hts.models.student import trunk_of
+
+        trunk = trunk_of(run.teacher)
+        minima = {c: f[-1].arrays.get("REF_energies") for c, f in frames.items() if f}
+        atom_targets(tr, minima)
+        atom_targets(va, minima)
+        if cfg.training.feature_weight > 0:
+            feats = run.labels.features(set(train_ids))
+            if feats:
+                features = str(folder / "features.npz")
+                np.savez(features, **feats)
     if run.stores is not None:  # the flywheel: a campaign's teacher rows, in the same two frames
         s_train, s_valid = split_valid(run, store_training(run))
         rows = run.stores.teacher
@@ -154,7 +171,8 @@ def _direct_job(
         va += [a for c in s_valid for a in _store_frames(run, c, False)]
     files = {"train": str(folder / "train.extxyz"), "valid": str(folder / "valid.extxyz")}
     n_tr = write_examples(Path(files["train"]), tr, targets, groups)
-    if cfg.training.point_weight > 0 and (run.points or cfg.sampling.points):
+    if trunk is None and cfg.training.point_weight > 0 and (run.points or cfg.sampling.points):
+        # (a trunk student has one readout: the teacher's single points are its start already)
         # the point readout: single points, and each training candidate's unrelaxed start
         pts = [
             a for a in run.labels.frames(set(run.points)) if a.info.get("config_type") == "point"
@@ -171,7 +189,7 @@ def _direct_job(
     warm = prev is not None and prev.exists()
     epochs = (cfg.rounds.epochs or max(1, cfg.training.epochs // 2)) if warm else None
     args = (str(folder / "run"), cfg.student, cfg.training, files, zs, "auto")
-    args += (str(prev) if warm else None, epochs)
+    args += (str(prev) if warm else None, epochs, trunk, features)
     return _Job(
         train_direct, args, folder / "run" / "train.log", epochs or cfg.training.epochs, n_tr, n_va
     )

@@ -67,6 +67,14 @@ def load_model(spec) -> Model:
         from hts.models.batched import MaceModel
 
         return MaceModel(spec.path, device, spec.batch_size, spec.dtype)
+    if spec.name == "student":  # a trunk student, or a MACE student (hts distill writes both)
+        from hts.models.student import StudentModel, is_trunk_student
+
+        if is_trunk_student(spec.path):
+            return StudentModel(spec.path, device, spec.batch_size)
+        from hts.models.batched import MaceModel
+
+        return MaceModel(spec.path, device, spec.batch_size, spec.dtype)
     raise ValueError(f"unknown model {spec.name!r}")
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "SevennetModel",
     "mace_collate",
     "mace_graph",
+    "mace_tensor_input",
+    "sevennet_graph",
 ]
 
 
@@ -179,32 +181,38 @@ class SevennetModel:
             *(torch.cat([getattr(p, k) for p in parts]) for k in Evaluation.__slots__)
         )
 
+    def atomic(self, b):
+        """Per-atom energies ``[N]`` (eV) and the features the readout reads ``[N, F]``, no forces.
+
+        The labels a distilled student can learn beyond the total energy, from one
+        forward pass (:func:`hts.distill.sample.label_chunk` calls it at the
+        teacher's relaxed structure): sevenn's atomic energies sum to its total
+        energy, and the features are the last interaction block's scalars.
+        """
+        import sevenn._keys as keys
+        import torch
+
+        data = sevennet_graph(b, self.cutoff)
+        features = None
+        with torch.no_grad():
+            if self.model.eval_type_map:  # what the sequential's forward does first: Z → type index
+                data[keys.NODE_FEATURE] = self.model._atomic_numbers_to_onehot(b.numbers)
+            for name, module in self.model._modules.items():
+                if name == "force_output":
+                    break
+                if name == "reduce_input_to_hidden":
+                    features = data[keys.NODE_FEATURE].clone()
+                data = module(data)
+        energies = data[keys.ATOMIC_ENERGY].reshape(-1)
+        return energies.to(b.positions.dtype), features
+
     def _evaluate(self, b):
         import sevenn._keys as keys
         import torch
 
-        from hts.models.neighbors import neighbor_list
         from hts.models.tensor import Evaluation
 
-        edge_index, unit = neighbor_list(b.positions, b.cells, b.batch, b.counts, self.cutoff)
-        dt = torch.float32  # sevenn's weights
-        cells = b.cells.to(dt)
-        pos = b.positions.to(dt)
-        src, dst = edge_index
-        vec = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", unit.to(dt), cells[b.batch[src]])
-        data = {
-            keys.NODE_FEATURE: b.numbers,
-            keys.ATOMIC_NUMBERS: b.numbers,
-            keys.POS: pos,
-            keys.EDGE_VEC: vec,
-            keys.EDGE_IDX: edge_index,
-            keys.CELL: cells.reshape(-1, 3),
-            keys.CELL_SHIFT: unit.to(dt),
-            keys.CELL_VOLUME: torch.linalg.det(cells).abs(),
-            keys.NUM_ATOMS: b.counts,
-            keys.BATCH: b.batch,
-        }
-        res = self.model(data)
+        res = self.model(sevennet_graph(b, self.cutoff))
         out = b.positions.dtype
         # sevenn: (xx, yy, zz, xy, yz, zx), positive under compression
         v = -res[keys.PRED_STRESS].detach().to(out)
@@ -222,6 +230,37 @@ class SevennetModel:
             res[keys.PRED_FORCE].detach().to(out),
             stress,
         )
+
+
+def sevennet_graph(b, cutoff: float) -> dict:
+    """sevenn's batched input for a :class:`~hts.models.tensor.TensorBatch`, built on its device.
+
+    Edges from :func:`hts.models.neighbors.neighbor_list` (sevenn's matscipy
+    graph, same edges); float32, sevenn's weights' dtype.
+    """
+    import sevenn._keys as keys
+    import torch
+
+    from hts.models.neighbors import neighbor_list
+
+    edge_index, unit = neighbor_list(b.positions, b.cells, b.batch, b.counts, cutoff)
+    dt = torch.float32
+    cells = b.cells.to(dt)
+    pos = b.positions.to(dt)
+    src, dst = edge_index
+    vec = pos[dst] - pos[src] + torch.einsum("ei,eij->ej", unit.to(dt), cells[b.batch[src]])
+    return {
+        keys.NODE_FEATURE: b.numbers,
+        keys.ATOMIC_NUMBERS: b.numbers,
+        keys.POS: pos,
+        keys.EDGE_VEC: vec,
+        keys.EDGE_IDX: edge_index,
+        keys.CELL: cells.reshape(-1, 3),
+        keys.CELL_SHIFT: unit.to(dt),
+        keys.CELL_VOLUME: torch.linalg.det(cells).abs(),
+        keys.NUM_ATOMS: b.counts,
+        keys.BATCH: b.batch,
+    }
 
 
 def _passes(batch: Sequence[Atoms], structures: int, atoms: int | None):
@@ -365,48 +404,81 @@ class MaceModel:
     def _seen_of(self, numbers) -> frozenset[int]:
         return frozenset(int(z) for z in numbers.unique().tolist())
 
-    def _evaluate(self, b):
+    def atomic(self, b):
+        """Per-atom energies ``[N]`` (eV, mace's ``node_energy``) and node features ``[N, F]``.
+
+        What a distilled student can learn beyond the total energy, from one
+        forward pass without forces (see :meth:`SevennetModel.atomic`).
+        """
         import torch
 
-        from hts.models.neighbors import neighbor_list
+        with self._first_use, torch.no_grad():
+            res = self.model(self._data(b), compute_force=False, training=False)
+        return res["node_energy"].to(b.positions.dtype), res.get("node_feats")
+
+    def _evaluate(self, b):
         from hts.models.tensor import Evaluation
 
-        dt = torch.float64 if self.dtype == "float64" else torch.float32
-        dev = b.positions.device
-        if self._rows is None or self._rows.device != dev:
-            self._rows = torch.as_tensor(self._z_index, dtype=torch.long, device=dev)
-        edge_index, unit = neighbor_list(b.positions, b.cells, b.batch, b.counts, self.r_max)
-        pos = b.positions.to(dt)
-        cells = b.cells.to(dt)
-        unit = unit.to(dt)
-        n = b.n_structures
-        kinds = self._rows[b.numbers]
-        attrs = torch.zeros((len(kinds), len(self.atomic_numbers)), dtype=dt, device=dev)
-        attrs[torch.arange(len(kinds), device=dev), kinds] = 1.0
-        data = {
-            "positions": pos,
-            "node_attrs": attrs,
-            "edge_index": edge_index,
-            "shifts": torch.einsum("ei,eij->ej", unit, cells[b.batch[edge_index[0]]]),
-            "unit_shifts": unit,
-            "cell": cells.reshape(-1, 3),
-            "batch": b.batch,
-            "ptr": torch.cat([b.counts.new_zeros(1), torch.cumsum(b.counts, 0)]),
-            "head": torch.full((n,), self._head, dtype=torch.long, device=dev),
-            # neutral, spin-unpolarised: what mace's AtomicData puts for plain structures
-            "charges": torch.zeros(len(kinds), dtype=dt, device=dev),
-            "total_charge": torch.zeros(n, dtype=dt, device=dev),
-            "total_spin": torch.ones(n, dtype=dt, device=dev),
-            "pbc": torch.ones((n, 3), dtype=torch.bool, device=dev),
-            "volume": torch.linalg.det(cells).abs(),
-        }
-        res = self.model(data, compute_stress=True, training=False)
+        res = self.model(self._data(b), compute_stress=True, training=False)
         out_dt = b.positions.dtype
         return Evaluation(
             res["energy"].detach().to(out_dt),
             res["forces"].detach().to(out_dt),
             res["stress"].detach().to(out_dt),
         )
+
+    def _data(self, b) -> dict:
+        """mace's input for a tensor batch, graph built on the batch's device."""
+        import torch
+
+        dev = b.positions.device
+        if self._rows is None or self._rows.device != dev:
+            self._rows = torch.as_tensor(self._z_index, dtype=torch.long, device=dev)
+        kinds = self._rows[b.numbers]
+        return mace_tensor_input(
+            b, kinds, len(self.atomic_numbers), self.r_max, self.dtype, self._head
+        )
+
+
+def mace_tensor_input(
+    b, kinds, n_elements: int, r_max: float, dtype: str = "float32", head: int = 0
+) -> dict:
+    """mace's input dict for a :class:`~hts.models.tensor.TensorBatch`, built on its device.
+
+    ``kinds[i]`` is atom ``i``'s row of ``node_attrs`` (its element's index in
+    the model); the graph is :func:`hts.models.neighbors.neighbor_list`'s.
+    Shifts come from the batch's cells, so they carry gradients when the cells do.
+    """
+    import torch
+
+    from hts.models.neighbors import neighbor_list
+
+    dt = torch.float64 if dtype == "float64" else torch.float32
+    dev = b.positions.device
+    edge_index, unit = neighbor_list(b.positions, b.cells, b.batch, b.counts, r_max)
+    pos = b.positions.to(dt)
+    cells = b.cells.to(dt)
+    unit = unit.to(dt)
+    n = b.n_structures
+    attrs = torch.zeros((len(kinds), n_elements), dtype=dt, device=dev)
+    attrs[torch.arange(len(kinds), device=dev), kinds] = 1.0
+    return {
+        "positions": pos,
+        "node_attrs": attrs,
+        "edge_index": edge_index,
+        "shifts": torch.einsum("ei,eij->ej", unit, cells[b.batch[edge_index[0]]]),
+        "unit_shifts": unit,
+        "cell": cells.reshape(-1, 3),
+        "batch": b.batch,
+        "ptr": torch.cat([b.counts.new_zeros(1), torch.cumsum(b.counts, 0)]),
+        "head": torch.full((n,), head, dtype=torch.long, device=dev),
+        # neutral, spin-unpolarised: what mace's AtomicData puts for plain structures
+        "charges": torch.zeros(len(kinds), dtype=dt, device=dev),
+        "total_charge": torch.zeros(n, dtype=dt, device=dev),
+        "total_spin": torch.ones(n, dtype=dt, device=dev),
+        "pbc": torch.ones((n, 3), dtype=torch.bool, device=dev),
+        "volume": torch.linalg.det(cells).abs(),
+    }
 
 
 def mace_graph(atoms: Atoms, z_index: np.ndarray, r_max: float) -> tuple:

@@ -34,6 +34,9 @@ __all__ = [
 _CALCULATOR_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
+_FILE_MODELS = {"mace": "a MACE model file", "student": "a student file written by hts distill"}
+
+
 class ModelSpec(Strict):
     """Which MLIP (or analytic potential) to load, and where it runs.
 
@@ -47,8 +50,14 @@ class ModelSpec(Strict):
     (:func:`hts.models.ase_calculator.check_calculator`).
     """
 
-    name: Literal["sevennet-0", "sevennet-l3i5", "chgnet", "mace", "emt", "lennard-jones", "ase"]
-    path: str | None = Field(default=None, description="Model file; required for mace.")
+    name: Literal[
+        "sevennet-0", "sevennet-l3i5", "chgnet", "mace", "student", "emt", "lennard-jones", "ase"
+    ]
+    path: str | None = Field(
+        default=None,
+        description="Model file; required for mace (a MACE file) and student (a student file "
+        "hts distill wrote: a trunk student, or a MACE one).",
+    )
     calculator: str | None = Field(
         default=None,
         validate_default=True,
@@ -144,10 +153,10 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _path_rules(self) -> ModelSpec:
-        if self.name == "mace" and not self.path:
-            raise ValueError("path: required for name 'mace' (a MACE model file)")
-        if self.name != "mace" and self.path:
-            raise ValueError(f"path: only used with name 'mace', not {self.name!r}")
+        if self.name in _FILE_MODELS and not self.path:
+            raise ValueError(f"path: required for name {self.name!r} ({_FILE_MODELS[self.name]})")
+        if self.name not in _FILE_MODELS and self.path:
+            raise ValueError(f"path: only used with name 'mace' or 'student', not {self.name!r}")
         if self.name == "ase":
             for f in ("device", "dtype"):
                 if f in self.model_fields_set:

@@ -145,15 +145,35 @@ def _direct(model, candidates: Sequence[Candidate], batch_size: int) -> list:
 
     atoms = [c.to_atoms() for c in candidates]
     t0 = time.perf_counter()
-    preds = predict_isolating(model, atoms, batch_size)
+    energies = energies_isolating(model, atoms, batch_size)
     share = (time.perf_counter() - t0) / max(len(atoms), 1)
     out = []
-    for a, p in zip(atoms, preds, strict=True):
-        if p is None:
+    for a, e in zip(atoms, energies, strict=True):
+        if not np.isfinite(e):
             out.append(RelaxOutcome(a, error="model failed or gave a non-finite energy"))
         else:
-            out.append(RelaxOutcome(a, float(p.energy), True, 0, model_time_s=share))
+            out.append(RelaxOutcome(a, float(e), True, 0, model_time_s=share))
     return out
+
+
+def energies_isolating(model, atoms: Sequence, batch_size: int) -> np.ndarray:
+    """Energies (eV) in batches, NaN for a structure that breaks the model (see :func:`isolating`).
+
+    A model with an ``energies`` method (a trunk student) runs its forward pass
+    alone, no forces: all a direct student's verdict needs.
+    """
+    if not hasattr(model, "energies"):
+        preds = predict_isolating(model, atoms, batch_size)
+        return np.array([np.nan if p is None else float(p.energy) for p in preds])
+
+    def run(part: list) -> list:
+        return [
+            float(e)
+            for i in range(0, len(part), batch_size)
+            for e in model.energies(part[i : i + batch_size])
+        ]
+
+    return np.array(isolating(run, list(atoms), lambda a, err: float("nan")), dtype=float)
 
 
 def isolating(run, items: list, fail) -> list:

@@ -184,5 +184,5 @@ def test_zero_budgets_need_stores_and_stores_need_a_direct_student(tmp_path):
         load_distill(_write(tmp_path, "a.yaml", data))
     data = _distill(tmp_path, ["x.zarr"])
     data["student"] = {"kind": "relax"}
-    with pytest.raises(CampaignError, match=r"data.stores: .* use student.kind: direct"):
+    with pytest.raises(CampaignError, match=r"data.stores: .* use student.kind: trunk or direct"):
         load_distill(_write(tmp_path, "b.yaml", data))

@@ -16,6 +16,7 @@ from hts.models import load_model
 from hts.models.tensor import TensorBatch, evaluate
 from hts.spec import ModelSpec
 from tests.models.test_models import tiny_mace
+from tests.models.test_student import tiny_student
 
 
 def _pool():
@@ -48,6 +49,7 @@ CASES = {
     "mace": (dict(name="mace", dtype="float64"), 1e-4, 1e-6, 1e-9),
     "sevennet-0": (dict(name="sevennet-0"), 1e-2, 2e-3, 1e-4),
     "chgnet": (dict(name="chgnet"), 1e-2, 5e-3, 1e-4),
+    "student": (dict(name="student"), 1e-2, 2e-3, 1e-4),
 }
 
 
@@ -62,6 +64,8 @@ def test_model_conforms(name, tmp_path):
     spec, h, tol, batch_tol = CASES[name]
     if name == "mace":
         spec = {**spec, "path": str(tiny_mace(tmp_path / "tiny.model"))}
+    if name == "student":  # SevenNet-0's first two blocks and a readout that is not zero
+        spec = {**spec, "path": str(tiny_student(tmp_path / "student.model"))}
     model = load_model(ModelSpec(device="cpu", **spec) if name != "ase" else ModelSpec(**spec))
     structures = [a for a in _pool() if not model.unsupported(a.numbers)][:4]
     assert len(structures) >= 3, f"{name}: too few structures it covers"

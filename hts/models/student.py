@@ -1,0 +1,449 @@
+"""Students built on a teacher's own pretrained layers (``hts distill``'s ``student.kind: trunk``).
+
+A student trained from scratch must learn chemistry from the few thousand
+teacher relaxations a campaign can afford; its error fell as labels^-0.46 on
+the screen space.  The teacher has already learnt chemistry from millions of
+DFT frames, and most of that lives in its early layers (embedding and
+interaction blocks): a :class:`TrunkStudent` copies the teacher's embedding
+and its first ``blocks`` interaction blocks, weights included, and puts a new
+readout on the scalar features of the last one, then is fine-tuned end to end
+(DistilBERT's recipe: start the student from the teacher's layers, Sanh et
+al. 2019).  Fewer blocks cost less per candidate; the full trunk starts from
+the teacher's own readout, so before any training it *is* the teacher's
+single point.
+
+A student predicts per-atom energies, which sum to the structure's energy: a
+direct student's is the teacher's *relaxed* energy predicted from the
+unrelaxed candidate, and its per-atom energies are trained against the
+teacher's at the relaxed structure (the same atoms, moved).
+
+Trunks:
+
+- ``sevennet``: a SevenNet checkpoint shipped in the ``sevenn`` wheel
+  (``7net-0``: embedding, five interaction blocks, linear readout).  The file
+  keeps the weights only; the layers are rebuilt from the wheel's checkpoint,
+  so a student never pickles sevenn's classes.
+- ``mace``: a MACE model file; its first ``blocks`` interactions and products
+  and their readouts are kept (MACE sums a readout per layer), pickled in the
+  student file as mace students are.
+
+File format: ``torch.save`` of a dict with ``format: "hts-student"``, the
+trunk's recipe, the state dict, the elements trained on and the licence the
+weights carry (a SevenNet trunk's weights derive from GPL-3.0 weights).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hts.models.base import Prediction, not_covered
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+__all__ = [
+    "FORMAT",
+    "StudentModel",
+    "is_trunk_student",
+    "load_student",
+    "make_student",
+    "save_student",
+    "trunk_of",
+]
+
+FORMAT = "hts-student"
+LICENSES = {
+    "sevennet": "GPL-3.0-only (weights derived from SevenNet)",
+    "mace": "as the teacher file",
+}
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class _Trunk:
+    """Namespace for the trunk classes, built on first use (torch is imported lazily)."""
+
+    classes: dict = {}
+
+
+def _classes() -> dict:
+    """The nn.Module classes, defined once torch is imported (``import hts`` loads no torch)."""
+    if _Trunk.classes:
+        return _Trunk.classes
+    torch = _torch()
+    nn = torch.nn
+
+    class SevennetTrunk(nn.Module):
+        """SevenNet's embedding and first ``blocks`` interaction blocks → scalar features per atom."""
+
+        def __init__(self, checkpoint: str, blocks: int) -> None:
+            super().__init__()
+            model, config = _sevennet(checkpoint)
+            import sevenn._keys as keys
+
+            names = list(model._modules)
+            n_blocks = int(config[keys.NUM_CONVOLUTION])
+            if not 1 <= blocks <= n_blocks:
+                raise ValueError(f"blocks: {blocks} not in 1..{n_blocks} for SevenNet {checkpoint}")
+            stop = (
+                names.index(f"{blocks}_self_connection_intro")
+                if blocks < n_blocks
+                else names.index("reduce_input_to_hidden")
+            )
+            for name in names[stop:]:
+                model.delete_module_by_key(name)
+            model.key_grad = None  # the student computes its own gradients when asked
+            self.layers = model
+            self.checkpoint = checkpoint
+            self.blocks = blocks
+            self.n_blocks = n_blocks
+            self.cutoff = float(config[keys.CUTOFF])
+            self.n_features = int(config[keys.NODE_FEATURE_MULTIPLICITY])
+            self.type_map = {int(z): int(i) for z, i in config[keys.TYPE_MAP].items()}
+
+        def species(self, numbers):
+            return self.layers._atomic_numbers_to_onehot(numbers)
+
+        def forward(self, b, positions, cells):
+            import sevenn._keys as keys
+
+            from hts.models.batched import sevennet_graph
+
+            data = sevennet_graph(_with(b, positions, cells), self.cutoff)
+            data = self.layers(data)
+            return data[keys.NODE_FEATURE][:, : self.n_features]
+
+    class MaceTrunk(nn.Module):
+        """A MACE model's first ``blocks`` layers: their energy plus the last layer's scalars."""
+
+        def __init__(self, module, blocks: int) -> None:
+            super().__init__()
+            n = len(module.interactions)
+            if not 1 <= blocks <= n:
+                raise ValueError(f"blocks: {blocks} not in 1..{n} for this MACE model")
+            module.interactions = module.interactions[:blocks]
+            module.products = module.products[:blocks]
+            module.readouts = module.readouts[:blocks]
+            module.num_interactions = torch.tensor(blocks)
+            self.module = module
+            self.blocks, self.n_blocks = blocks, n
+            self.cutoff = float(module.r_max)
+            zs = [int(z) for z in module.atomic_numbers]
+            self.type_map = {z: i for i, z in enumerate(zs)}
+            self._rows = torch.full((max(zs) + 1,), -1, dtype=torch.long)
+            self._rows[zs] = torch.arange(len(zs))
+            # where the last layer's invariant channels sit in mace's concatenated node_feats
+            widths = [p.linear.irreps_out for p in module.products]
+            start = sum(ir.dim for ir in widths[:-1])
+            self.n_features = widths[-1].count("0e")
+            self._scalars = slice(start, start + self.n_features)
+
+        def species(self, numbers):
+            return self._rows.to(numbers.device)[numbers]
+
+        def forward(self, b, positions, cells):
+            from hts.models.batched import mace_tensor_input
+
+            kinds = self.species(b.numbers)
+            d = mace_tensor_input(
+                _with(b, positions, cells), kinds, len(self.type_map), self.cutoff
+            )
+            res = self.module(d, compute_force=False, training=self.training)
+            self.node_energy = res["node_energy"]
+            return res["node_feats"][:, self._scalars]
+
+    class Readout(nn.Module):
+        """Per-atom energy from scalar features: a linear map plus a zero-started MLP, per-species affine.
+
+        ``ε_i = scale[s_i] · (w·h_i + MLP(h_i)) + shift[s_i]``.  With the
+        teacher's own linear readout and rescaling copied in (the full SevenNet
+        trunk) the student starts as the teacher; otherwise the shifts start
+        from a least-squares fit of the targets to composition.
+        """
+
+        def __init__(self, n_in: int, n_species: int, hidden: int) -> None:
+            super().__init__()
+            self.linear = nn.Linear(n_in, 1, bias=False)
+            nn.init.zeros_(self.linear.weight)
+            self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
+            self.scale = nn.Parameter(torch.ones(n_species))
+            self.shift = nn.Parameter(torch.zeros(n_species))
+
+        def forward(self, h, species):
+            y = (self.linear(h) + self.mlp(h)).squeeze(-1)
+            return self.scale[species] * y + self.shift[species]
+
+    class TrunkStudent(nn.Module):
+        """A trunk and a readout: per-atom energies (and the trunk's features) of a tensor batch."""
+
+        def __init__(self, trunk, hidden: int = 64) -> None:
+            super().__init__()
+            self.trunk = trunk
+            self.readout = Readout(trunk.n_features, len(trunk.type_map), hidden)
+
+        def forward(self, b, positions=None, cells=None):
+            pos = b.positions if positions is None else positions
+            cel = b.cells if cells is None else cells
+            h = self.trunk(b, pos, cel)
+            e = self.readout(h, self.trunk.species(b.numbers))
+            if isinstance(self.trunk, MaceTrunk):  # mace's own layer energies, as it sums them
+                e = e + self.trunk.node_energy.to(e.dtype)
+            return e, h
+
+    _Trunk.classes = {
+        "sevennet": SevennetTrunk,
+        "mace": MaceTrunk,
+        "Readout": Readout,
+        "TrunkStudent": TrunkStudent,
+    }
+    return _Trunk.classes
+
+
+def _with(b, positions, cells):
+    """The batch with (possibly differentiable) positions and cells in place of its own."""
+    from hts.models.tensor import TensorBatch
+
+    return TensorBatch(positions, cells, b.numbers, b.batch, b.counts)
+
+
+def _sevennet(checkpoint: str):
+    import os
+    import warnings
+
+    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sevenn import util
+
+        return util.model_from_checkpoint(util.pretrained_name_to_path(checkpoint))
+
+
+def trunk_of(teacher) -> dict | None:
+    """The recipe of the teacher's trunk (a :class:`hts.spec.ModelSpec`), or None: a black box.
+
+    SevenNet checkpoints shipped in the wheel and MACE files have layers to
+    copy; CHGNet, ASE calculators and the analytic potentials do not.
+    """
+    from hts.models.batched import SevennetModel
+
+    if teacher.name in SevennetModel.checkpoints:
+        return {"kind": "sevennet", "checkpoint": SevennetModel.checkpoints[teacher.name]}
+    if teacher.name == "mace" and teacher.path:
+        return {"kind": "mace", "path": str(teacher.path)}
+    return None
+
+
+def make_student(recipe: dict, blocks: int | None, hidden: int = 64, teacher_readout: bool = True):
+    """A fresh student from a trunk recipe (:func:`trunk_of`); ``blocks`` None: the whole trunk.
+
+    With the whole SevenNet trunk and ``teacher_readout``, the teacher's
+    readout is copied into the linear part, so the student starts equal to
+    the teacher (tested).
+    """
+    torch = _torch()
+    cls = _classes()
+    if recipe["kind"] == "sevennet":
+        n = _n_blocks_sevennet(recipe["checkpoint"])
+        trunk = cls["sevennet"](recipe["checkpoint"], n if blocks is None else blocks)
+    elif recipe["kind"] == "mace":
+        from hts.models.batched import _load_mace_file
+
+        module = _load_mace_file(recipe["path"], "cpu").float()
+        trunk = cls["mace"](module, len(module.interactions) if blocks is None else blocks)
+    else:
+        raise ValueError(f"unknown trunk kind {recipe['kind']!r}")
+    student = cls["TrunkStudent"](trunk, hidden)
+    if recipe["kind"] == "sevennet" and trunk.blocks == trunk.n_blocks and teacher_readout:
+        _copy_sevennet_readout(student, recipe["checkpoint"])
+    return student.to(torch.float32)
+
+
+def _n_blocks_sevennet(checkpoint: str) -> int:
+    import sevenn._keys as keys
+
+    return int(_sevennet(checkpoint)[1][keys.NUM_CONVOLUTION])
+
+
+def _copy_sevennet_readout(student, checkpoint: str) -> None:
+    """The teacher's readout (two linear maps, no activation) as one weight vector, and its rescale."""
+    torch = _torch()
+    teacher, _ = _sevennet(checkpoint)
+    mods = teacher._modules
+    n = student.trunk.n_features
+    first, second = mods["reduce_input_to_hidden"].linear, mods["reduce_hidden_to_energy"].linear
+    with torch.no_grad():
+        w = second(first(torch.eye(n))).reshape(n)
+        if float(second(first(torch.zeros(1, n))).abs().max()) > 1e-6:
+            raise RuntimeError("SevenNet's readout has a bias: cannot copy it as a linear map")
+        rescale = mods["rescale_atomic_energy"]
+        student.readout.linear.weight.copy_(w.reshape(1, n))
+        student.readout.scale.copy_(rescale.scale.reshape(-1))
+        student.readout.shift.copy_(rescale.shift.reshape(-1))
+
+
+def save_student(
+    path: str | Path, student, recipe: dict, elements: Sequence[str], meta: dict
+) -> None:
+    """Write a trunk student: recipe, weights, elements trained on, licence, and ``meta``."""
+    torch = _torch()
+    trunk = student.trunk
+    entry = {k: v for k, v in recipe.items() if k != "path"}
+    if recipe["kind"] == "mace":
+        entry["module"] = trunk.module  # pickled, as mace students are
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": 1,
+            "trunk": {**entry, "blocks": trunk.blocks, "n_blocks": trunk.n_blocks},
+            "hidden": int(student.readout.mlp[0].out_features),
+            "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+            "elements": sorted(elements),
+            "license": LICENSES[recipe["kind"]],
+            "meta": meta,
+        },
+        str(path),
+    )
+
+
+def is_trunk_student(path: str | Path) -> bool:
+    """Whether a file is a trunk student (rather than a MACE module or anything else)."""
+    torch = _torch()
+    try:
+        blob = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception:
+        return False
+    return isinstance(blob, dict) and blob.get("format") == FORMAT
+
+
+def load_student(path: str | Path, device: str = "cpu"):
+    """(module, file dict) of a trunk student file; a clear error for anything else."""
+    torch = _torch()
+    from hts.models.batched import ModelFileError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        blob = torch.load(str(p), map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ModelFileError(
+            f"{path}: cannot load as a student ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a student file written by hts distill")
+    cls = _classes()
+    spec = blob["trunk"]
+    if spec["kind"] == "sevennet":
+        trunk = cls["sevennet"](spec["checkpoint"], int(spec["blocks"]))
+    elif spec["kind"] == "mace":
+        trunk = cls["mace"](spec["module"], int(spec["blocks"]))
+    else:
+        raise ModelFileError(f"{path}: unknown trunk kind {spec['kind']!r}")
+    student = cls["TrunkStudent"](trunk, int(blob["hidden"]))
+    student.load_state_dict(blob["state_dict"])
+    return student.to(torch.float32).to(device).eval(), blob
+
+
+class StudentModel:
+    """A trunk student behind the model interface: energy in one forward pass; forces by autograd.
+
+    A direct student's prefilter needs only :meth:`energies` (no backward
+    pass: the cheapest a student can be); :meth:`evaluate` also gives forces
+    and stress (the gradients of its energy, as for any model) so the student
+    passes the same conformance test as every other model.  Thread-safe: the
+    weights are frozen and every call builds its own graph.
+    """
+
+    name = "student"
+    thread_safe = True
+    cpu_atoms = 64  # SevenNet-like layers fall out of cache in larger CPU passes
+
+    def __init__(self, path: str, device: str, batch_size: int) -> None:
+        torch = _torch()
+        self.path = path
+        self.device = device
+        self.batch_size = batch_size
+        self.module, blob = load_student(path, device)
+        self.model = self.module  # as MaceModel's: what parameter counts read
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.elements = set(blob["elements"])
+        self.license = blob.get("license", "")
+        t = blob["trunk"]
+        self.version = (
+            f"{Path(path).name}: {t['kind']} trunk, {t['blocks']} of {t['n_blocks']} blocks "
+            f"({t.get('checkpoint', 'mace file')}), torch {torch.__version__}"
+        )
+        self._lock = threading.Lock()
+
+    def unsupported(self, numbers: Sequence[int]) -> str | None:
+        return not_covered(numbers, self.elements, f"student ({self.path})")
+
+    def calculator(self):
+        from hts.models.base import ModelCalculator
+
+        return ModelCalculator(self)
+
+    def energies(self, structures: Sequence[Atoms]) -> np.ndarray:
+        """Energy (eV) of each structure, forward pass only."""
+        torch = _torch()
+        from hts.models.tensor import TensorBatch
+
+        out = []
+        for part in self._passes(structures):
+            b = TensorBatch.from_atoms(part, self.device, torch.float32)
+            with torch.no_grad():
+                e, _ = self.module(b)
+            total = torch.zeros(b.n_structures, dtype=e.dtype, device=e.device)
+            out.append(total.index_add_(0, b.batch, e).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def predict(self, batch: Sequence[Atoms]) -> list[Prediction]:
+        from hts.models.tensor import predict_via_tensors
+
+        return [p for part in self._passes(batch) for p in predict_via_tensors(self, part)]
+
+    def _passes(self, structures):
+        from hts.models.batched import _passes
+
+        limit = self.cpu_atoms if self.device == "cpu" else None
+        return _passes(list(structures), self.batch_size, limit)
+
+    def evaluate(self, b):
+        """Energy ``[B]``, forces ``[N, 3]`` and stress ``[B, 3, 3]`` by autograd, on the batch's device."""
+        torch = _torch()
+        from hts.models.tensor import Evaluation
+
+        dt = torch.float32
+        pos = b.positions.detach().to(dt)
+        cells = b.cells.detach().to(dt)
+        strain = torch.zeros_like(cells, requires_grad=True)
+        with torch.enable_grad():
+            pos = pos.requires_grad_(True)
+            sym = (strain + strain.transpose(-1, -2)) / 2
+            deform = torch.eye(3, dtype=dt, device=pos.device) + sym
+            p = torch.einsum("ni,nij->nj", pos, deform[b.batch])
+            c = cells @ deform
+            e, _ = self.module(b, p, c)
+            total = torch.zeros(b.n_structures, dtype=dt, device=pos.device).index_add(
+                0, b.batch, e
+            )
+            g_pos, g_strain = torch.autograd.grad(total.sum(), [pos, strain])
+        volume = torch.linalg.det(cells).abs()
+        out = b.positions.dtype
+        return Evaluation(
+            total.detach().to(out),
+            (-g_pos).detach().to(out),
+            (g_strain / volume[:, None, None]).detach().to(out),
+        )
