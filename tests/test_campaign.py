@@ -354,3 +354,19 @@ def test_a_store_from_before_pressure_is_resumed(tmp_path):
     assert stats.done == 1 and stats.resumed == 4 and ds.sizes["candidate"] == 5
     p = ds.pressure.values[:, 0]
     assert np.isnan(p[:4]).all() and np.isfinite(p[4])
+
+
+def test_eta_counts_the_teachers_queue():
+    import time
+
+    from hts.campaign.driver import RunStats
+
+    s = RunStats(total_estimate=1000, done=500, kept=150, rescored=100, rescore_waiting=50)
+    s.started = time.time() - 125.0
+    s.stage_s = {"prefilter": 50.0, "rescore": 200.0}  # 0.1 s and 2 s per candidate, 2 busy
+    # 500 left to screen (50 worker-s), 50 queued + 30 % of 500 for the teacher (400 worker-s)
+    assert abs(s.eta_s - 225.0) < 1.0
+    s.rescore_waiting, s.kept, s.rescored = 0, 0, 0  # a student that keeps nothing
+    assert abs(s.eta_s - 25.0) < 1.0  # 50 worker-s of screening, 2 workers busy
+    s.kept, s.rescore_waiting = 10, 10  # the teacher has work but no timing yet: unknown
+    assert s.eta_s is None

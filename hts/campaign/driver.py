@@ -76,6 +76,7 @@ class RunStats:
     started: float = field(default_factory=time.time)
     worker_s: float = 0.0  # wall time inside tasks
     model_s: float = 0.0  # of which inside model calls
+    stage_s: dict[str, float] = field(default_factory=dict)  # worker_s by stage
     phase: str = "starting"
 
     @property
@@ -85,9 +86,29 @@ class RunStats:
 
     @property
     def eta_s(self) -> float | None:
-        if not self.total_estimate or self.rate <= 0:
+        """Seconds left for the student's remaining candidates *and* the teacher's queue.
+
+        Worker time per candidate of each stage so far, times what is left of
+        each (the teacher's queue, plus the share of the candidates still to
+        screen that the prefilter has been sending it), over the parallelism
+        observed (worker time per wall second).  Unknown (None) until both
+        stages have timed a task: a student-only estimate would promise
+        seconds while minutes of teacher work wait.
+        """
+        if not self.total_estimate or self.done <= 0:
             return None
-        return max(0.0, (self.total_estimate - self.done - self.resumed) / self.rate)
+        elapsed = time.time() - self.started
+        busy = sum(self.stage_s.values())
+        if elapsed <= 0 or busy <= 0:
+            return None
+        left = max(0, self.total_estimate - self.done - self.resumed)
+        work = left * self.stage_s.get("prefilter", 0.0) / self.done
+        teacher_due = self.rescore_waiting + left * (self.kept + self.audited) / self.done
+        if teacher_due > 0:
+            if not self.rescored:
+                return None
+            work += teacher_due * self.stage_s.get("rescore", 0.0) / self.rescored
+        return max(0.0, work / (busy / elapsed))
 
 
 def _prefilter_rows(
@@ -220,6 +241,7 @@ class _Driver:
         self.store.set_stage_model(stage, d.result.model_name, d.result.model_version)
         self.stats.worker_s += d.result.wall_s
         self.stats.model_s += d.result.model_s
+        self.stats.stage_s[stage] = self.stats.stage_s.get(stage, 0.0) + d.result.wall_s
         return d.result.records
 
     def _collect_prefilter(self, d: Done, chunk: Chunk) -> None:
@@ -406,7 +428,11 @@ class _Driver:
             return
         for start, b in self.store.iter_blocks(["id", "e_above_hull", "kept", "audit"]):
             want = _audit_sample(
-                b["id"], np.isfinite(b["e_above_hull"][:, 0]), b["kept"][:, 0], self.c.seed, self.audit
+                b["id"],
+                np.isfinite(b["e_above_hull"][:, 0]),
+                b["kept"][:, 0],
+                self.c.seed,
+                self.audit,
             )
             changed = np.flatnonzero(want != b["audit"])
             self.store.write_rows("audit", start + changed, want[changed])

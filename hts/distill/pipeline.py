@@ -167,6 +167,12 @@ def run_distill(
     shutil.copyfile(student_file, out / "student.model")
     compiled = student_file.parent / "student_compiled.model"
     shutil.copyfile(compiled if compiled.exists() else student_file, out / "student_compiled.model")
+    if (
+        cfg.student.kind == "trunk"
+    ):  # its weights carry the teacher's licence (GPL-3.0 for SevenNet)
+        from hts.models.student import write_license
+
+        write_license(out, out / "student.model")
 
     run.phase("timing student and teacher")
     report = build_report(run, result, rounds)

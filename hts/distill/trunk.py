@@ -96,6 +96,8 @@ def _speciescomposition_baseline(student, ex: _Examples, zs: list[int]) -> None:
 
     Per-atom targets give each species' mean atomic energy directly; without
     them the shifts are a least-squares fit of energy per atom to composition.
+    An element of the space no training frame holds gets the mean shift (its
+    predictions are guesses, as a student from scratch's would be).
     """
     import torch
 
@@ -108,11 +110,14 @@ def _speciescomposition_baseline(student, ex: _Examples, zs: list[int]) -> None:
         shift = {z: float(np.mean(v)) for z, v in by.items()}
         resid = np.concatenate([np.asarray(v) - shift[z] for z, v in by.items()])
     else:
-        e0 = composition_baseline(ex.frames, zs)
-        shift = dict(zip(zs, e0.tolist(), strict=True))
+        seen = sorted({int(z) for a in ex.frames for z in a.numbers})
+        e0 = composition_baseline(ex.frames, seen)
+        shift = dict(zip(seen, e0.tolist(), strict=True))
         base = np.array([np.mean([shift[int(z)] for z in a.numbers]) for a in ex.frames])
         resid = ex.target - base
     scale = float(max(np.std(resid), 1e-3))
+    mean = float(np.mean(list(shift.values())))
+    shift = {z: shift.get(z, mean) for z in set(zs) | set(shift)}
     with torch.no_grad():
         for z, v in shift.items():
             if z in type_map:
@@ -229,7 +234,11 @@ def run_trunk(cfg: dict, train: list, valid: list, log) -> dict:
     if best_state is not None:
         student.load_state_dict(best_state)
     student = student.cpu().eval()
+    from ase.data import chemical_symbols
+
+    # the space's elements, as a student from scratch covers them (see _species_baseline)
     elements = sorted({str(s) for a in train for s in a.get_chemical_symbols()})
+    elements = sorted(set(elements) | {chemical_symbols[z] for z in zs})
     path = run / "student.model"
     save_student(
         path,

@@ -316,6 +316,50 @@ def save_student(
     )
 
 
+def write_license(folder: str | Path, student_file: str | Path) -> list[str]:
+    """The licence a trunk student's weights carry, beside it: ``LICENSE`` and ``NOTICE.md``.
+
+    A SevenNet trunk's weights derive from SevenNet's, which are GPL-3.0: the
+    folder gets the GPL's text (copied from the installed ``sevenn``
+    package's own licence file) and a notice saying what is covered and why;
+    hts itself (BSD-3) is not.  A MACE trunk carries its teacher file's
+    licence, which hts cannot know: the notice says so.  Returns the files written.
+    """
+    import importlib.metadata as md
+
+    torch = _torch()
+    blob = torch.load(str(student_file), map_location="cpu", weights_only=False)
+    trunk = blob["trunk"]
+    folder = Path(folder)
+    name = Path(student_file).name
+    if trunk["kind"] == "sevennet":
+        dist = md.distribution("sevenn")
+        text = next(
+            (f.read_text() for f in (dist.files or []) if "LICENSE" in str(f).upper()), None
+        )
+        if text:
+            (folder / "LICENSE").write_text(text)
+        notice = (
+            f"# Licence of {name}\n\n"
+            f"`{name}` holds weights copied from SevenNet ({trunk['checkpoint']}, sevenn "
+            f"{dist.version}) and fine-tuned from them by `hts distill`: the first "
+            f"{trunk['blocks']} of its {trunk['n_blocks']} interaction blocks and its embedding.  "
+            "SevenNet and its weights are distributed under the GNU General Public License "
+            "v3.0, so this student, a work derived from them, is too: `LICENSE` beside it is "
+            "that licence's text, from the sevenn package.  hts's own code is BSD-3-Clause; "
+            "running the student needs the `sevenn` package (GPL-3.0) as well.\n"
+        )
+    else:
+        notice = (
+            f"# Licence of {name}\n\n"
+            f"`{name}` holds layers copied from the MACE teacher file named in its report and "
+            "fine-tuned by `hts distill`: it carries that file's licence, which hts does not know "
+            "(mace-torch's code is MIT; foundation models' weights have licences of their own).\n"
+        )
+    (folder / "NOTICE.md").write_text(notice)
+    return ["LICENSE", "NOTICE.md"] if trunk["kind"] == "sevennet" else ["NOTICE.md"]
+
+
 def is_trunk_student(path: str | Path) -> bool:
     """Whether a file is a trunk student (rather than a MACE module or anything else)."""
     torch = _torch()

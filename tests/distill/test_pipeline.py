@@ -19,7 +19,7 @@ def _files(tmp_path, kind: str = "direct"):
     prefilter = {
         "model": {"name": "mace", "path": "out/student.model", "dtype": "float32"},
     }
-    if kind == "direct":
+    if kind in ("direct", "trunk"):
         prefilter["direct"] = True
     else:
         prefilter["relax"] = {"fmax": 0.1, "max_steps": 20}
@@ -146,6 +146,50 @@ def test_tiny_direct_distillation_with_a_round_near_the_threshold(tmp_path):
     )
     assert sorted(p.name for p in dataset.glob("labels-*.extxyz")) == files_before
     assert again["rounds"][0]["training_candidates"] == r1["training_candidates"]
+
+
+def test_tiny_trunk_distillation_fine_tunes_the_teachers_first_block(tmp_path):
+    """The default kind for a SevenNet teacher: its first block, fine-tuned (one epoch)."""
+    path = _files(tmp_path, "trunk")
+    data = yaml.safe_load(path.read_text())
+    data["student"] = {"kind": "auto", "blocks": 1, "readout_hidden": 8}
+    data["sampling"]["points"] = 0
+    data["rounds"] = {"max": 1, "labels": 3, "pool": 8}
+    data["training"] = {"epochs": 1, "batch_size": 4, "threads": 1, "atom_weight": 1.0}
+    path.write_text(yaml.safe_dump(data))
+    campaign = yaml.safe_load((tmp_path / "campaign.yaml").read_text())
+    campaign["stages"]["prefilter"]["model"] = {"name": "student", "path": "out/student.model"}
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(campaign))
+    cfg = load_distill(path)
+    out = tmp_path / "out"
+    eng = make_engine("parsl", "local", out / "parsl")
+    try:
+        report = run_distill(cfg, eng)
+    finally:
+        eng.close()
+    assert report["student"]["kind"] == "trunk"
+    assert report["student"]["architecture"]["blocks"] == 1
+    # the teacher gave per-atom energies at its minima; the trunk trained on them
+    from ase.io import read
+
+    dataset = next((out / "dataset").iterdir())
+    frames = [a for f in sorted(dataset.glob("labels-*.extxyz")) for a in read(f, ":")]
+    minima = [a for a in frames if "REF_energies" in a.arrays]
+    assert minima and all(
+        abs(a.arrays["REF_energies"].sum() - a.info["REF_energy"]) < 1e-3 for a in minima
+    )
+    # the student: SevenNet-0's first block, its licence beside it, one forward pass per candidate
+    student = load_model(ModelSpec(name="student", path=str(out / "student.model")))
+    assert "1 of 5 blocks" in student.version
+    assert "GNU GENERAL PUBLIC LICENSE" in (out / "LICENSE").read_text()
+    assert "GPL" in (out / "NOTICE.md").read_text()
+    sp = report["speed"]
+    assert sp["ratio_per_candidate"] > 1  # one forward pass against a teacher relaxation
+    assert report["screening"]["calibration"]["n_candidates"] > 0
+    # the campaign naming it (direct: true, name: student) validates
+    from hts.campaign import preflight
+
+    preflight(cfg.load_campaign())
 
 
 def test_tiny_relaxing_distillation_with_an_on_policy_round(tmp_path):
