@@ -85,6 +85,20 @@ def design(name: str) -> dict:
             d["training"]["feature_weight"] = 1.0
         elif e == "noaug":
             d["training"]["augment"] = False
+        elif e == "frozen":
+            d["training"]["freeze_blocks"] = 20
+        elif e.startswith("heads"):
+            d["student"]["heads"] = int(e[len("heads") :])
+        elif e.startswith("h") and e[1:].isdigit():
+            d["student"]["readout_hidden"] = int(e[1:])
+        elif e.startswith("ep") and e[2:].isdigit():
+            d["training"]["epochs"] = int(e[2:])
+        elif e.startswith("freeze"):
+            d["training"]["freeze_blocks"] = int(e[len("freeze") :])
+        elif e.startswith("lr"):  # +lr5: the readout at 5e-3
+            d["training"]["lr"] = float(e[2:]) * 1e-3
+        elif e.startswith("tlr"):  # +tlr0.3: the trunk at 0.3 x the readout's rate
+            d["training"]["trunk_lr"] = float(e[3:])
         else:
             raise SystemExit(f"unknown extra {e!r} in {name!r}")
     return d
@@ -159,8 +173,22 @@ def main() -> None:
     )
     ap.add_argument("--label", action="store_true", help="Label what the dataset lacks first.")
     ap.add_argument("--epochs", type=int, default=None, help="Override every design's epochs.")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Training threads (default the file's); 1 while something else uses the cores.",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench-distill")
     ap.add_argument("--cost-candidates", type=int, default=16)
+    ap.add_argument(
+        "--existing",
+        nargs="*",
+        default=[],
+        metavar="NAME=FILE:LABELS",
+        help="Also judge student files trained elsewhere (e.g. the old shipped student), "
+        "given the teacher relaxations they cost.",
+    )
     args = ap.parse_args()
 
     from hts.distill.calibration import evaluate_student
@@ -177,7 +205,12 @@ def main() -> None:
     campaign = cfg0.load_campaign()
     teacher = cfg0.resolved_teacher(campaign)
     relax = (campaign.stages.rescore or campaign.stages.prefilter).relax
-    cfg0 = cfg0.model_copy(update={"sampling": cfg0.sampling.model_copy(update={"relax": relax})})
+    cfg0 = cfg0.model_copy(
+        update={
+            "sampling": cfg0.sampling.model_copy(update={"relax": relax}),
+            "student": cfg0.student.model_copy(update={"kind": cfg0.student_kind(teacher)}),
+        }
+    )
     labels = LabelStore(
         cfg0.path(cfg0.output) / "dataset" / cfg0.dataset_key(teacher),
         {
@@ -197,8 +230,17 @@ def main() -> None:
             print(f"\r{p.phase} {p.done}/{p.total} {p.detail}".ljust(100), end="", flush=True)
 
     run = DistillRun(cfg0, campaign, teacher, engine, labels, args.out, progress)
-    cells: list[dict] = []
     results_file = args.out / "curve.json"
+    # earlier runs' cells stay (a rerun of a cell replaces it): the table grows run by run
+    cells: list[dict] = json.loads(results_file.read_text()) if results_file.exists() else []
+
+    def keep(cell: dict) -> None:
+        cells[:] = [
+            c for c in cells if (c["design"], c["labels"]) != (cell["design"], cell["labels"])
+        ]
+        cells.append(cell)
+        results_file.write_text(json.dumps(cells, indent=1))
+
     try:
         sample(run)
         draw = list(run.train)
@@ -211,12 +253,37 @@ def main() -> None:
         ev = cfg0.evaluation
         teacher_model = load_model(teacher)
         pick = [run.cands[c] for c in run.primary[: args.cost_candidates]]
+        for item in args.existing:  # students trained elsewhere: judged, not trained
+            name, rest = item.split("=", 1)
+            path, n = rest.rsplit(":", 1)
+            # its elemental references are fitted on labelled training candidates, as for any
+            run.train = [c for c in draw if run.ok(c) and c not in calibration][:1600]
+            result = evaluate_student(run, Path(path).resolve())
+            spec = result.pop("student_spec")
+            cost = candidate_cost(
+                teacher_model, teacher, relax, load_model(spec), spec, pick, True, None, 3
+            )
+            cell = {
+                "design": name,
+                "labels": int(n),
+                "trained_on": None,
+                **judge(result, run, stable, ev.target_recall, ev.confidence),
+                "cost_ratio": cost["ratio_per_candidate"],
+                "student_ms": 1000 * cost["student_s_per_candidate"],
+                "train_s": None,
+                "epochs": None,
+                "wall_s": None,
+            }
+            keep(cell)
+            print(f"\n{json.dumps(cell)}", flush=True)
         for name in args.designs:
             d = design(name)
             student = cfg0.student.model_copy(update=d["student"])
             training = cfg0.training.model_copy(update=d["training"])
             if args.epochs:
                 training = training.model_copy(update={"epochs": args.epochs})
+            if args.threads:
+                training = training.model_copy(update={"threads": args.threads})
             cfg = cfg0.model_copy(update={"student": student, "training": training})
             run.cfg = cfg
             for n in sorted(args.sizes):
@@ -247,8 +314,7 @@ def main() -> None:
                     "epochs": trained["epochs"],
                     "wall_s": time.time() - t0,
                 }
-                cells.append(cell)
-                results_file.write_text(json.dumps(cells, indent=1))
+                keep(cell)
                 print(f"\n{json.dumps(cell)}", flush=True)
     finally:
         engine.close()

@@ -161,7 +161,15 @@ class Student(Strict):
         "per candidate); default: all of them.",
     )
     readout_hidden: int = Field(
-        default=64, ge=4, le=1024, description="Trunk student: width of the new readout's MLP."
+        default=64, ge=4, le=1024, description="Trunk student: width of the heads' MLPs."
+    )
+    heads: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="Trunk student: MLP heads on the shared trunk, each trained on its own (an "
+        "ensemble: their mean is the prediction, their spread the uncertainty; the trunk's "
+        "pass, the cost, is shared).",
     )
     teacher_readout: bool = Field(
         default=True,
@@ -243,6 +251,22 @@ class Training(Strict):
         le=1,
         description="Trunk student: the copied layers' learning rate as a share of lr (the new "
         "readout's).",
+    )
+    freeze_blocks: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="Trunk student: the embedding and this many first blocks stay as the teacher "
+        "trained them (no gradient: cheaper steps, nothing forgotten); 0 trains every layer, "
+        "as many as the trunk has (or more) freezes it whole: its features are computed once "
+        "and only the heads learn, in minutes.",
+    )
+    frozen_batch_size: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Trunk student with a frozen trunk: frames per step of the heads' training "
+        "on cached features (cheap steps, so large ones, with a cosine decay over the epochs).",
     )
     augment: bool = Field(
         default=True,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hts.distill.examples import frame_id, tagged
 from hts.distill.sample import Frame, LabelResult
 
 __all__ = ["LabelStore"]
@@ -123,7 +124,8 @@ class LabelStore:
         names |= {v["file"] for v in self.points.values()}
         for name in sorted(names):
             for a in iread(self.root / name, index=":", format="extxyz"):
-                if ids is None or a.info.get("hts_id") in ids:
+                a.info["hts_id"] = frame_id(a)  # every reader sees the plain id
+                if ids is None or a.info["hts_id"] in ids:
                     yield a
 
     def features(self, ids: set[str]) -> dict[str, np.ndarray]:
@@ -177,7 +179,7 @@ def _atoms(f: Frame):
     a.info = {
         "REF_energy": f.energy,
         "REF_stress": f.stress,
-        "hts_id": f.candidate,
+        "hts_id": tagged(f.candidate),
         "config_type": f.kind,
     }
     a.arrays["REF_forces"] = f.forces
@@ -193,7 +195,7 @@ def _features_name(labels: str) -> str:
 def frame_labels(a) -> Frame:
     """Labels back from an extxyz frame (for evaluation)."""
     return Frame(
-        str(a.info.get("hts_id", "")),
+        frame_id(a),
         str(a.info.get("config_type", "")),
         np.asarray(a.numbers),
         np.asarray(a.positions),

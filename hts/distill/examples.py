@@ -15,7 +15,28 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["POINT", "RELAXED", "batches", "composition_baseline", "write_examples"]
+__all__ = ["POINT", "RELAXED", "batches", "composition_baseline", "frame_id", "tagged", "write_examples"]
+
+_TAG = "id:"
+
+
+def tagged(cid: str) -> str:
+    """A candidate id as written into an extxyz frame: tagged, so no reader takes it for a number.
+
+    ASE's extxyz reader parses an all-digit id (``1439871577777452``) as an
+    int and ``12e4…`` as a float; the tag keeps every id a string.
+    """
+    return f"{_TAG}{cid}"
+
+
+def frame_id(a) -> str:
+    """The candidate id of a frame read back (tagged, or an untagged one ASE took for an int)."""
+    v = a.info.get("hts_id", "")
+    if isinstance(v, str):
+        return v[len(_TAG) :] if v.startswith(_TAG) else v
+    if isinstance(v, (int, np.integer)):  # written untagged by an older hts: ids are 16 digits
+        return f"{int(v):016d}"
+    return str(v)
 
 RELAXED, POINT = "Default", "point"  # readout heads: the relaxed energy is the one a campaign reads
 
@@ -41,10 +62,15 @@ def write_examples(
 
     out = []
     for a in frames:
-        cid = a.info["hts_id"]
+        cid = frame_id(a)
         b = Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=True)
         e = targets[cid] if head == RELAXED else a.info["REF_energy"] / len(a)
-        b.info = {"hts_id": cid, "hts_target": float(e), "hts_group": groups[cid], "hts_head": head}
+        b.info = {
+            "hts_id": tagged(cid),
+            "hts_target": float(e),
+            "hts_group": groups[cid],
+            "hts_head": head,
+        }
         if (
             "hts_atom_target" in a.arrays
         ):  # the teacher's per-atom relaxed energies (trunk students)

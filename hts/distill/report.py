@@ -155,6 +155,7 @@ def build_report(run: DistillRun, result: dict, rounds: list[dict]) -> dict:
             "calibration_candidates": len(run.primary),
             "subsystem_candidates": len(run.closure),
             "held_out_share": cfg.sampling.holdout_systems,
+            "seed": cfg.seed,  # with the share, which chemical systems were never trained on
         },
         "rounds": rounds,
         "screening": result["screening"],

@@ -83,7 +83,7 @@ def _classes() -> dict:
     nn = torch.nn
 
     class SevennetTrunk(nn.Module):
-        """SevenNet's embedding and first ``blocks`` interaction blocks → scalar features per atom."""
+        """SevenNet's embedding and first ``blocks`` blocks → every block's scalar features per atom."""
 
         def __init__(self, checkpoint: str, blocks: int) -> None:
             super().__init__()
@@ -108,22 +108,29 @@ def _classes() -> dict:
             self.n_blocks = n_blocks
             self.cutoff = float(config[keys.CUTOFF])
             self.n_features = int(config[keys.NODE_FEATURE_MULTIPLICITY])
+            self.n_all = self.n_features * blocks
             self.type_map = {int(z): int(i) for z, i in config[keys.TYPE_MAP].items()}
 
         def species(self, numbers):
             return self.layers._atomic_numbers_to_onehot(numbers)
 
         def forward(self, b, positions, cells):
+            """(last block's scalars [N, C], every block's scalars [N, blocks·C])."""
             import sevenn._keys as keys
 
             from hts.models.batched import sevennet_graph
 
             data = sevennet_graph(_with(b, positions, cells), self.cutoff)
-            data = self.layers(data)
-            return data[keys.NODE_FEATURE][:, : self.n_features]
+            data[keys.NODE_FEATURE] = self.species(b.numbers)
+            scalars = []
+            for name, module in self.layers._modules.items():
+                data = module(data)
+                if name.endswith("_equivariant_gate"):
+                    scalars.append(data[keys.NODE_FEATURE][:, : self.n_features])
+            return scalars[-1], torch.cat(scalars, dim=1)
 
     class MaceTrunk(nn.Module):
-        """A MACE model's first ``blocks`` layers: their energy plus the last layer's scalars."""
+        """A MACE model's first ``blocks`` layers: their energy, and every layer's invariant features."""
 
         def __init__(self, module, blocks: int) -> None:
             super().__init__()
@@ -141,11 +148,14 @@ def _classes() -> dict:
             self.type_map = {z: i for i, z in enumerate(zs)}
             self._rows = torch.full((max(zs) + 1,), -1, dtype=torch.long)
             self._rows[zs] = torch.arange(len(zs))
-            # where the last layer's invariant channels sit in mace's concatenated node_feats
-            widths = [p.linear.irreps_out for p in module.products]
-            start = sum(ir.dim for ir in widths[:-1])
-            self.n_features = widths[-1].count("0e")
-            self._scalars = slice(start, start + self.n_features)
+            # where each layer's invariant channels sit in mace's concatenated node_feats
+            self._slices, start = [], 0
+            for p in module.products:
+                irreps = p.linear.irreps_out
+                self._slices.append(slice(start, start + irreps.count("0e")))
+                start += irreps.dim
+            self.n_features = self._slices[-1].stop - self._slices[-1].start
+            self.n_all = sum(s.stop - s.start for s in self._slices)
 
         def species(self, numbers):
             return self._rows.to(numbers.device)[numbers]
@@ -159,52 +169,91 @@ def _classes() -> dict:
             )
             res = self.module(d, compute_force=False, training=self.training)
             self.node_energy = res["node_energy"]
-            return res["node_feats"][:, self._scalars]
+            feats = res["node_feats"]
+            return feats[:, self._slices[-1]], torch.cat([feats[:, s] for s in self._slices], 1)
 
-    class Readout(nn.Module):
-        """Per-atom energy from scalar features: a linear map plus a zero-started MLP, per-species affine.
+    class Heads(nn.Module):
+        """Per-atom energies from the trunk's features: a linear map plus an ensemble of MLPs.
 
-        ``ε_i = scale[s_i] · (w·h_i + MLP(h_i)) + shift[s_i]``.  With the
-        teacher's own linear readout and rescaling copied in (the full SevenNet
-        trunk) the student starts as the teacher; otherwise the shifts start
-        from a least-squares fit of the targets to composition.
+        ``ε_i = scale[s_i] · (w·h_i + MLP_m(x_i)) + shift[s_i]`` for each head
+        ``m``, where ``h_i`` are the last block's scalars and ``x_i`` every
+        block's, standardised, next to their mean over the atom's structure (a
+        relaxed energy is a property of the whole cell, not of one site's
+        neighbourhood).  The MLPs start at zero (their last layer), so
+        with the teacher's linear readout and rescaling copied in (the whole
+        SevenNet trunk) the student starts as the teacher's single point and
+        learns the correction; the heads' spread is the student's uncertainty.
         """
 
-        def __init__(self, n_in: int, n_species: int, hidden: int) -> None:
+        def __init__(self, n_last: int, n_all: int, n_species: int, hidden: int, heads: int):
             super().__init__()
-            self.linear = nn.Linear(n_in, 1, bias=False)
+            self.linear = nn.Linear(n_last, 1, bias=False)
             nn.init.zeros_(self.linear.weight)
-            self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-            nn.init.zeros_(self.mlp[2].weight)
-            nn.init.zeros_(self.mlp[2].bias)
+            self.n_heads, self.hidden = heads, hidden
+
+            def weight(*shape, fan_in):
+                return nn.Parameter(torch.randn(*shape) / fan_in**0.5)
+
+            self.w1 = weight(heads, 2 * n_all, hidden, fan_in=2 * n_all)
+            self.b1 = nn.Parameter(torch.zeros(heads, 1, hidden))
+            self.w2 = weight(heads, hidden, hidden, fan_in=hidden)
+            self.b2 = nn.Parameter(torch.zeros(heads, 1, hidden))
+            self.w3 = nn.Parameter(torch.zeros(heads, hidden, 1))
+            self.b3 = nn.Parameter(torch.zeros(heads, 1, 1))
+            self.register_buffer("mean", torch.zeros(n_all))
+            self.register_buffer("std", torch.ones(n_all))
             self.scale = nn.Parameter(torch.ones(n_species))
             self.shift = nn.Parameter(torch.zeros(n_species))
 
-        def forward(self, h, species):
-            y = (self.linear(h) + self.mlp(h)).squeeze(-1)
+        def forward(self, h_last, h_all, species, owner):
+            """Per-atom energies of every head, ``[heads, N]``; ``owner[i]``: atom i's structure."""
+            x = (h_all - self.mean) / self.std
+            n = int(owner.max()) + 1 if len(owner) else 0
+            counts = torch.zeros(n, dtype=x.dtype, device=x.device).index_add(
+                0, owner, torch.ones_like(owner, dtype=x.dtype)
+            )
+            pooled = torch.zeros(n, x.shape[1], dtype=x.dtype, device=x.device).index_add(
+                0, owner, x
+            )
+            x = torch.cat([x, (pooled / counts.clamp(min=1)[:, None])[owner]], 1).unsqueeze(0)
+            silu = nn.functional.silu
+            y = silu(torch.baddbmm(self.b1, x.expand(self.n_heads, -1, -1), self.w1))
+            y = silu(torch.baddbmm(self.b2, y, self.w2))
+            y = torch.baddbmm(self.b3, y, self.w3).squeeze(-1)
+            y = y + self.linear(h_last).squeeze(-1)
             return self.scale[species] * y + self.shift[species]
 
     class TrunkStudent(nn.Module):
-        """A trunk and a readout: per-atom energies (and the trunk's features) of a tensor batch."""
+        """A trunk and its heads: per-atom energies (mean over heads), every head's, the features."""
 
-        def __init__(self, trunk, hidden: int = 64) -> None:
+        def __init__(self, trunk, hidden: int = 64, heads: int = 1) -> None:
             super().__init__()
             self.trunk = trunk
-            self.readout = Readout(trunk.n_features, len(trunk.type_map), hidden)
+            n_species = len(trunk.type_map)
+            self.readout = Heads(trunk.n_features, trunk.n_all, n_species, hidden, heads)
 
-        def forward(self, b, positions=None, cells=None):
+        def features(self, b, positions=None, cells=None):
             pos = b.positions if positions is None else positions
             cel = b.cells if cells is None else cells
-            h = self.trunk(b, pos, cel)
-            e = self.readout(h, self.trunk.species(b.numbers))
-            if isinstance(self.trunk, MaceTrunk):  # mace's own layer energies, as it sums them
-                e = e + self.trunk.node_energy.to(e.dtype)
-            return e, h
+            return self.trunk(b, pos, cel)
+
+        def energies(self, h_last, h_all, species, owner, node_energy=None):
+            """Every head's per-atom energy ``[heads, N]`` from features (cached or fresh)."""
+            e = self.readout(h_last, h_all, species, owner)
+            if node_energy is not None:  # a MACE trunk's own layer energies, as mace sums them
+                e = e + node_energy.to(e.dtype)
+            return e
+
+        def forward(self, b, positions=None, cells=None):
+            h_last, h_all = self.features(b, positions, cells)
+            node_energy = getattr(self.trunk, "node_energy", None)  # MACE trunks set it
+            e = self.energies(h_last, h_all, self.trunk.species(b.numbers), b.batch, node_energy)
+            return e.mean(0), e, h_last
 
     _Trunk.classes = {
         "sevennet": SevennetTrunk,
         "mace": MaceTrunk,
-        "Readout": Readout,
+        "Heads": Heads,
         "TrunkStudent": TrunkStudent,
     }
     return _Trunk.classes
@@ -244,7 +293,14 @@ def trunk_of(teacher) -> dict | None:
     return None
 
 
-def make_student(recipe: dict, blocks: int | None, hidden: int = 64, teacher_readout: bool = True):
+def make_student(
+    recipe: dict,
+    blocks: int | None,
+    hidden: int = 64,
+    teacher_readout: bool = True,
+    heads: int = 1,
+    seed: int = 0,
+):
     """A fresh student from a trunk recipe (:func:`trunk_of`); ``blocks`` None: the whole trunk.
 
     With the whole SevenNet trunk and ``teacher_readout``, the teacher's
@@ -263,7 +319,8 @@ def make_student(recipe: dict, blocks: int | None, hidden: int = 64, teacher_rea
         trunk = cls["mace"](module, len(module.interactions) if blocks is None else blocks)
     else:
         raise ValueError(f"unknown trunk kind {recipe['kind']!r}")
-    student = cls["TrunkStudent"](trunk, hidden)
+    torch.manual_seed(seed)  # the heads' initial weights (each head its own)
+    student = cls["TrunkStudent"](trunk, hidden, heads)
     if recipe["kind"] == "sevennet" and trunk.blocks == trunk.n_blocks and teacher_readout:
         _copy_sevennet_readout(student, recipe["checkpoint"])
     return student.to(torch.float32)
@@ -292,6 +349,37 @@ def _copy_sevennet_readout(student, checkpoint: str) -> None:
         student.readout.shift.copy_(rescale.shift.reshape(-1))
 
 
+def freeze(student, blocks: int) -> int:
+    """Keep the embedding and the first ``blocks`` blocks as the teacher trained them; count frozen.
+
+    Frozen layers take no gradient, so training skips their backward pass
+    (cheaper per step) and cannot forget what the teacher learned there.
+    """
+    if blocks <= 0:
+        return 0
+    trunk = student.trunk
+    if hasattr(trunk, "layers"):  # sevennet: "<i>_..." blocks, everything before them embeds
+
+        def frozen(name: str) -> bool:
+            head = name.split(".")[1].split("_", 1)[0]  # "layers.<module>...."
+            return not head.isdigit() or int(head) < blocks
+
+    else:  # mace: node_embedding, radial_embedding, interactions.i, products.i, readouts.i
+
+        def frozen(name: str) -> bool:
+            parts = name.split(".")  # "module.<list>.<i>...."
+            if parts[1] in ("interactions", "products", "readouts"):
+                return int(parts[2]) < blocks
+            return parts[1] in ("node_embedding", "radial_embedding", "atomic_energies_fn")
+
+    n = 0
+    for name, p in trunk.named_parameters():
+        if frozen(name):
+            p.requires_grad_(False)
+            n += p.numel()
+    return n
+
+
 def save_student(
     path: str | Path, student, recipe: dict, elements: Sequence[str], meta: dict
 ) -> None:
@@ -306,7 +394,8 @@ def save_student(
             "format": FORMAT,
             "version": 1,
             "trunk": {**entry, "blocks": trunk.blocks, "n_blocks": trunk.n_blocks},
-            "hidden": int(student.readout.mlp[0].out_features),
+            "hidden": int(student.readout.hidden),
+            "heads": int(student.readout.n_heads),
             "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
             "elements": sorted(elements),
             "license": LICENSES[recipe["kind"]],
@@ -394,7 +483,7 @@ def load_student(path: str | Path, device: str = "cpu"):
         trunk = cls["mace"](spec["module"], int(spec["blocks"]))
     else:
         raise ModelFileError(f"{path}: unknown trunk kind {spec['kind']!r}")
-    student = cls["TrunkStudent"](trunk, int(blob["hidden"]))
+    student = cls["TrunkStudent"](trunk, int(blob["hidden"]), int(blob.get("heads", 1)))
     student.load_state_dict(blob["state_dict"])
     return student.to(torch.float32).to(device).eval(), blob
 
@@ -448,7 +537,7 @@ class StudentModel:
         for part in self._passes(structures):
             b = TensorBatch.from_atoms(part, self.device, torch.float32)
             with torch.no_grad():
-                e, _ = self.module(b)
+                e, _, _ = self.module(b)
             total = torch.zeros(b.n_structures, dtype=e.dtype, device=e.device)
             out.append(total.index_add_(0, b.batch, e).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
@@ -479,7 +568,7 @@ class StudentModel:
             deform = torch.eye(3, dtype=dt, device=pos.device) + sym
             p = torch.einsum("ni,nij->nj", pos, deform[b.batch])
             c = cells @ deform
-            e, _ = self.module(b, p, c)
+            e, _, _ = self.module(b, p, c)
             total = torch.zeros(b.n_structures, dtype=dt, device=pos.device).index_add(
                 0, b.batch, e
             )

@@ -31,7 +31,7 @@ def tiny_student(path, blocks: int = 2, seed: int = 0):
     s = make_student(SEVENNET, blocks, hidden=8)
     with torch.no_grad():
         s.readout.linear.weight.normal_(0, 0.1)
-        s.readout.mlp[2].weight.normal_(0, 0.1)
+        s.readout.w3.normal_(0, 0.1)
     save_student(path, s, SEVENNET, ELEMENTS, {"test": True})
     return path
 
