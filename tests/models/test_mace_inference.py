@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +15,6 @@ from hts.models.mace_inference import (
     fold_contractions,
 )
 from tests.models.test_models import tiny_mace
-
-STUDENT = Path(__file__).parents[2] / "workflows" / "models" / "demo-student"
 
 
 def swaps(model: MaceModel) -> dict[str, int]:
@@ -63,10 +59,23 @@ def test_folded_model_equals_mace(tmp_path, correlation):
         np.testing.assert_allclose(b.stress, a.stress, atol=1e-12)
 
 
-def test_shipped_student_folded_in_float32_equals_its_torchscript_copy():
-    eager = MaceModel(str(STUDENT / "student.model"), "cpu", 8, "float32")
-    script = MaceModel(str(STUDENT / "student_compiled.model"), "cpu", 8, "float32")
-    assert swaps(eager) == {"contractions": 2, "convolutions": 2}
+def _scripted(tmp_path) -> tuple:
+    """A MACE file and its TorchScript copy, as ``hts distill`` writes a MACE student's."""
+    from copy import deepcopy
+
+    from e3nn.util import jit
+
+    path = tiny_mace(tmp_path / "student.model", correlation=3)
+    script = tmp_path / "student_compiled.model"
+    torch.jit.save(jit.compile(deepcopy(torch.load(path, weights_only=False))), str(script))
+    return path, script
+
+
+def test_a_mace_student_folded_in_float32_equals_its_torchscript_copy(tmp_path):
+    path, script_path = _scripted(tmp_path)
+    eager = MaceModel(str(path), "cpu", 8, "float32")
+    script = MaceModel(str(script_path), "cpu", 8, "float32")
+    assert swaps(eager) == {"contractions": 3, "convolutions": 2}
     assert swaps(script) == {"contractions": 0, "convolutions": 0}  # TorchScript runs as it is
     batch = _mixed_batch()[:3]  # elements the student knows
     for a, b in zip(script.predict(batch), eager.predict(batch), strict=True):
@@ -84,4 +93,4 @@ def test_a_contraction_that_does_not_match_is_refused(tmp_path):
     new._u[0] = new._u[0].flip(-2)  # as if mace had changed the index order
     with pytest.raises(RuntimeError, match="differs from mace's"):
         _check(new, old, "products.0")
-    assert fold_contractions(torch.jit.load(str(STUDENT / "student_compiled.model"))) == 0
+    assert fold_contractions(torch.jit.load(str(_scripted(tmp_path)[1]))) == 0
