@@ -249,7 +249,7 @@ def test_a_failed_task_is_not_a_verdict_and_is_retried(tmp_path):
     (tmp_path / "student.model").write_bytes(b"PK\x03\x04 not a model" * 20)
     data = lj_campaign(tmp_path, chunk_size=4, limits={"max_candidates": 12, "task_retries": 0})
     data["stages"]["prefilter"] = {
-        "model": {"name": "mace", "path": "student.model", "dtype": "float32"},
+        "model": {"name": "student", "path": "student.model"},
         "direct": True,
         "keep": "e_above_hull <= 10",
         "distillation": {"report": "report.json", "references": "fitted"},
