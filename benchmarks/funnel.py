@@ -200,9 +200,12 @@ def main() -> None:
     t_student = float(np.nansum(f.time_s.values[:, 0])) / n
     t_teacher_s = float(np.nansum(f.time_s.values[:, 1])) / max(len(survived), 1)
     timing = distill.get("timing", {})
-    threads = 2
+    threads = distill.get("training", {}).get("threads", 2)
     labels = distill["dataset"]["teacher_relaxations"]
-    train_core_s = timing.get("training_s", float("nan")) * threads
+    # the rounds' own training times (a distillation that reused a finished training still
+    # paid for it once)
+    train_wall = sum(r.get("train_wall_s") or 0.0 for r in distill.get("rounds", []))
+    train_core_s = (train_wall or timing.get("training_s", float("nan"))) * threads
     label_core_s = labels * t_teacher
 
     def cost(n_: float) -> tuple[float, float]:
@@ -253,7 +256,12 @@ def main() -> None:
             "value": runs["funnel"]["wall_s"],
             "target": "",
         },
-        {"quantity": "student_discarded_share", "value": 1 - kept_share, "target": ">= 0.8"},
+        {
+            "quantity": "funnel/teacher_only wall time on this sample",
+            "value": runs["funnel"]["wall_s"] / runs["teacher_only"]["wall_s"],
+            "target": "<= 0.6",
+        },
+        {"quantity": "student_discarded_share", "value": 1 - kept_share, "target": ">= 0.5"},
         {"quantity": "recall_after_student", "value": recall_pre, "target": ""},
         {"quantity": "recall_funnel (found by both)", "value": recall, "target": ">= 0.98"},
         {"quantity": "recall_funnel_never_labelled", "value": recall_fresh, "target": ""},
@@ -264,7 +272,7 @@ def main() -> None:
         {
             "quantity": "speed_ratio_per_candidate",
             "value": t_teacher / t_student,
-            "target": ">= 10",
+            "target": ">= 50",
         },
         {"quantity": "distillation_labels", "value": labels, "target": ""},
         {"quantity": "distillation_label_core_s", "value": label_core_s, "target": ""},
@@ -276,7 +284,7 @@ def main() -> None:
             {
                 "quantity": f"funnel/teacher_only at N={n_:.0e}",
                 "value": fu / to,
-                "target": "<= 0.333" if n_ == 10**5 else "",
+                "target": "<= 0.6" if n_ == 10**6 else "",
             }
         )
         rows.append(

@@ -144,6 +144,7 @@ def build_report(run: DistillRun, result: dict, rounds: list[dict]) -> dict:
             "n_parameters": int(sum(p.numel() for p in student.model.parameters())),
             "architecture": cfg.student.model_dump(mode="json"),
         },
+        "training": cfg.training.model_dump(mode="json"),
         "device": resolve_device("auto"),
         "space": {"candidates": int(run.timing.get("space_size", 0))},
         "dataset": {
@@ -264,6 +265,17 @@ def markdown(report: dict) -> str:
         f"(**{sp['ratio_batched']:.1f}×**), {1000 * sp['student_s_per_structure_single']:.1f} ms one at a time "
         f"({sp['ratio_single']:.1f}×).",
         "",
+        *(
+            [
+                f"Per candidate, as the funnel spends it ({sp['n_candidates']} calibration "
+                f"candidates): a teacher relaxation {sp['teacher_relaxation_s_per_candidate']:.2f} s, "
+                f"the student's verdict {1000 * sp['student_s_per_candidate']:.1f} ms: "
+                f"**1/{sp['ratio_per_candidate']:.0f}** of a teacher relaxation.",
+                "",
+            ]
+            if "ratio_per_candidate" in sp
+            else []
+        ),
         "Time: "
         + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in report["timing"].items())
         + f"; {_f(report.get('wall_s'), '.0f')} s in all.",
