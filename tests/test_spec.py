@@ -56,7 +56,7 @@ def test_embedded_default_is_the_demo():
 
     assert DEMO.resolve() == (REPO / "workflows" / "demo.yaml").resolve()
     c = load_campaign(DEMO)
-    assert c.stages.prefilter.model.name == "mace"
+    assert c.stages.prefilter.model.name == "student"
     assert c.stages.rescore.model.name == "sevennet-0"
 
 
