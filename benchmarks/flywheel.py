@@ -94,7 +94,7 @@ def main() -> None:
     distill = {
         "name": "flywheel-v2",
         "campaign": "round1.yaml",
-        "student": {"kind": "direct", "init": str(DEMO / "student.model")},
+        "student": {"kind": "auto", "init": str(DEMO / "student.model")},
         "sampling": {"train": 0, "calibration": 0, "points": 0},
         "data": {"stores": ["round1.zarr"], "holdout": args.holdout},
         "rounds": {"max": 0, "epochs": args.epochs},

@@ -13,7 +13,7 @@ All three are fed the same input dict (built by hts), so only the model
 differs.  Prints ms per structure and the speed-up of ``hts`` over the faster
 stock variant.
 
-    python benchmarks/mace_inference.py                       # the demo student, CPU
+    python benchmarks/mace_inference.py                       # the MACE direct student, CPU
     python benchmarks/mace_inference.py --model my.model --compiled my_compiled.model --device cuda
 """
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import report  # noqa: E402
 from relax import structures  # noqa: E402
 
-STUDENT = ROOT / "workflows" / "models" / "demo-student"
+STUDENT = ROOT / "benchmarks" / "models" / "mace-student"
 
 
 def main() -> None:
@@ -51,6 +51,7 @@ def main() -> None:
 
     from hts.models.base import configure_threads
     from hts.models.batched import MaceModel, _load_mace_file
+    from hts.models.tensor import TensorBatch
 
     configure_threads(args.threads)
     hts = MaceModel(args.model, args.device, 10**6, args.dtype)
@@ -71,7 +72,7 @@ def main() -> None:
     for size in args.sizes:
         for batch in args.batches:
             cells = structures(size, batch)
-            d = hts._graph(cells)
+            d = hts._data(TensorBatch.from_atoms(cells, args.device))
             ref = run(variants["eager"], d)
             times = {name: 0.0 for name in variants}
             for model in variants.values():

@@ -12,9 +12,12 @@ are relaxed twice with the same FIRE settings:
 The two runs alternate per size so machine noise hits both alike.  Energies of
 converged structures must agree to the foundation issue's tolerance.
 
-The shipped student is a direct one (it predicts relaxed energies and is
-never relaxed in a campaign); here its energy gradients serve as a force field
-of a student's size and cost, which is what the batching comparison measures.
+The student is ``benchmarks/models/mace-student`` (the MACE direct student the
+demo shipped before trunk students, 115 k parameters): a direct student is
+never relaxed in a campaign, but its energy gradients serve as a force field of
+a relaxing student's size and cost, which is what the batching comparison
+measures.  (The shipped trunk student carries SevenNet-0's whole trunk: its
+forces cost what the teacher's do.)
 
 A screen relaxes a stream of candidates, so the default set (128 student cells,
 batches of 32) is four batches long: structures that converge leave the batch
@@ -46,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import report  # noqa: E402
 
-STUDENT = ROOT / "workflows" / "models" / "demo-student" / "student.model"
+STUDENT = ROOT / "benchmarks" / "models" / "mace-student" / "student.model"
 
 
 def structures(n_atoms: int, count: int, seed: int = 0):
