@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -352,18 +353,30 @@ def plot(cells: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(c["design"] for c in cells):
-        mine = sorted((c for c in cells if c["design"] == name), key=lambda c: c["labels"])
+    def series(design: str) -> str:  # +ep300 at 400 and +ep100 at 6,400: one budget of steps
+        return re.sub(r"\+ep\d+", " (long)", design)
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = list(dict.fromkeys(series(c["design"]) for c in cells))
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(names), 2)))
+    for name, colour in zip(names, colours, strict=False):
+        mine = sorted((c for c in cells if series(c["design"]) == name), key=lambda c: c["labels"])
         x = [c["labels"] for c in mine]
-        a.loglog(x, [c["eh_mae"] for c in mine], "o-", label=name)
-        b.semilogx(x, [c["oracle_098"] for c in mine], "o-", label=name)
+        a.loglog(x, [c["eh_mae"] for c in mine], "o-", color=colour, label=name)
+        b.semilogx(x, [c["oracle_098"] for c in mine], "o-", color=colour, label=name)
     a.axhline(30, color="k", ls=":", lw=1)
     b.axhline(0.5, color="k", ls=":", lw=1)
-    a.set(xlabel="teacher relaxations", ylabel="e_above_hull MAE (meV/atom)")
-    b.set(xlabel="teacher relaxations", ylabel="discarded at recall 0.98")
-    a.legend(fontsize=8)
+    a.set(xlabel="teacher relaxations", ylabel="e_above_hull MAE (meV/atom), held-out systems")
+    b.set(xlabel="teacher relaxations", ylabel="discarded at recall 0.98 (oracle)")
+    sizes = sorted({c["labels"] for c in cells if c.get("train_s") is not None})  # the curve's
+    for ax in (a, b):
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    a.yaxis.set_major_formatter(ScalarFormatter())
+    a.yaxis.set_minor_formatter(ScalarFormatter())
+    b.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
