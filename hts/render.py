@@ -340,13 +340,19 @@ def print_distilled(report: dict, out_dir: Path, dtype: str, elapsed: float) -> 
         f"of teacher-stable ({cal['confidence']:.0%} lower bound "
         f"{pct(cal['recall_lower_bound_at_threshold'])}), discards {pct(cal['discarded_at_threshold'])}\n"
         f"speed: student {sp['ratio_batched']:.1f}× faster than the teacher per structure "
-        f"({sp['atoms_min']}–{sp['atoms_max']} atoms, {report['device']})",
+        f"({sp['atoms_min']}–{sp['atoms_max']} atoms, {report['device']})"
+        + (
+            f"; a candidate's verdict costs 1/{sp['ratio_per_candidate']:.0f} of a teacher "
+            "relaxation"
+            if "ratio_per_candidate" in sp
+            else ""
+        ),
         highlight=False,
     )
-    direct = report["student"]["kind"] == "direct"
+    direct = report["student"]["kind"] in ("direct", "trunk")  # one forward pass, no relaxing
     out.print(
         f"student: {out_dir / 'student.model'}\nreport:  {out_dir / 'report.md'}\n"
-        "use it in a campaign:\n  prefilter:\n    model: {name: mace, path: "
+        "use it in a campaign:\n  prefilter:\n    model: {name: student, path: "
         f"{out_dir / 'student.model'}, dtype: {dtype}}}\n"
         + ("    direct: true\n" if direct else "")
         + "    keep: auto\n"

@@ -44,7 +44,7 @@ def test_demo_ships_its_student_and_validates():
     stage = resolve(c).stages["prefilter"]
     assert stage.keep.terms[0][0] == "e_above_hull"
     model = load_model(stage.model)
-    assert model.name == "mace" and model.unsupported([11, 17]) is None
+    assert model.name == "student" and model.unsupported([11, 17]) is None
     assert c.stages.prefilter.direct  # the shipped student is a direct one
     from hts.candidates.sampling import space_size
 

@@ -161,7 +161,7 @@ def training_set(run: DistillRun) -> None:
     last one acquired from its first round on).
     """
     calibration = set(run.primary) | set(run.closure)
-    ids = dict.fromkeys(c for c in run.train if run.ok(c))
+    ids = dict.fromkeys(c for c in run.train if run.ok(c) and c not in calibration)
     space = _space_elements(run.campaign)
     for cid, v in run.labels.candidates.items():
         if cid in ids or cid in calibration or not run.ok(cid):

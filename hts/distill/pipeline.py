@@ -29,8 +29,10 @@ Output folder::
 
     dataset/<teacher>-<hash>/   labels-*.extxyz + index.json (reusable, extendable)
     train/round-N-<hash>/       the training run of each round (per training set)
-    student.model               the student (mace module), named by a campaign's prefilter
-    student_compiled.model      the same student as TorchScript (other e3nn versions, LAMMPS)
+    student.model               the student (a trunk student's file or mace's module), named by
+                                a campaign's prefilter (``name: student``)
+    student_compiled.model      a MACE student as TorchScript (other e3nn versions, LAMMPS)
+    LICENSE, NOTICE.md          beside a student whose weights derive from SevenNet (GPL-3.0)
     report.json, report.md, parity.png, screening.png, rounds.png
 """
 
@@ -165,8 +167,12 @@ def run_distill(
             break
     assert student_file is not None and result is not None
     shutil.copyfile(student_file, out / "student.model")
+    # mace's TorchScript copy where training made one; a trunk student has none (no stale copy)
     compiled = student_file.parent / "student_compiled.model"
-    shutil.copyfile(compiled if compiled.exists() else student_file, out / "student_compiled.model")
+    if compiled.exists():
+        shutil.copyfile(compiled, out / "student_compiled.model")
+    else:
+        (out / "student_compiled.model").unlink(missing_ok=True)
     if (
         cfg.student.kind == "trunk"
     ):  # its weights carry the teacher's licence (GPL-3.0 for SevenNet)

@@ -150,9 +150,13 @@ def _direct_job(
     trunk, features = None, ""
     if cfg.student.kind == "trunk":  # and the richer labels of the same teacher call
         from hts.distill.trunk import atom_targets
-        from hts.models.student import trunk_of
+        from hts.models.student import student_recipe, trunk_of
 
-        trunk = trunk_of(run.teacher)
+        # the teacher's layers; a black-box teacher fine-tunes the init file's own trunk
+        init = prev if prev is not None else cfg.student.init
+        trunk = trunk_of(run.teacher) or (student_recipe(run.cfg.path(init)) if init else None)
+        if trunk is None:
+            raise ValueError("student.kind trunk: neither the teacher nor student.init has layers")
         minima = {c: f[-1].arrays.get("REF_energies") for c, f in frames.items() if f}
         atom_targets(tr, minima)
         atom_targets(va, minima)

@@ -200,8 +200,10 @@ def run_trunk(cfg: dict, train: list, valid: list, log) -> dict:
     gtr, gva = _Examples(train, features), _Examples(valid, {}) if valid else None
     zs = sorted(int(z) for z in cfg["atomic_numbers"])
     fresh = not cfg.get("init")
+    kept: list[str] = []  # a fine-tuned student keeps the elements it covered
     if not fresh:  # a previous round, or student.init: train it further
-        student, _ = load_student(cfg["init"], device)
+        student, blob = load_student(cfg["init"], device)
+        kept = list(blob.get("elements", []))
         print(f"fine-tuning {cfg['init']}", file=log, flush=True)
     else:
         student = make_student(
@@ -337,7 +339,7 @@ def run_trunk(cfg: dict, train: list, valid: list, log) -> dict:
 
     # the space's elements, as a student from scratch covers them (see _species_baseline)
     elements = sorted({str(s) for a in train for s in a.get_chemical_symbols()})
-    elements = sorted(set(elements) | {chemical_symbols[z] for z in zs})
+    elements = sorted(set(elements) | {chemical_symbols[z] for z in zs} | set(kept))
     path = run / "student.model"
     save_student(
         path,

@@ -465,12 +465,23 @@ def write_license(folder: str | Path, student_file: str | Path) -> list[str]:
 
 def is_trunk_student(path: str | Path) -> bool:
     """Whether a file is a trunk student (rather than a MACE module or anything else)."""
+    return student_recipe(path) is not None
+
+
+def student_recipe(path: str | Path) -> dict | None:
+    """The trunk recipe a trunk student file was built from (without its block counts), or None.
+
+    What fine-tuning a student needs when its new teacher has no layers to
+    give (the flywheel with a black-box teacher): the file's own trunk.
+    """
     torch = _torch()
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception:
-        return False
-    return isinstance(blob, dict) and blob.get("format") == FORMAT
+        return None
+    if not (isinstance(blob, dict) and blob.get("format") == FORMAT):
+        return None
+    return {k: v for k, v in blob["trunk"].items() if k not in ("blocks", "n_blocks")}
 
 
 def load_student(path: str | Path, device: str = "cpu"):

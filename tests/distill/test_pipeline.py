@@ -72,13 +72,16 @@ def _files(tmp_path, kind: str = "direct"):
 
 
 def _check_report(out, report, rounds: int):
-    files = ("student.model", "student_compiled.model", "report.json", "report.md", "parity.png")
+    files = ("student.model", "report.json", "report.md", "parity.png")
+    # mace's TorchScript copy for a MACE student; a trunk student has none
+    assert (out / "student_compiled.model").exists() == (report["student"]["kind"] != "trunk")
     for name in (*files, "screening.png", "rounds.png"):
         assert (out / name).stat().st_size > 0, name
     on_disk = json.loads((out / "report.json").read_text())
     assert json.dumps(on_disk, sort_keys=True) == json.dumps(report, sort_keys=True)
     ds = on_disk["dataset"]
-    assert ds["training_candidates"] >= 8 and ds["calibration_candidates"] >= 5
+    # of 10 drawn, those that fall in calibration systems are not trained on
+    assert ds["training_candidates"] >= 6 and ds["calibration_candidates"] >= 5
     cal = on_disk["screening"]["calibration"]
     # a two-epoch student may fail to relax some candidates: the report says so, with reasons
     fails = on_disk["student_failures"]
@@ -87,7 +90,7 @@ def _check_report(out, report, rounds: int):
     assert len(cal["curve"]["recall_lower_bound"]) == len(cal["curve"]["threshold"])
     # never trained on: the calibration candidates and the held-out systems
     rows = on_disk["candidates"]
-    assert all(not r["trained"] for r in rows if r["held_out_system"])
+    assert not any(r["trained"] for r in rows)
     assert {r["system"] for r in rows} <= {"primary", "closure"}
     errs = on_disk["errors"]["calibration"]
     assert np.isfinite(errs["energy_mae_at_teacher_minimum_mev"])
