@@ -110,7 +110,9 @@ def _out_of_space(screen, base: dict, distill: dict, args):
     out.systems = names
     share = distill["dataset"]["held_out_share"]
     seed = int(distill["dataset"].get("seed", 0))
-    held = systems(screen, args.candidates, args.seed, keep=lambda s: held_out_system(s, share, seed))
+    held = systems(
+        screen, args.candidates, args.seed, keep=lambda s: held_out_system(s, share, seed)
+    )
     primary = {c.id for c in held.primary}
     for c in [*held.primary, *held.closure]:
         if c.id not in seen:

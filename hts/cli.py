@@ -281,7 +281,9 @@ def status(
         except FileNotFoundError as err:
             _fail(str(err))
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            _fail(f"{store}: cannot read it ({type(err).__name__}: {err}); `hts verify {store}` checks it")
+            _fail(
+                f"{store}: cannot read it ({type(err).__name__}: {err}); `hts verify {store}` checks it"
+            )
         return
     try:
         render.print_status(store, top=top)

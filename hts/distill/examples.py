@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["POINT", "RELAXED", "batches", "composition_baseline", "frame_id", "tagged", "write_examples"]
+__all__ = [
+    "POINT",
+    "RELAXED",
+    "batches",
+    "composition_baseline",
+    "frame_id",
+    "tagged",
+    "write_examples",
+]
 
 _TAG = "id:"
 
@@ -37,6 +45,7 @@ def frame_id(a) -> str:
     if isinstance(v, (int, np.integer)):  # written untagged by an older hts: ids are 16 digits
         return f"{int(v):016d}"
     return str(v)
+
 
 RELAXED, POINT = "Default", "point"  # readout heads: the relaxed energy is the one a campaign reads
 
