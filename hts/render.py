@@ -269,13 +269,8 @@ def print_status(store_path: Path, top: int = 10) -> None:
                 b["id"],
                 b["formula"],
                 b["prototype"] or b["source"],
-                f"{b['formation_energy']:.3f}",
-                *(
-                    ""
-                    if b["e_above_hull_by_stage"][n] is None
-                    else f"{b['e_above_hull_by_stage'][n]:.3f}"
-                    for n in names
-                ),
+                energy(b["formation_energy"]),
+                *(energy(b["e_above_hull_by_stage"][n]) for n in names),
                 f"yes ({b['stage']})" if b["kept"] else "",
             )
         out.print(t)
@@ -284,9 +279,7 @@ def print_status(store_path: Path, top: int = 10) -> None:
 def _print_dft(d: dict) -> None:
     """The validated candidates, DFT next to each MLIP stage, and the MLIP-vs-DFT error."""
 
-    def f(x) -> str:
-        return "" if x is None else f"{x:.3f}"
-
+    f = energy
     mlip = list(d["mae"])
     t = Table(title=f"DFT validation ({d['code']}): formation energy and e_above_hull, eV/atom")
     for col in ("id", "formula", "prototype", *(f"E_form {st}" for st in mlip), "E_form DFT"):
@@ -320,6 +313,14 @@ def _print_dft(d: dict) -> None:
             f"DFT {f(x['dft_e_above_hull'])} eV/atom)",
             highlight=False,
         )
+
+
+def energy(x: float | None) -> str:
+    """An energy in eV/atom to 3 decimals; a value that rounds to zero prints as 0.000, never -0.000."""
+    if x is None:
+        return ""
+    text = f"{x:.3f}"
+    return "0.000" if text == "-0.000" else text
 
 
 def print_distilled(report: dict, out_dir: Path, dtype: str, elapsed: float) -> None:
