@@ -20,7 +20,7 @@ import numpy as np
 
 from hts.store.reader import StoreReader
 
-__all__ = ["Damage", "verify"]
+__all__ = ["Damage", "lost_arrays", "verify"]
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,32 @@ def verify(path: str | Path, decode: bool = True) -> list[Damage]:
                 arr[start:stop]
             except Exception as err:  # any codec or I/O failure is this chunk's damage
                 damage.append(Damage(name, start, stop, f"unreadable ({type(err).__name__})"))
+    damage.extend(lost_arrays(path, r))
     if not damage and decode:
         damage.extend(_ragged(r))
     return damage
+
+
+def lost_arrays(path: str | Path, r: StoreReader | None = None) -> list[Damage]:
+    """Schema variables whose folder is there but whose array is not (its metadata deleted).
+
+    Such an array is not in the group's listing, so the chunk check above never
+    sees it, and a reader would simply lack the variable.  A variable with no
+    folder at all is one the store predates (the writer adds it on reopening,
+    so the writer checks this first: re-adding it here would hide the loss).
+    """
+    from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, UPDATE_VARS
+
+    r = r or StoreReader(path)
+    lengths = {"candidate": r.n_rows, "atom": r.n_atom_rows, "update": r.n_updates}
+    present = {name for name, _, _ in r.variables()}
+    out = []
+    for names, dim in ((CANDIDATE_VARS, "candidate"), (ATOM_VARS, "atom"), (UPDATE_VARS, "update")):
+        for name in names:
+            if name not in present and Path(r.path, name).is_dir():
+                what = "array metadata missing (its chunks are there, zarr.json is not)"
+                out.append(Damage(name, 0, max(lengths[dim], 1), what))
+    return out
 
 
 def _ragged(r: StoreReader) -> list[Damage]:

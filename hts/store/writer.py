@@ -33,7 +33,7 @@ from hts.store.layout import add_missing, consolidate, create_store, drop_consol
 from hts.store.lock import StoreError, StoreLock
 from hts.store.reader import RowReader
 from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION, UPDATE_VARS
-from hts.store.verify import verify
+from hts.store.verify import lost_arrays, verify
 
 __all__ = ["Row", "StageUpdate", "Store", "StoreDamagedError", "StoreMismatchError"]
 
@@ -316,7 +316,10 @@ class Store(RowReader):
     @classmethod
     def _open(cls, path, campaign_name, campaign_hash, campaign_yaml, stages, also_accept) -> Store:
         if path.exists() and (path / "zarr.json").exists():
-            store = cls(path, _reopen(path, campaign_hash, also_accept), stages)
+            group = _reopen(path, campaign_hash, also_accept)
+            if lost := lost_arrays(path):  # before opening re-adds missing variables
+                raise StoreDamagedError(path, lost)
+            store = cls(path, group, stages)
             store._truncate_to_ledger()
             if damage := verify(path):
                 raise StoreDamagedError(path, damage)

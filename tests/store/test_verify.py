@@ -43,6 +43,15 @@ def test_a_deleted_chunk_is_found_and_the_store_is_not_resumed(finished, tmp_pat
         run_on_parsl(c, tmp_path / "runinfo")
 
 
+def test_an_array_whose_metadata_is_deleted_is_found(finished, tmp_path):
+    c, path = finished
+    (tmp_path / "lj.zarr" / "energy" / "zarr.json").unlink()
+    damage = [str(d) for d in verify(c.store)]
+    assert any(d.startswith("energy rows 0–23: array metadata missing") for d in damage), damage
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert res.returncode == 2 and "damaged, so it is not resumed" in res.stderr
+
+
 def test_a_garbage_chunk_is_found(finished, tmp_path):
     c, _ = finished
     (tmp_path / "lj.zarr" / "formula" / "c" / "0").write_bytes(b"\x00garbage" * 50)
