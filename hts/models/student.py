@@ -464,8 +464,19 @@ def write_license(folder: str | Path, student_file: str | Path) -> list[str]:
 
 
 def is_trunk_student(path: str | Path) -> bool:
-    """Whether a file is a trunk student (rather than a MACE module or anything else)."""
-    return student_recipe(path) is not None
+    """Whether a file is a trunk student (rather than a MACE module or anything else).
+
+    Read from the pickle inside torch's zip, tensors left unloaded: the loader
+    asks this before loading the file once, for real.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pickled = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
+            return FORMAT.encode() in zf.read(pickled)
+    except (OSError, zipfile.BadZipFile, StopIteration):
+        return False
 
 
 def student_recipe(path: str | Path) -> dict | None:
