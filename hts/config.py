@@ -86,7 +86,7 @@ def format_errors(err: ValidationError, source: str, what: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-")))
         # pydantic puts the discriminated union member name into the path; drop it
-        loc = re.sub(r"\.(substitution|files)(?=\.|$)", "", loc)
+        loc = re.sub(r"\.(substitution|files|structures)(?=\.|$)", "", loc, count=1)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see the README for the fields)"

@@ -22,7 +22,6 @@ __all__ = [
     "out",
     "print_check",
     "print_distilled",
-    "print_incomplete",
     "print_interrupted",
     "print_verified",
     "print_jobs",
@@ -396,22 +395,6 @@ def print_check(r) -> None:
             out.print(f"  - {m}", highlight=False)
         return
     out.print("[green]ok[/]: nothing missing", highlight=False)
-
-
-def print_incomplete(stats) -> bool:
-    """What a run left unjudged because tasks died (nothing recorded for it); False if nothing."""
-    if not (stats.unscreened or stats.unrescored or stats.unvalidated):
-        return False
-    console.print(
-        f"[bold yellow]incomplete:[/] {stats.unscreened} candidates not screened, "
-        f"{stats.unrescored} survivors not rescored and {stats.unvalidated} DFT jobs not "
-        "done, because their task failed as a whole "
-        f"({len(stats.task_errors)} tasks; first: {stats.task_errors[0]}). Nothing was "
-        "recorded for them: fix the cause and run the same command again to retry them.",
-        highlight=False,
-        soft_wrap=True,
-    )
-    return True
 
 
 def print_interrupted(store_path: Path) -> None:

@@ -61,6 +61,10 @@ def open_source(campaign):
         from hts.candidates.substitution import SubstitutionGenerator
 
         return SubstitutionGenerator(spec)
+    if spec.kind == "structures":
+        from hts.candidates.given import GivenStructures
+
+        return GivenStructures(spec.structures)
     from hts.candidates.files import FileReader
 
     return FileReader(
@@ -78,6 +82,9 @@ def ensure_not_empty(campaign) -> None:
                 f"candidates.path: {spec.path!r} (resolved to {campaign.resolve_input(spec.path)}) "
                 f"matches no {'/'.join(spec.formats)} files"
             )
+    elif spec.kind == "structures":
+        if not spec.structures:
+            raise EmptySourceError("candidates.structures: the list of structures is empty")
     elif next(iter(source.assignments()), None) is None:
         raise EmptySourceError(
             "candidates: the substitution yields no candidate (every element combination was "

@@ -379,10 +379,3 @@ class Site(Strict):
             return self.submit.scheduler
         kinds = {e.provider for e in self.executors.values()} - {"local"}
         return kinds.pop() if len(kinds) == 1 else None
-
-    def job(self, mode: str | None = None) -> dict[str, Any]:
-        """Deprecated: :func:`hts.execution.submit.driver_job` (kept until ``hts sites check``
-        in hts/cli.py calls :func:`hts.execution.checks.check_site`; then delete)."""
-        from hts.execution.submit import driver_job
-
-        return driver_job(self, mode)

@@ -22,7 +22,13 @@ from pydantic import Field
 
 from hts.config import read_mapping, validate
 from hts.spec.base import NOT_HASHED, NOT_HASHED_SINCE_2026_12, CampaignError, Strict, unhashed
-from hts.spec.sources import CandidateSource, FileSource, PrototypeChoice, SubstitutionSource
+from hts.spec.sources import (
+    CandidateSource,
+    FileSource,
+    PrototypeChoice,
+    StructureSource,
+    SubstitutionSource,
+)
 from hts.spec.stages import (
     Distillation,
     GpawSettings,
@@ -55,6 +61,7 @@ __all__ = [
     "RescoreStage",
     "Stages",
     "Strict",
+    "StructureSource",
     "SubstitutionSource",
     "ValidateStage",
     "VaspSettings",

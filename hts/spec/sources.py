@@ -1,15 +1,22 @@
-"""Where a campaign's candidates come from: the substitution space or structure files."""
+"""Where a campaign's candidates come from: the substitution space, structure files, or
+structures handed over in Python."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from hts.spec.base import Strict
 
-__all__ = ["CandidateSource", "FileSource", "PrototypeChoice", "SubstitutionSource"]
+__all__ = [
+    "CandidateSource",
+    "FileSource",
+    "PrototypeChoice",
+    "StructureSource",
+    "SubstitutionSource",
+]
 
 
 class PrototypeChoice(Strict):
@@ -109,4 +116,36 @@ class FileSource(Strict):
     )
 
 
-CandidateSource = Annotated[SubstitutionSource | FileSource, Field(discriminator="kind")]
+class StructureSource(Strict):
+    """Structures already in memory: pymatgen ``Structure``s or ASE ``Atoms`` (``hts.run``).
+
+    Validation turns each object into arrays once (:mod:`hts.candidates.given`);
+    the campaign hash and the campaign the store records hold their count and
+    a digest, not the structures themselves.
+    """
+
+    kind: Literal["structures"]
+    structures: tuple[Any, ...] = Field(
+        description="A list (or iterable) of pymatgen Structures, ASE Atoms or "
+        "Structure.as_dict() mappings, or a mapping label → structure."
+    )
+
+    @field_validator("structures", mode="before")
+    @classmethod
+    def _read(cls, items: object) -> tuple:
+        from hts.candidates.given import Given, given_structures
+
+        if isinstance(items, tuple) and all(isinstance(g, Given) for g in items):
+            return items  # already validated (a model_copy of the campaign)
+        return given_structures(items)
+
+    @field_serializer("structures")
+    def _summary(self, given: tuple) -> dict:
+        from hts.candidates.given import digest
+
+        return {"count": len(given), "digest": digest(given)}
+
+
+CandidateSource = Annotated[
+    SubstitutionSource | FileSource | StructureSource, Field(discriminator="kind")
+]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES, UPDATE_VARS
+from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIXED_SIZES, UPDATE_VARS, schema_variables
 
 __all__ = [
     "add_missing",
@@ -81,7 +81,8 @@ def add_missing(group, stages: list[str], lengths: dict[str, int]) -> None:
 
     The fill is written, chunk by chunk, not left implicit: a store of layout 2
     has every committed chunk on disk, and :func:`hts.store.verify.verify`
-    would take an absent one for damage and refuse to resume the store.
+    would take an absent one for damage and refuse to resume the store.  The
+    root attribute ``variables`` then lists them all (see :func:`create_store`).
     """
     for dim, table in (("candidate", CANDIDATE_VARS), ("update", UPDATE_VARS)):
         for name, (dims, dtype, fill, doc) in table.items():
@@ -98,6 +99,8 @@ def add_missing(group, stages: list[str], lengths: dict[str, int]) -> None:
                     (stop - start, *arr.shape[1:]), fill, dtype=object if dtype is str else dtype
                 )
                 arr[start:stop] = block
+    if sorted(group.attrs.get("variables", [])) != sorted(schema_variables()):
+        group.attrs["variables"] = schema_variables()
 
 
 def consolidate(path: Path) -> None:
@@ -127,7 +130,8 @@ def create_store(path: Path, stages: list[str], attrs: dict):
         raise FileExistsError(17, f"is {what}", str(path))
     tmp = path.with_name(f".{path.name}.creating")
     shutil.rmtree(tmp, ignore_errors=True)
-    create_layout(tmp, stages).attrs.update(attrs)
+    # the variables it holds, so that `hts verify` can tell a lost one from one it predates
+    create_layout(tmp, stages).attrs.update({**attrs, "variables": schema_variables()})
     tmp.rename(path)
     return zarr.open_group(path, mode="r+", use_consolidated=False)
 

@@ -19,7 +19,7 @@ import numpy as np
 from hts.store.best import KEPT
 from hts.store.counters import Counters, recount
 from hts.store.layout import plain, root_attributes
-from hts.store.schema import CANDIDATE_VARS, STATUS_FAILED, STATUS_OK
+from hts.store.schema import CANDIDATE_VARS, STATUS_FAILED, STATUS_OK, UPDATE_VARS
 
 __all__ = [
     "RowReader",
@@ -223,7 +223,12 @@ class StoreReader(RowReader):
         return c if c is not None else recount(self.stages, self.n_rows, self.read_range)
 
 
-def open_dataset(path: str | Path, variables: list[str] | None = None, retries: int = 20):
+def open_dataset(
+    path: str | Path,
+    variables: list[str] | None = None,
+    retries: int = 20,
+    bookkeeping: bool = False,
+):
     """The committed part of a store as an ``xarray.Dataset``, safe while a run writes it.
 
     Reads the ledger first, then each array up to the committed row count, so
@@ -232,6 +237,11 @@ def open_dataset(path: str | Path, variables: list[str] | None = None, retries: 
     on a finished store, but refuses one whose writer was killed mid-append
     until the run is resumed, because its arrays' lengths then disagree.)
     ``variables`` limits what is loaded; values are read into memory.
+
+    The store's own bookkeeping — its update log (``update_row``,
+    ``update_stage``: which rows a later stage rewrote, for incremental
+    readers) — says nothing about candidates and is left out unless
+    ``bookkeeping``; the stages' models are coordinates of ``stage``.
     """
     import xarray as xr
     import zarr
@@ -252,19 +262,23 @@ def open_dataset(path: str | Path, variables: list[str] | None = None, retries: 
             }
             data = {}
             for name, arr in group.arrays():
-                if variables is not None and name not in variables and name != "stage":
+                if variables is not None and name not in variables and name not in _STAGE_COORDS:
+                    continue
+                if name in UPDATE_VARS and not bookkeeping:
                     continue
                 dims = tuple(arr.metadata.dimension_names or ())
                 n = limits.get(dims[0]) if dims else None
                 values = _words(name, plain(arr[:n] if n is not None else arr[...]))
                 data[name] = xr.Variable(dims, values, attrs=dict(arr.attrs))
-            coords = {"stage": data.pop("stage")} if "stage" in data else {}
+            coords = {k: data.pop(k) for k in _STAGE_COORDS if k in data}
             return xr.Dataset(data, coords=coords, attrs=attrs)
         except (ValueError, KeyError, FileNotFoundError) as err:  # caught mid-write; try again
             last = err
             time.sleep(0.1)
     raise RuntimeError(f"{path}: could not read a consistent snapshot: {last}")
 
+
+_STAGE_COORDS = ("stage", "stage_model", "stage_model_version")
 
 _LEGACY_STATUS = {"o": STATUS_OK, "f": STATUS_FAILED}
 

@@ -115,3 +115,37 @@ UPDATE_VARS: dict[str, tuple[tuple[str, ...], object, object, str]] = {
 }
 
 FIXED_SIZES = {"vector": 3, "xyz": 3}
+
+# The variables every store has held since the first schema: one missing is damage, whatever
+# the store's age.  Variables added since are recorded in the root attribute ``variables`` by
+# the stores that have them (created, or given them on reopening), so their loss is found too.
+FIRST_VARS = frozenset(
+    [
+        "id",
+        "formula",
+        "chemsys",
+        "prototype",
+        "source",
+        "chunk",
+        "n_atoms",
+        "atom_start",
+        "status",
+        "reason",
+        "stage_reached",
+        "cell",
+        "energy",
+        "energy_per_atom",
+        "e_above_hull",
+        "kept",
+        "converged",
+        "n_steps",
+        "time_s",
+        "species",
+        "positions",
+    ]
+)
+
+
+def schema_variables() -> list[str]:
+    """Every per-candidate, per-atom and update-log variable of the current schema."""
+    return [*CANDIDATE_VARS, *ATOM_VARS, *UPDATE_VARS]

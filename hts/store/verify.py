@@ -6,7 +6,8 @@ failures of nothing.  :func:`verify` checks, for every variable up to the
 ledger's committed lengths, that each chunk file exists (stores written with
 every chunk on disk, ``layout >= 2``; older ones skip fill-valued chunks, so
 only what is there can be checked) and decodes, and that the ragged atom
-index adds up.  ``hts verify STORE`` prints the result; the writer runs it when
+index adds up, and that every variable the store should hold is there
+(:func:`lost_arrays`).  ``hts verify STORE`` prints the result; the writer runs it when
 it reopens a store, so a damaged store is never resumed into.
 """
 
@@ -78,24 +79,33 @@ def verify(path: str | Path, decode: bool = True) -> list[Damage]:
 
 
 def lost_arrays(path: str | Path, r: StoreReader | None = None) -> list[Damage]:
-    """Schema variables whose folder is there but whose array is not (its metadata deleted).
+    """Variables the store should hold but does not (its metadata, or its whole folder, gone).
 
     Such an array is not in the group's listing, so the chunk check above never
-    sees it, and a reader would simply lack the variable.  A variable with no
-    folder at all is one the store predates (the writer adds it on reopening,
-    so the writer checks this first: re-adding it here would hide the loss).
+    sees it, and a reader would simply lack the variable.  Expected are the
+    variables of the first schema (:data:`~hts.store.schema.FIRST_VARS`) and
+    those the store lists as its own (root attribute ``variables``); a newer
+    variable absent from a store that predates it is not damage (the writer
+    adds it on reopening, after this check, so a loss is never hidden).
     """
-    from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, UPDATE_VARS
+    from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, FIRST_VARS, UPDATE_VARS
 
     r = r or StoreReader(path)
     lengths = {"candidate": r.n_rows, "atom": r.n_atom_rows, "update": r.n_updates}
     present = {name for name, _, _ in r.variables()}
+    expected = FIRST_VARS | set(r.attrs.get("variables", []))
     out = []
     for names, dim in ((CANDIDATE_VARS, "candidate"), (ATOM_VARS, "atom"), (UPDATE_VARS, "update")):
         for name in names:
-            if name not in present and Path(r.path, name).is_dir():
+            if name in present:
+                continue
+            if Path(r.path, name).is_dir():
                 what = "array metadata missing (its chunks are there, zarr.json is not)"
-                out.append(Damage(name, 0, max(lengths[dim], 1), what))
+            elif name in expected:
+                what = "array missing (neither its metadata nor its chunks are there)"
+            else:
+                continue
+            out.append(Damage(name, 0, max(lengths[dim], 1), what))
     return out
 
 

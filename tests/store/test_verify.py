@@ -50,6 +50,46 @@ def test_an_array_whose_metadata_is_deleted_is_found(finished, tmp_path):
     assert any(d.startswith("energy rows 0–23: array metadata missing") for d in damage), damage
     res = _hts("run", str(path), "-q", cwd=tmp_path)
     assert res.returncode == 2 and "damaged, so it is not resumed" in res.stderr
+    res = _hts("export", str(c.store), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 2 and "energy rows 0–23: array metadata missing" in res.stderr
+    assert "nothing exported" in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_whole_deleted_array_is_named_and_not_re_added(finished, tmp_path):
+    c, path = finished
+    shutil.rmtree(tmp_path / "lj.zarr" / "energy")
+    damage = [str(d) for d in verify(c.store)]
+    assert damage == [
+        "energy rows 0–23: array missing (neither its metadata nor its chunks are there)"
+    ]
+    res = _hts("verify", str(c.store), cwd=tmp_path)
+    assert res.returncode == 2 and "energy rows 0–23: array missing" in res.stdout
+    res = _hts("run", str(path), "-q", cwd=tmp_path)
+    assert res.returncode == 2 and "damaged, so it is not resumed" in res.stderr
+    assert not (tmp_path / "lj.zarr" / "energy").exists()  # never re-added empty
+
+
+def test_a_variable_the_store_predates_is_not_damage(finished, tmp_path):
+    """A store written before a variable existed lacks it honestly; reopening adds it."""
+    import zarr
+
+    c, path = finished
+    store = tmp_path / "lj.zarr"
+    shutil.rmtree(store / "pressure")
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    group.attrs["variables"] = [v for v in group.attrs["variables"] if v != "pressure"]
+    (store / "zarr.json").write_text(
+        json.dumps(
+            {
+                k: v
+                for k, v in json.loads((store / "zarr.json").read_text()).items()
+                if k != "consolidated_metadata"
+            }
+        )
+    )
+    assert verify(c.store) == []
+    run_on_parsl(c, tmp_path / "runinfo")  # resumes: nothing to do but add the variable
+    assert verify(c.store) == [] and "pressure" in open_dataset(c.store)
 
 
 def test_a_garbage_chunk_is_found(finished, tmp_path):

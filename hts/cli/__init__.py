@@ -1,4 +1,8 @@
-"""``hts``: run, validate, inspect and export screening campaigns."""
+"""``hts``: run, validate, inspect and export screening campaigns.
+
+The batch-system commands (``submit``, ``cancel``, ``sites``) live in
+:mod:`hts.cli.batch`; ``python -m hts.cli`` runs :func:`main`.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ app = typer.Typer(
     help="High-throughput screening of crystalline materials: MLIP prefilter → Zarr store.",
 )
 
-DEMO = Path(__file__).resolve().parent / "data" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo.yaml"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -107,9 +111,9 @@ def run(
     ] = False,
 ) -> None:
     """Run a campaign, or resume it: finished chunks in the store are skipped."""
-    from hts.campaign import RunError, run_campaign
+    from hts.api import execute, incomplete, prepare_process
+    from hts.campaign import RunError
     from hts.candidates import EmptySourceError
-    from hts.execution import make_engine
     from hts.execution.sites import SiteError
     from hts.spec import CampaignError
     from hts.store import StoreError
@@ -123,35 +127,28 @@ def run(
             _quiet_logging()
             MPIEngine().serve()
             return
+    if engine not in ("parsl", "mpi", "serial"):
+        _fail(f"--engine {engine}: unknown (known: parsl, mpi, serial)")
     path = campaign or DEMO
     c = _load(path)
     if site:
         c = c.model_copy(update={"site": site})
     store_path = store or Path(c.store)
-    # threads must be fixed before torch is first imported in this process
-    os.environ.setdefault("OMP_NUM_THREADS", str(c.stages.prefilter.model.threads))
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    prepare_process(c)  # threads must be fixed before torch is first imported in this process
     _quiet_logging()
     _stop_on_sigterm()
     console.print(f"campaign [bold]{c.name}[/] ({path}) → store {store_path}", highlight=False)
-    try:
-        eng = make_engine(
-            engine,
-            c.site,
-            Path(f"{store_path}.parsl"),
-            retries=c.limits.task_retries,
-            store=store_path,
-            allocation=allocation,
-        )
-    except (SiteError, ValueError) as err:
-        _fail(str(err))
-    except OSError as err:  # the run directory beside the store cannot be made
-        _fail(f"cannot write here ({err.strerror}: {err.filename}); give a writable --store")
-    console.print(f"engine: {eng.describe()}", highlight=False)
     t0 = time.time()
     try:
         with render.Display(c.name, quiet) as display:
-            stats = run_campaign(c, eng, store_path=store_path, progress=display)
+            stats = execute(
+                c,
+                store_path=store_path,
+                engine=engine,
+                allocation=allocation,
+                progress=display,
+                on_engine=lambda eng: console.print(f"engine: {eng.describe()}", highlight=False),
+            )
     except (EmptySourceError, CampaignError, StoreError, SiteError) as err:
         _fail(str(err))
     except RunError as err:
@@ -160,14 +157,14 @@ def run(
         render.print_interrupted(store_path)
         raise typer.Exit(130) from None
     except OSError as err:  # the disk filled up, the store became read-only, ...
+        if str(err.filename or "").startswith(f"{store_path}.parsl"):  # the engine's run dir
+            _fail(f"cannot write here ({err.strerror}: {err.filename}); give a writable --store")
         _fail(
             f"cannot go on: {err.strerror or err}{f' ({err.filename})' if err.filename else ''}. "
             "Everything committed so far is kept; fix the cause and run the same command "
             "again to resume",
             code=1,
         )
-    finally:
-        eng.close()
     console.print(
         f"finished in {render.hms(time.time() - t0)}: {stats.done} screened this run, {stats.resumed} resumed from the store",
         highlight=False,
@@ -179,7 +176,8 @@ def run(
             highlight=False,
         )
     render.print_status(store_path, top=top)
-    if render.print_incomplete(stats):
+    if why := incomplete(stats):
+        console.print(f"[bold yellow]incomplete:[/] {why}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -340,10 +338,18 @@ def export(
     """Survivors' structures as CIF and extxyz, a CSV summary of every candidate, a plot, and
     for the validated (or final) candidates their XRD patterns, space groups and conventional cells."""
     from hts.report import export_store, export_xrd
+    from hts.store import verify as check
 
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"--out {out_dir}: is a file; give a folder (it is created if missing)")
     try:
+        # a lost array or chunk would be exported as missing values, silently: refuse instead
+        if damage := check(store, decode=False):
+            _fail(
+                f"{store}: damaged ({'; '.join(map(str, damage[:3]))}"
+                f"{'; …' if len(damage) > 3 else ''}); nothing exported. `hts verify {store}` "
+                "lists every damaged part"
+            )
         n, csv = export_store(store, out_dir, survivors_only=not all_ok)
         n_xrd, n_final, index = export_xrd(store, out_dir, limit=xrd)
     except FileNotFoundError as err:
@@ -408,115 +414,8 @@ def report(
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
-@app.command()
-def submit(
-    campaign: Annotated[Path, typer.Argument(help="Campaign YAML file.")],
-    site: Annotated[
-        str | None, typer.Option(help="Site name or file (default: the campaign's).")
-    ] = None,
-    store: Annotated[
-        Path | None, typer.Option(help="Store path; overrides the campaign's.")
-    ] = None,
-    mode: Annotated[
-        str | None,
-        typer.Option(help="pilot | allocation | mpi (default: the site's submit.mode)."),
-    ] = None,
-    nodes: Annotated[int | None, typer.Option(help="Nodes (allocation and mpi modes).")] = None,
-    walltime: Annotated[str | None, typer.Option(help="Driver job walltime, HH:MM:SS.")] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Write and print the batch script, submit nothing.")
-    ] = False,
-) -> None:
-    """Submit the campaign's driver as a batch job (Slurm or PBS Pro) generated from the site.
-
-    Submitting again after the job ends (walltime, cancel, node failure) resumes the store.
-    """
-    from hts.campaign import preflight
-    from hts.candidates import EmptySourceError
-    from hts.execution.sites import SiteError
-    from hts.execution.submit import SubmitError
-    from hts.execution.submit import submit as do_submit
-    from hts.spec import CampaignError
-
-    c = _load(campaign)
-    if mode not in (None, "pilot", "allocation", "mpi"):
-        _fail(f"--mode {mode!r}: use pilot, allocation or mpi")
-    try:
-        preflight(c)
-        sub, script = do_submit(
-            site or c.site,
-            campaign,
-            store or Path(c.store),
-            mode=mode,
-            nodes=nodes,
-            walltime=walltime,
-            dry_run=dry_run,
-        )
-    except (EmptySourceError, CampaignError, SiteError, SubmitError, ValueError) as err:
-        _fail(str(err))
-    if sub is None:
-        out.print(script.read_text(), highlight=False, markup=False, soft_wrap=True)
-        console.print(f"batch script written to {script} (not submitted)", highlight=False)
-        return
-    out.print(
-        f"submitted {c.name!r} as {sub.scheduler} job {sub.job_id} ({sub.mode} mode)\n"
-        f"script: {script}\nlog:    {script.parent}/driver-{sub.job_id}.out\n"
-        f"follow: hts status {sub.store}   stop: hts cancel {sub.store}",
-        highlight=False,
-    )
-
-
-@app.command()
-def cancel(store: Annotated[Path, typer.Argument(help="The submitted campaign's store.")]) -> None:
-    """Cancel a submitted campaign: its driver job and every worker block it started."""
-    from hts.execution.submit import SubmitError
-    from hts.execution.submit import cancel as do_cancel
-
-    try:
-        ids = do_cancel(store)
-    except SubmitError as err:
-        _fail(str(err))
-    out.print(
-        f"cancelled job(s) {', '.join(ids)}" if ids else "no queued or running job of this store",
-        highlight=False,
-    )
-
-
-sites_app = typer.Typer(help="List sites and check one before submitting.", no_args_is_help=True)
-app.add_typer(sites_app, name="sites")
-
-
-@sites_app.command("list")
-def sites_list() -> None:
-    """The sites found (./sites, the project's sites/), with their descriptions."""
-    from hts.execution.sites import SiteError, load_site, site_file, site_names
-
-    rows = []
-    for name in site_names():
-        try:
-            desc = load_site(name, missing=[]).description
-        except SiteError as err:
-            desc = f"[red]invalid:[/] {err}"
-        rows.append((name, desc, str(site_file(name))))
-    render.print_sites(rows)
-
-
-@sites_app.command("check")
-def sites_check(
-    site: Annotated[str, typer.Argument(help="Site name or file.")],
-    mode: Annotated[str | None, typer.Option(help="Submission mode to show.")] = None,
-) -> None:
-    """Print the resolved Parsl config and the driver job of a site, and what is missing."""
-    from hts.execution.checks import check_site
-    from hts.execution.sites import SiteError
-
-    try:
-        r = check_site(site, mode)
-    except SiteError as err:
-        _fail(str(err))
-    render.print_check(r)
-    if not r.ok:
-        raise typer.Exit(1)
+# the batch-system commands (submit, cancel, sites) register themselves on ``app``
+from hts.cli import batch  # noqa: E402, F401
 
 
 def main() -> None:
@@ -526,6 +425,3 @@ def main() -> None:
         console.print("interrupted; run the same command again to resume")
         sys.exit(130)
 
-
-if __name__ == "__main__":
-    main()
