@@ -85,8 +85,10 @@ def _given(obj: object, k: int, label: str | None) -> Given:
     if hasattr(obj, "lattice") and hasattr(obj, "is_ordered") and hasattr(obj, "sites"):
         props = getattr(obj, "properties", None) or {}
         return _from_pymatgen(obj, label or str(props.get("label") or "") or f"structures[{k}]")
+    hint = " (files are read by candidates: {kind: files, path: ...})" if kind == "str" else ""
     raise ValueError(
-        f"{where}: expected a pymatgen Structure, an ASE Atoms or a Structure.as_dict(), got {kind}"
+        f"{where}: expected a pymatgen Structure, an ASE Atoms or a Structure.as_dict(), "
+        f"got {kind}{hint}"
     )
 
 
@@ -98,7 +100,7 @@ def _from_pymatgen(s, source: str) -> Given:
             "(e.g. pymatgen's OrderDisorderedStructureTransformation)",
         )
     numbers = np.array([site.specie.Z for site in s.sites], dtype=np.int64)
-    if len(numbers) and numbers.min() < 1:
+    if len(numbers) and not ((numbers >= 1) & (numbers <= 118)).all():  # DummySpecies: any Z
         return Given.failed(source, "a site holds a dummy species, not a chemical element")
     cell = np.array(s.lattice.matrix, dtype=float)
     positions = np.array(s.cart_coords, dtype=float).reshape(-1, 3)
