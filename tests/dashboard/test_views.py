@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from hts.dashboard import server
 from hts.dashboard.html import write_html
 from hts.dashboard.server import Dashboard
 from hts.dashboard.views import StoreViews
@@ -122,23 +126,58 @@ def test_any_token_characters_are_refused_cleanly(store):
         d.close()
 
 
-def test_idle_connections_are_bounded_and_timed_out(store, monkeypatch):
-    """Idle clients cannot hold more than MAX_CONNECTIONS threads; the dashboard keeps answering."""
-    import socket
-    import threading
-    import time
+def _idle(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that never send a request (preconnects, abandoned tabs, a scanner)."""
+    return [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
 
-    from hts.dashboard import server
 
-    monkeypatch.setattr(server, "MAX_CONNECTIONS", 4)
-    monkeypatch.setattr(server._Handler, "timeout", 1.0)
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_a_request_is_answered_while_200_idle_connections_are_open(store):
+    """Idle connections hold no thread: the page's requests are answered at once."""
     d = Dashboard(store, port=0)
     d.start()
-    idle = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(20)]
+    assert _get(d.url + "api/snapshot")[0] == 200  # the first snapshot's reading, out of the timing
+    threads = threading.active_count()
+    t0 = time.monotonic()
+    idle = _idle(d.port, 200)  # quick too: a burst does not overflow the accept queue
     try:
-        time.sleep(0.3)
-        assert threading.active_count() < 20  # the surplus was closed, not given threads
-        time.sleep(1.5)  # the idle ones time out and free their slots
+        time.sleep(0.2)  # all accepted and parked
+        code, body, _ = _get(d.url + "api/snapshot")
+        assert code == 200 and json.loads(body)["rows"] > 0
+        assert _get(d.url + "static/style.css")[0] == 200
+        assert time.monotonic() - t0 < 4.0  # below IDLE_S: no idle connection had timed out
+        # at most the pool's threads were added, whatever the number of connections
+        assert threading.active_count() <= threads + server.WORKERS
+        assert not any(_closed_by_server(s, 0.01) for s in idle)  # still open: not refused
+    finally:
+        for s in idle:
+            s.close()
+        d.close()
+
+
+def test_idle_connections_are_closed_after_the_timeout(store, monkeypatch):
+    """An idle connection is closed after IDLE_S; beyond MAX_IDLE waiting, the oldest goes first."""
+    monkeypatch.setattr(server, "IDLE_S", 0.5)
+    monkeypatch.setattr(server, "MAX_IDLE", 4)
+    d = Dashboard(store, port=0)
+    d.start()
+    idle = []
+    try:
+        for _ in range(6):  # one at a time, so that their order is known
+            idle += _idle(d.port, 1)
+            time.sleep(0.05)
+        assert [_closed_by_server(s, 0.2) for s in idle[:2]] == [True, True]  # the oldest two
+        assert not any(_closed_by_server(s, 0.01) for s in idle[2:])
+        assert all(_closed_by_server(s, 2.0) for s in idle[2:])  # timed out
         assert _get(d.url + "api/snapshot")[0] == 200
     finally:
         for s in idle:
