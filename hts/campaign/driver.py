@@ -13,102 +13,41 @@ recomputed once over everything, then the DFT phase runs.
 
 What the loop hands off lives beside it: :mod:`~hts.campaign.resolve` (the
 campaign's files read once), :mod:`~hts.campaign.references`,
-:mod:`~hts.campaign.scoring`, :mod:`~hts.campaign.pool` and
-:mod:`~hts.campaign.validate`.
+:mod:`~hts.campaign.scoring`, :mod:`~hts.campaign.pool` (the one task-waiting
+loop), :mod:`~hts.campaign.rescore` (the teacher's queue),
+:mod:`~hts.campaign.audit` (the final audit sample and the recall warning),
+:mod:`~hts.campaign.stats` (the live counts) and :mod:`~hts.campaign.validate`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from hts.audit import audit_pick, estimate, warning
+from hts.audit import audit_pick
+from hts.campaign.audit import final_audit
 from hts.campaign.pool import Done, TaskPool
-from hts.campaign.references import ReferenceBook, RunError
+from hts.campaign.references import ReferenceBook
+from hts.campaign.rescore import TeacherQueue
 from hts.campaign.resolve import ResolvedCampaign, preflight, results_hash
 from hts.campaign.scoring import StageScorer
+from hts.campaign.stats import RunStats, book_task
 from hts.campaign.validate import ValidatePhase
 from hts.candidates import Chunk, chunks, open_source
 from hts.candidates.record import Candidate
-from hts.models.ase_calculator import ModelSpecError
 from hts.spec import Campaign
 from hts.stages.screen import StageRecord, run_stage
-from hts.store import Row, StageUpdate, Store
+from hts.store import Row, Store
 from hts.store.schema import STATUS_FAILED, STATUS_OK
 
-__all__ = ["RunStats", "open_store", "run_campaign"]
-
-log = logging.getLogger("hts.campaign")
+__all__ = ["RunStats", "open_store", "run_campaign"]  # RunStats lives in hts.campaign.stats
 
 # what a stored row and a candidate share besides the structure (a survivor is requeued from either)
 _IDENTITY = ("id", "source", "prototype", "formula", "chemsys")
-
-
-@dataclass
-class RunStats:
-    """Live counts for progress displays and the closing summary."""
-
-    total_estimate: int | None = None
-    done: int = 0  # candidates with a prefilter result this run
-    resumed: int = 0  # candidates already in the store from an earlier run
-    ok: int = 0
-    failed: int = 0
-    kept: int = 0  # prefilter survivors (running verdicts until the final pass)
-    rescored: int = 0  # survivors rescored by the teacher, this run
-    rescore_kept: int = 0
-    rescore_waiting: int = 0  # survivors (and audited rejects) queued or in flight for the teacher
-    audited: int = 0  # rejects sent to the teacher by the audit, this run
-    validated: int = 0  # DFT jobs finished this run (candidates)
-    validate_failed: int = 0
-    validate_waiting: int = 0  # DFT jobs (candidates and references) queued or running
-    in_flight: int = 0
-    # candidates a failed task left unjudged (not in the store: the next run retries them)
-    unscreened: int = 0
-    unrescored: int = 0
-    unvalidated: int = 0  # DFT jobs (candidates and references)
-    task_errors: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
-    worker_s: float = 0.0  # wall time inside tasks
-    model_s: float = 0.0  # of which inside model calls
-    stage_s: dict[str, float] = field(default_factory=dict)  # worker_s by stage
-    phase: str = "starting"
-
-    @property
-    def rate(self) -> float:
-        dt = time.time() - self.started
-        return self.done / dt if dt > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left for the student's remaining candidates *and* the teacher's queue.
-
-        Worker time per candidate of each stage so far, times what is left of
-        each (the teacher's queue, plus the share of the candidates still to
-        screen that the prefilter has been sending it), over the parallelism
-        observed (worker time per wall second).  Unknown (None) until both
-        stages have timed a task: a student-only estimate would promise
-        seconds while minutes of teacher work wait.
-        """
-        if not self.total_estimate or self.done <= 0:
-            return None
-        elapsed = time.time() - self.started
-        busy = sum(self.stage_s.values())
-        if elapsed <= 0 or busy <= 0:
-            return None
-        left = max(0, self.total_estimate - self.done - self.resumed)
-        work = left * self.stage_s.get("prefilter", 0.0) / self.done
-        teacher_due = self.rescore_waiting + left * (self.kept + self.audited) / self.done
-        if teacher_due > 0:
-            if not self.rescored:
-                return None
-            work += teacher_due * self.stage_s.get("rescore", 0.0) / self.rescored
-        return max(0.0, work / (busy / elapsed))
 
 
 def _prefilter_rows(
@@ -170,19 +109,21 @@ class _Driver:
             for k, (name, stage) in enumerate(resolved.stages.items())
         }
         self.pre = self.scorers["prefilter"]
-        self.re = self.scorers.get("rescore")
+        re = self.scorers.get("rescore")
         self.engine = engine
         self.store = store
         self.progress = progress or (lambda s: None)
         self.stats = RunStats()
         self.pool = TaskPool(engine)
         self.book = ReferenceBook(resolved, store, self.scorers, engine, self._phase)
-        # survivors (and audited rejects: True) waiting for the teacher
-        self.queue: list[tuple[int, Candidate, bool]] = []
-        self.audit = self.r.stages["prefilter"].audit if self.re is not None else 0.0
-        self._recall_warned = False
+        self.audit = self.r.stages["prefilter"].audit if re is not None else 0.0
+        # survivors (and audited rejects) waiting for the teacher; None: no rescore stage
+        self.teacher = (
+            TeacherQueue(resolved, re, store, self.pool, self.stats, self.audit)
+            if re is not None
+            else None
+        )
         self.committed: set[int] = set()  # ids in the store (as integers): never screened again
-        self._batches = 0
 
     def _phase(self, phase: str) -> None:
         self.stats.phase = phase
@@ -204,49 +145,28 @@ class _Driver:
                     for f, v in zip(b["formula"], e, strict=True)
                     if math.isfinite(v)
                 )
-            if self.re is not None:
+            if self.teacher is not None:
                 waiting.extend(
                     start + int(i)
                     for i in np.flatnonzero(b["kept"][:, 0] | b["audit"])
                     if start + int(i) not in rescored
                 )
         if waiting:
+            assert self.teacher is not None
             meta = self.store.read([*_IDENTITY, "audit"], waiting)
             for j, (row, (z, pos, cell)) in enumerate(
                 zip(waiting, self.store.structures(waiting), strict=True)
             ):
                 ident = {name: str(meta[name][j]) for name in _IDENTITY}
                 cand = Candidate(**ident, numbers=z, positions=pos, cell=cell)
-                self.queue.append((row, cand, bool(meta["audit"][j])))
-            self.stats.rescore_waiting = len(self.queue)
+                self.teacher.add(row, cand, bool(meta["audit"][j]))
+            self.stats.rescore_waiting = len(self.teacher)
 
     # -- the prefilter ---------------------------------------------------------
 
-    def _records(self, stage: str, d: Done, what: str) -> list[StageRecord] | None:
-        """A finished stage task's records (its time counted); None if the task died as a whole.
-
-        A task's death (after the engine's retries) says nothing about its
-        candidates: nothing is recorded, and the next run tries them again.
-        """
-        if not d.ok:
-            if isinstance(d.error, ModelSpecError):  # every task would fail alike: stop now
-                raise RunError(
-                    f"{d.error.at(f'stages.{stage}.model')}. Nothing was recorded for {what}; "
-                    "fix the model section and run the same command again"
-                )
-            why = d.describe_error()
-            log.warning("%s failed as a whole (its candidates are retried next run): %s", what, why)
-            self.stats.task_errors.append(f"{what}: {why}")
-            return None
-        self.store.set_stage_model(stage, d.result.model_name, d.result.model_version)
-        self.stats.worker_s += d.result.wall_s
-        self.stats.model_s += d.result.model_s
-        self.stats.stage_s[stage] = self.stats.stage_s.get(stage, 0.0) + d.result.wall_s
-        return d.result.records
-
     def _collect_prefilter(self, d: Done, chunk: Chunk) -> None:
         s = self.stats
-        recs = self._records("prefilter", d, f"chunk {chunk.index}")
+        recs = book_task(d, "prefilter", f"chunk {chunk.index}", self.store, s)
         if recs is None:
             s.unscreened += len(chunk.candidates)
             return
@@ -258,94 +178,20 @@ class _Driver:
         s.failed += sum(r.status != STATUS_OK for r in rows)
         survivors = [(first + i, r) for i, r in enumerate(rows) if r.stage["prefilter"].get("kept")]
         s.kept += len(survivors)
-        if self.re is not None:
+        if self.teacher is not None:
             audited = [(first + i, r) for i, r in enumerate(rows) if r.audit]
             for row, r in survivors + audited:
                 ident = {name: getattr(r, name) for name in _IDENTITY}
                 cand = Candidate(**ident, numbers=r.numbers, positions=r.positions, cell=r.cell)
-                self.queue.append((row, cand, r.audit))
+                self.teacher.add(row, cand, r.audit)
             s.rescore_waiting += len(survivors) + len(audited)
             s.audited += len(audited)
 
-    # -- the rescore stage -----------------------------------------------------
+    # -- the loop --------------------------------------------------------------
 
     def _submit_rescore(self, flush: bool = False) -> None:
-        if self.re is None:
-            return
-        spec = self.r.stages["rescore"]
-        size = spec.chunk_size or self.c.chunk_size
-        while self.queue and (flush or len(self.queue) >= size):
-            batch, self.queue = self.queue[:size], self.queue[size:]
-            rows = [r for r, _, _ in batch]
-            cands = [c for _, c, _ in batch]
-            audit = [a for _, _, a in batch]
-            self._batches += 1
-            self.pool.submit(
-                spec.resource,
-                ("rescore", (rows, cands, audit)),
-                run_stage,
-                self._batches,
-                cands,
-                spec,
-                self.c.seed,
-            )
-
-    def _collect_rescore(
-        self, d: Done, rows: list[int], cands: list[Candidate], audit: list[bool]
-    ) -> None:
-        t, s = self.re, self.stats
-        assert t is not None
-        recs = self._records("rescore", d, "a rescore task")
-        if recs is None:
-            s.unrescored += len(rows)
-            s.rescore_waiting -= len(rows)
-            return
-        t.hull.add(
-            (c.formula, r.energy_per_atom)
-            for c, r in zip(cands, recs, strict=True)
-            if r.status == STATUS_OK
-        )
-        updates = []
-        for row, c, r, audited in zip(rows, cands, recs, audit, strict=True):
-            if r.status == STATUS_OK:
-                values, why = t.columns(r, c.formula, c.n_atoms)
-            else:
-                values, why = {"time_s": r.time_s}, r.reason
-            ok = not why
-            missed = None
-            if audited:  # the teacher's verdict goes to audit_missed: an audited row is no survivor
-                missed = bool(ok and values.get("kept"))
-                values["kept"] = False
-            updates.append(
-                StageUpdate(
-                    row=row,
-                    values=values,
-                    status=STATUS_OK if ok else STATUS_FAILED,
-                    reason=why,
-                    stage_reached="rescore" if ok else "prefilter",
-                    positions=r.positions if ok else None,
-                    cell=r.cell if ok else None,
-                    audit_missed=missed,
-                )
-            )
-            s.rescored += 1
-            s.rescore_kept += bool(values.get("kept"))
-        self.store.update("rescore", updates)
-        s.rescore_waiting -= len(rows)
-        if any(audit):
-            self._check_recall()
-
-    def _check_recall(self) -> None:
-        """Log once when the audited recall's upper bound falls below the distillation's target."""
-        link = self.r.stages["prefilter"].distillation
-        if self._recall_warned or link is None:
-            return
-        line = warning(estimate(self.store.counters, self.audit, link.target_recall))
-        if line:
-            log.warning("%s", line)
-            self._recall_warned = True
-
-    # -- the loop --------------------------------------------------------------
+        if self.teacher is not None:
+            self.teacher.submit(flush)
 
     def _drain(self, until: int) -> None:
         """Collect finished tasks until at most ``until`` are in flight."""
@@ -354,7 +200,8 @@ class _Driver:
             if kind == "prefilter":
                 self._collect_prefilter(d, payload)
             else:
-                self._collect_rescore(d, *payload)
+                assert self.teacher is not None
+                self.teacher.collect(d, *payload)
             self._submit_rescore()
             self.stats.in_flight = len(self.pool)
             self.progress(self.stats)
@@ -403,7 +250,7 @@ class _Driver:
             if time.time() - last_report > 0.5:
                 self.progress(s)
                 last_report = time.time()
-        if self.re is not None:
+        if self.teacher is not None:
             s.phase = "screening; teacher rescoring the survivors"
         self._drain(0)
         self._submit_rescore(flush=True)
@@ -418,26 +265,6 @@ class _Driver:
         self.progress(s)
         return s
 
-    def _final_audit(self) -> None:
-        """Mark the audit sample again from the final verdicts (so it does not depend on chunking).
-
-        An early survivor the final hull drops is a reject like any other: if
-        drawn, it joins the sample (the teacher already rescored it).
-        """
-        if not self.audit:
-            return
-        for start, b in self.store.iter_blocks(["id", "e_above_hull", "kept", "audit"]):
-            want = _audit_sample(
-                b["id"],
-                np.isfinite(b["e_above_hull"][:, 0]),
-                b["kept"][:, 0],
-                self.c.seed,
-                self.audit,
-            )
-            changed = np.flatnonzero(want != b["audit"])
-            self.store.write_rows("audit", start + changed, want[changed])
-            self.stats.audited += int(want.sum()) - int(b["audit"].sum())
-
     def _finalize(self) -> None:
         """Score everything once more against each stage's final hull and write the final values."""
         if self.store.finalized:
@@ -448,19 +275,11 @@ class _Driver:
             kept = t.final_pass(self.store, gated=t is not self.pre)
             if t is self.pre:
                 self.stats.kept = kept
-                self._final_audit()
+                self.stats.audited += final_audit(self.store, self.c.seed, self.audit)
             else:
                 self.stats.rescore_kept = kept
         self.store.set_finalized(True)
         self.store.consolidate()
-
-
-def _audit_sample(ids, scored, kept, seed: int, share: float) -> np.ndarray:
-    """Which rows are in the audit: the final rejects :func:`hts.audit.audit_pick` draws."""
-    out = np.zeros(len(ids), dtype=bool)
-    for i in np.flatnonzero(scored & ~kept):
-        out[i] = audit_pick(seed, str(ids[i]), share)
-    return out
 
 
 def open_store(
