@@ -16,13 +16,14 @@ committed values are rewritten (the final hull pass, a stage's result
 replaced), which tells incremental readers to read everything again.  So a
 commit, and a reader catching up with it, cost O(what changed), not O(store).
 Callers go through :class:`Store`'s methods; the zarr group stays private.
+What a write carries (:class:`Row`, :class:`StageUpdate`) and how it becomes
+columns live in :mod:`hts.store.rows`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ from hts.store.counters import STATE_VARS, Counters, RowState, recount
 from hts.store.layout import add_missing, consolidate, create_store, drop_consolidated
 from hts.store.lock import StoreError, StoreLock
 from hts.store.reader import RowReader
+from hts.store.rows import (
+    Row,
+    StageUpdate,
+    append_columns,
+    atom_columns,
+    stage_columns,
+    write_structures,
+)
 from hts.store.schema import ATOM_VARS, CANDIDATE_VARS, SCHEMA_VERSION, UPDATE_VARS
 from hts.store.verify import lost_arrays, verify
 
@@ -58,45 +67,6 @@ class StoreDamagedError(StoreError):
         )
 
 
-@dataclass(slots=True)
-class Row:
-    """Everything the store keeps about one candidate.
-
-    ``stage`` maps each stage that produced values for the row to them; those
-    stages' ``stage_status`` is set to ``status``.
-    """
-
-    id: str
-    formula: str
-    chemsys: str
-    prototype: str
-    source: str
-    chunk: int
-    status: str
-    reason: str
-    stage_reached: str
-    numbers: np.ndarray
-    positions: np.ndarray
-    cell: np.ndarray
-    stage: dict[str, dict[str, float | bool | int]] = field(default_factory=dict)
-    audit: bool = False
-
-
-@dataclass(slots=True)
-class StageUpdate:
-    """A later stage's result for one existing row (``status`` also goes to its ``stage_status``)."""
-
-    row: int
-    values: dict[str, float | bool | int]
-    status: str
-    reason: str
-    stage_reached: str
-    positions: np.ndarray | None = None
-    cell: np.ndarray | None = None
-    dft_dir: str | None = None
-    audit_missed: bool | None = None  # an audited row: whether the teacher keeps it
-
-
 def _ranges(indices: set[int]) -> list[list[int]]:
     """Compress chunk indices to inclusive ranges for the ledger."""
     out: list[list[int]] = []
@@ -110,44 +80,6 @@ def _ranges(indices: set[int]) -> list[list[int]]:
 
 def _expand(ranges: list[list[int]]) -> set[int]:
     return {i for a, b in ranges for i in range(a, b + 1)}
-
-
-def _append_columns(rows: Sequence[Row], stages: list[str], a0: int) -> dict[str, np.ndarray]:
-    """One chunk's rows as columns of the candidate variables."""
-    m = len(rows)
-    counts = np.array([len(r.numbers) for r in rows], dtype=np.int64)
-    starts = a0 + np.concatenate([[0], np.cumsum(counts)[:-1]]) if m else np.zeros(0, np.int64)
-    cols: dict[str, np.ndarray] = {
-        "id": np.array([r.id for r in rows], dtype=object),
-        "formula": np.array([r.formula for r in rows], dtype=object),
-        "chemsys": np.array([r.chemsys for r in rows], dtype=object),
-        "prototype": np.array([r.prototype for r in rows], dtype=object),
-        "source": np.array([r.source for r in rows], dtype=object),
-        "chunk": np.array([r.chunk for r in rows], dtype=np.int64),
-        "n_atoms": counts.astype(np.int32),
-        "atom_start": starts.astype(np.int64),
-        "status": np.array([r.status for r in rows], dtype=object),
-        "reason": np.array([r.reason for r in rows], dtype=object),
-        "stage_reached": np.array([r.stage_reached for r in rows], dtype=object),
-        "dft_dir": np.full(m, "", dtype=object),
-        "audit": np.array([r.audit for r in rows], dtype=bool),
-        "audit_missed": np.zeros(m, dtype=bool),
-        "committed_at": np.full(m, time.time()),
-        "cell": np.array([r.cell for r in rows], dtype=np.float64).reshape(m, 3, 3),
-    }
-    for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
-        if dims != ("stage",):
-            continue
-        # object for strings: np.full(…, "", dtype=str) is one character wide and cut "ok" to "o"
-        col = np.full((m, len(stages)), fill, dtype=object if dtype is str else dtype)
-        for i, r in enumerate(rows):
-            for s, values in r.stage.items():
-                if name == "stage_status":
-                    col[i, stages.index(s)] = r.status
-                elif name in values:
-                    col[i, stages.index(s)] = values[name]
-        cols[name] = col
-    return cols
 
 
 def _reopen(path: Path, campaign_hash: str, also_accept: Sequence[str]):
@@ -176,40 +108,6 @@ def _reopen(path: Path, campaign_hash: str, also_accept: Sequence[str]):
             f"settings changed. Use a new store path, or delete {path} to start over."
         )
     return group
-
-
-def _atom_columns(rows: Sequence[Row]) -> dict[str, np.ndarray]:
-    """One chunk's atoms, concatenated in row order (the ragged layout)."""
-    if not sum(len(r.numbers) for r in rows):
-        return {"species": np.zeros(0, np.int16), "positions": np.zeros((0, 3))}
-    return {
-        "species": np.concatenate([r.numbers for r in rows]).astype(np.int16),
-        "positions": np.concatenate([np.asarray(r.positions).reshape(-1, 3) for r in rows]),
-    }
-
-
-def _stage_columns(ups: Sequence[StageUpdate]) -> dict[str, np.ndarray]:
-    """A later stage's values for its rows, one column per stage variable any of them set."""
-    cols = {"stage_status": np.array([u.status for u in ups], dtype=object)}
-    for name, (dims, dtype, fill, _) in CANDIDATE_VARS.items():
-        if dims == ("stage",) and name != "stage_status" and any(name in u.values for u in ups):
-            cols[name] = np.array([u.values.get(name, fill) for u in ups], dtype=dtype)
-    return cols
-
-
-def _write_structures(arrays: dict, stage: str, rows: np.ndarray, ups: list[StageUpdate]) -> None:
-    """A later stage's relaxed structures, in place (same atoms: the ragged layout holds)."""
-    with_structure = [(r, u) for r, u in zip(rows, ups, strict=True) if u.positions is not None]
-    if not with_structure:
-        return
-    idx = np.array([r for r, _ in with_structure])
-    arrays["cell"].oindex[idx] = np.array([u.cell for _, u in with_structure])
-    starts = arrays["atom_start"].oindex[idx]
-    counts = arrays["n_atoms"].oindex[idx]
-    for (_, u), a0, n in zip(with_structure, starts, counts, strict=True):
-        if len(u.positions) != n:
-            raise ValueError(f"{stage}: structure has {len(u.positions)} atoms, row has {n}")
-        arrays["positions"][int(a0) : int(a0) + int(n)] = u.positions
 
 
 def _create(path: Path, stages, campaign_name, campaign_hash, campaign_yaml):
@@ -365,7 +263,7 @@ class Store(RowReader):
         """Write one chunk's rows, then commit it in the ledger (and count them)."""
         m = len(rows)
         n0, a0 = self.n_rows, self.n_atom_rows
-        cols = _append_columns(rows, self.stages, a0)
+        cols = append_columns(rows, self.stages, a0)
         n_atoms_new = int(cols["n_atoms"].sum())
         for name, arr in self._arrays.items():
             if name in ATOM_VARS or name in UPDATE_VARS:
@@ -373,7 +271,7 @@ class Store(RowReader):
             arr.resize((n0 + m, *arr.shape[1:]))
             if m:
                 arr[n0 : n0 + m] = cols[name]
-        for name, data in _atom_columns(rows).items():
+        for name, data in atom_columns(rows).items():
             arr = self._arrays[name]
             arr.resize((a0 + n_atoms_new, *arr.shape[1:]))
             if n_atoms_new:
@@ -427,7 +325,7 @@ class Store(RowReader):
             raise IndexError(f"row {int(rows.max())} is not committed (store has {self.n_rows})")
         old = self.read(STATE_VARS, rows)
         new = {name: v.copy() for name, v in old.items()}
-        for name, col in _stage_columns(ups).items():
+        for name, col in stage_columns(ups).items():
             self._arrays[name].oindex[rows, k] = col
             if name in new:
                 new[name][:, k] = col
@@ -445,7 +343,7 @@ class Store(RowReader):
         if with_dir.any():
             dirs = np.array([u.dft_dir for u in ups], dtype=object)[with_dir]
             self._arrays["dft_dir"].oindex[rows[with_dir]] = dirs
-        _write_structures(self._arrays, stage, rows, ups)
+        write_structures(self._arrays, stage, rows, ups)
         self.counters.move(self.stages, rows, old, new, lambda r: self.read(["id"], r)["id"])
         self.best.merge(rows, *self.read(_RANKED, rows).values())
         self._log(stage, rows)
