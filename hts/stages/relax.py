@@ -13,19 +13,9 @@ Converged structures leave the batch and waiting ones take their places
 (in-flight batching).  Results equal ASE's ``FIRE(FrechetCellFilter(atoms))``
 run one structure at a time (tested to 1e-6 eV/atom with EMT).
 
-How the filter's forces are computed, per structure, with ``F`` the
-deformation gradient from the input cell, ``V`` the volume, ``σ`` the stress
-and ``c`` the atom count (ASE's default factors):
-
-- atoms: the generalised coordinates are ``x = r F⁻ᵀ`` and their forces ``f F``;
-- ``UnitCellFilter``: the cell coordinate is ``c F``, its force ``W F⁻ᵀ / c``
-  with the virial ``W = −V σ``;
-- ``FrechetCellFilter``: the coordinate is ``c log F`` and its force is the
-  adjoint Fréchet derivative of ``exp`` at ``log F`` applied to ``W F⁻ᵀ``,
-  ``L(log Fᵀ, W F⁻ᵀ) / c``.  ASE evaluates nine directional derivatives per
-  step with scipy; the adjoint gives the same nine numbers at once, as the
-  upper-right block of ``exp([[Aᵀ, G], [0, Aᵀ]])`` (one batched 6×6
-  ``matrix_exp``; Higham, *Functions of Matrices*, §3.2).
+The integrator itself — the batched state, the filters' coordinates and
+forces, one FIRE step — is :mod:`hts.stages.fire`; this module runs the loop
+around it: filling the batch, evaluating the model, deciding who leaves.
 
 On a CUDA device the batch is sized from memory: a probe measures the bytes
 per atom of a forward and backward pass and the window is set to fill half the
@@ -40,9 +30,16 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from hts.stages.fire import FireState as _State
+from hts.stages.fire import deformation as _deformation
+from hts.stages.fire import fire_step as _fire_step
+from hts.stages.fire import generalised_forces as _generalised_forces
+from hts.stages.fire import new_state as _new_state
+from hts.stages.fire import segment_sum as _segment_sum
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -53,8 +50,6 @@ __all__ = ["RelaxOutcome", "relax_batch", "relax_with"]
 
 log = logging.getLogger("hts.stages")
 
-# FIRE constants as in ASE's FIRE (and the paper).
-_DT0, _DTMAX, _NMIN, _FINC, _FDEC, _ASTART, _FA = 0.1, 1.0, 5, 1.1, 0.5, 0.1, 0.99
 _EV_A3_TO_GPA = 160.21766208
 
 
@@ -70,169 +65,6 @@ class RelaxOutcome:
     frames: list | None = None
     # final pressure, GPa (−trace σ / 3; positive under compression); NaN if never evaluated
     pressure: float = float("nan")
-
-
-class _State:
-    """The in-flight structures: per-atom and per-structure tensors, and their outcome indices."""
-
-    per_atom = ("x", "vx", "numbers")
-    per_struct = ("u", "vu", "orig", "c", "dt", "a", "n_pos", "steps")
-
-    def __init__(self, t: dict[str, Any], ids: list[int], counts: list[int]) -> None:
-        self.t = t
-        self.ids = ids
-        self.counts = counts
-        self._index()
-
-    def _index(self) -> None:
-        import torch
-
-        dev = self.t["x"].device
-        self.counts_t = torch.as_tensor(self.counts, dtype=torch.long, device=dev)
-        self.batch = torch.repeat_interleave(
-            torch.arange(len(self.counts), device=dev), self.counts_t
-        )
-
-    @property
-    def n_atoms(self) -> int:
-        return sum(self.counts)
-
-    def select(self, keep: list[int]) -> _State:
-        """The structures at positions ``keep`` (a sub-list of range(len(ids)))."""
-        import torch
-
-        dev = self.t["x"].device
-        ks = torch.as_tensor(keep, dtype=torch.long, device=dev)
-        atom_mask = torch.zeros(len(self.ids), dtype=torch.bool, device=dev)
-        atom_mask[ks] = True
-        atom_mask = atom_mask[self.batch]
-        t = {k: v[atom_mask] for k, v in self.t.items() if k in self.per_atom}
-        t.update({k: v[ks] for k, v in self.t.items() if k in self.per_struct})
-        return _State(t, [self.ids[k] for k in keep], [self.counts[k] for k in keep])
-
-    def join(self, other: _State) -> _State:
-        import torch
-
-        if not self.ids:
-            return other
-        if not other.ids:
-            return self
-        t = {k: torch.cat([self.t[k], other.t[k]]) for k in self.t}
-        return _State(t, self.ids + other.ids, self.counts + other.counts)
-
-
-def _new_state(structures: Sequence[Atoms], ids: list[int], cell_filter: str, device) -> _State:
-    import torch
-
-    f64 = torch.float64
-    pos = torch.as_tensor(np.concatenate([a.positions for a in structures]), dtype=f64)
-    cells = torch.as_tensor(np.stack([a.cell[:] for a in structures]), dtype=f64)
-    counts = [len(a) for a in structures]
-    c = torch.as_tensor(counts, dtype=f64)
-    b = len(structures)
-    eye = torch.eye(3, dtype=f64).expand(b, 3, 3)
-    # the starting cell is the reference: F = I; Frechet's coordinate c·log F = 0, the unit
-    # filter's c·F (ASE's start in both; a constant offset does not change FIRE's path)
-    u = torch.zeros((b, 3, 3), dtype=f64) if cell_filter == "frechet" else c[:, None, None] * eye
-    t = {
-        "x": pos,
-        "vx": torch.zeros_like(pos),
-        "numbers": torch.as_tensor(np.concatenate([a.numbers for a in structures])),
-        "u": u.clone(),
-        "vu": torch.zeros((b, 3, 3), dtype=f64),
-        "orig": cells,
-        "c": c,
-        "dt": torch.full((b,), _DT0, dtype=f64),
-        "a": torch.full((b,), _ASTART, dtype=f64),
-        "n_pos": torch.zeros(b, dtype=torch.long),
-        "steps": torch.zeros(b, dtype=torch.long),
-    }
-    t = {k: v.to(device) for k, v in t.items()}
-    return _State(t, ids, counts)
-
-
-def _deformation(s: _State, cell: bool, cell_filter: str):
-    """Deformation gradients ``F`` [B,3,3], the cells and the Cartesian positions."""
-    import torch
-
-    if not cell:
-        return None, s.t["orig"], s.t["x"]
-    u, c = s.t["u"], s.t["c"][:, None, None]
-    f = torch.linalg.matrix_exp(u / c) if cell_filter == "frechet" else u / c
-    ft = f.transpose(1, 2)
-    cells = s.t["orig"] @ ft
-    pos = torch.einsum("ni,nij->nj", s.t["x"], ft[s.batch])
-    return f, cells, pos
-
-
-def _generalised_forces(s: _State, f, cells, ev, cell: bool, cell_filter: str):
-    """The filter's forces: on the atoms' coordinates ``[N,3]`` and on the cell's ``[B,3,3]``."""
-    import torch
-
-    if not cell:
-        return ev.forces, None
-    fx = torch.einsum("ni,nij->nj", ev.forces, f[s.batch])
-    volume = torch.linalg.det(cells).abs()
-    virial = -volume[:, None, None] * ev.stress
-    grad = virial @ torch.linalg.inv(f.transpose(1, 2))  # W F⁻ᵀ
-    c = s.t["c"][:, None, None]
-    if cell_filter == "unit":
-        return fx, grad / c
-    a_t = (s.t["u"] / c).transpose(1, 2)
-    m = torch.zeros((len(s.ids), 6, 6), dtype=a_t.dtype, device=a_t.device)
-    m[:, :3, :3] = a_t
-    m[:, 3:, 3:] = a_t
-    m[:, :3, 3:] = grad
-    return fx, torch.linalg.matrix_exp(m)[:, :3, 3:] / c
-
-
-def _segment_sum(values, batch, n: int):
-    import torch
-
-    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
-
-
-def _fire_step(s: _State, fx, fu, max_step: float, active) -> None:
-    """One FIRE step (ASE's) for the structures where ``active`` is set, in place."""
-    import torch
-
-    t, batch, n = s.t, s.batch, len(s.ids)
-    vx, vu = t["vx"], t["vu"]
-
-    def per_struct(ax, au):  # Σ over a structure's atom rows (and cell rows)
-        out = _segment_sum((ax).sum(-1), batch, n)
-        return out if au is None else out + au.sum((-1, -2))
-
-    first = t["steps"] == 0  # ASE starts from zero velocity without the mixing test
-    vf = per_struct(fx * vx, None if fu is None else fu * vu)
-    ff = per_struct(fx * fx, None if fu is None else fu * fu)
-    vv = per_struct(vx * vx, None if vu is None else vu * vu)
-    up = (vf > 0) & ~first
-    down = (vf <= 0) & ~first
-    a = t["a"]
-    mix = torch.where(up, a * torch.sqrt(vv) / torch.sqrt(torch.where(up, ff, 1.0)), 0.0)
-    keep_v = torch.where(up, 1.0 - a, torch.where(down, 0.0, 1.0))
-    grow = up & (t["n_pos"] > _NMIN)
-    dt = torch.where(grow, torch.clamp(t["dt"] * _FINC, max=_DTMAX), t["dt"])
-    dt = torch.where(down, dt * _FDEC, dt)
-    t["a"] = torch.where(grow, a * _FA, torch.where(down, _ASTART, a))
-    t["n_pos"] = torch.where(up, t["n_pos"] + 1, torch.where(down, 0, t["n_pos"]))
-    t["dt"] = dt
-    vx = keep_v[batch, None] * vx + mix[batch, None] * fx + dt[batch, None] * fx
-    drx = dt[batch, None] * vx
-    dr2 = _segment_sum((drx * drx).sum(-1), batch, n)
-    if fu is not None:
-        vu = keep_v[:, None, None] * vu + mix[:, None, None] * fu + dt[:, None, None] * fu
-        dru = dt[:, None, None] * vu
-        dr2 = dr2 + (dru * dru).sum((-1, -2))
-    scale = torch.where(dr2 > max_step**2, max_step / torch.sqrt(dr2), 1.0)
-    scale = torch.where(active, scale, 0.0)
-    t["x"] = t["x"] + scale[batch, None] * drx
-    t["vx"] = torch.where(active[batch, None], vx, t["vx"])
-    if fu is not None:
-        t["u"] = t["u"] + scale[:, None, None] * dru
-        t["vu"] = torch.where(active[:, None, None], vu, t["vu"])
-    t["steps"] = t["steps"] + active.long()
 
 
 class _Window:
