@@ -20,16 +20,6 @@ from hts.spec import parse_campaign
 from tests.conftest import lj_campaign, run_on_parsl
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dash")
-    data = lj_campaign(tmp, limits={"max_candidates": 40, "max_atoms": 2})
-    data["stages"]["rescore"] = {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.05"}
-    c = parse_campaign(data)
-    run_on_parsl(c, tmp / "runinfo")
-    return c.store
-
-
 def _get(url: str, headers: dict | None = None):
     req = urllib.request.Request(url, headers=headers or {})
     try:

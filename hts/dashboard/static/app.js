@@ -18,9 +18,15 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// x to `digits` decimals; a value that rounds to zero prints as 0.000, never -0.000 (as hts.render.energy)
+function fixed(x, digits) {
+  const s = x.toFixed(digits);
+  return /^-0(\.0*)?$/.test(s) ? s.slice(1) : s;
+}
+
 function fmt(x, digits = 3) {
   if (x === null || x === undefined || Number.isNaN(x)) return "";
-  return typeof x === "number" ? x.toFixed(digits) : String(x);
+  return typeof x === "number" ? fixed(x, digits) : String(x);
 }
 
 function hms(s) {
@@ -72,12 +78,12 @@ function renderFunnel(s) {
 
 // the audit, the economics and the warning: hts.audit's numbers (snapshot.funnel), only formatted here
 function pct(x, digits = 1) {
-  return x === null || x === undefined ? "–" : `${(100 * x).toFixed(digits)} %`;
+  return x === null || x === undefined ? "–" : `${fixed(100 * x, digits)} %`;
 }
 
 function secs(x) {
   if (x === null || x === undefined) return "–";
-  return x < 600 ? `${x.toFixed(x < 10 ? 2 : 1)} s` : `${hms(x)} (${Math.round(x)} s)`;
+  return x < 600 ? `${fixed(x, x < 10 ? 2 : 1)} s` : `${hms(x)} (${Math.round(x)} s)`;
 }
 
 function interval(ci, digits = 3) {
