@@ -14,7 +14,7 @@ GPAW   ?= gpaw==26.7.0
 # GPAW (the DFT code of the validate stage) compiles against these Debian packages.
 SYSDEPS := libxc-dev libopenblas-dev libfftw3-dev
 
-.PHONY: setup sysdeps browser-deps demo demo-dft test test-dft test-mpi test-browser test-slurm test-all lint bench wheelhouse clean
+.PHONY: setup sysdeps browser-deps demo demo-dft test test-heavy test-dft test-mpi test-browser test-slurm test-all lint bench wheelhouse clean
 
 # Installs the system libraries GPAW builds against when run as root on Debian/Ubuntu;
 # elsewhere it says what is missing (install them, or the equivalents, yourself).
@@ -33,15 +33,28 @@ browser-deps:
 	  else echo "the browser test needs: sudo apt-get install chromium chromium-driver"; exit 1; fi; \
 	fi
 
+# Set-up prints one line per step; everything the step prints (pip, compilers) goes to SETUP_LOG.
+# A failed step names itself and the log, shows the log's last 30 lines and stops make.
+SETUP_LOG ?= build/setup.log
+STEP = sh -c 'what=$$1; shift; printf "%s ... " "$$what"; \
+  if "$$@" >>"$(SETUP_LOG)" 2>&1; then echo done; else rc=$$?; echo FAILED; \
+    echo "make setup: \"$$what\" failed (exit $$rc); full log: $(SETUP_LOG), last 30 lines:" >&2; \
+    tail -n 30 "$(SETUP_LOG)" >&2; exit 1; fi' step
+
 $(BIN)/hts: pyproject.toml
-	$(MAKE) --no-print-directory sysdeps
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)" mpich==5.0.2
-	GPAW_CONFIG=$(CURDIR)/containers/gpaw/siteconfig.py GPAW_MPICXX=$(CURDIR)/$(BIN)/mpicxx \
-	  $(BIN)/pip install --quiet --no-cache-dir --no-binary gpaw "$(GPAW)"
-	$(BIN)/pip install --quiet -e ".[test,dft,browser]"
-	touch $@
+	@mkdir -p $(dir $(SETUP_LOG)) && echo "make setup: $$(date)" >$(SETUP_LOG)
+	@echo "setting up $(VENV) (full output in $(SETUP_LOG))"
+	@$(STEP) "system libraries for GPAW ($(SYSDEPS))" $(MAKE) --no-print-directory sysdeps
+	@$(STEP) "creating the virtual environment $(VENV)" $(PYTHON) -m venv $(VENV)
+	@$(STEP) "upgrading pip" $(BIN)/pip install --upgrade pip
+	@$(STEP) "installing $(TORCH) and MPICH" $(BIN)/pip install "$(TORCH)" mpich==5.0.2
+	@$(STEP) "building $(GPAW) against MPICH (about a minute)" \
+	  env GPAW_CONFIG=$(CURDIR)/containers/gpaw/siteconfig.py GPAW_MPICXX=$(CURDIR)/$(BIN)/mpicxx \
+	  $(BIN)/pip install --no-cache-dir --no-binary gpaw "$(GPAW)"
+	@$(STEP) "installing hts and its dependencies (.[test,dft,browser])" \
+	  $(BIN)/pip install -e ".[test,dft,browser]"
+	@touch $@
+	@echo "set up: $(VENV)"
 
 setup: $(BIN)/hts
 
@@ -54,6 +67,11 @@ demo-dft: setup
 test: setup
 	$(BIN)/ruff check hts tests benchmarks
 	$(BIN)/python -m pytest
+
+# end-to-end runs whose code paths cheaper default tests also cover (real tiny distillations
+# with SevenNet-0 labels); kept out of make test for its time, CI runs them
+test-heavy: setup
+	$(BIN)/python -m pytest -m heavy
 
 # real DFT (GPAW) through the validate stage: slow for a unit test, so selected apart; CI runs it
 test-dft: setup

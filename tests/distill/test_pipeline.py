@@ -151,6 +151,10 @@ def test_tiny_direct_distillation_with_a_round_near_the_threshold(tmp_path):
     assert again["rounds"][0]["training_candidates"] == r1["training_candidates"]
 
 
+# heavy (make test-heavy, in CI): the same pipeline as the direct distillation above, with a trunk
+# student; trunk training on SevenNet-0 labels is tests/distill/test_trunk.py's, a trunk student
+# fine-tuned through run_distill tests/distill/test_stores.py's
+@pytest.mark.heavy
 def test_tiny_trunk_distillation_fine_tunes_the_teachers_first_block(tmp_path):
     """The default kind for a SevenNet teacher: its first block, fine-tuned (one epoch)."""
     path = _files(tmp_path, "trunk")
@@ -195,6 +199,10 @@ def test_tiny_trunk_distillation_fine_tunes_the_teachers_first_block(tmp_path):
     preflight(cfg.load_campaign())
 
 
+# heavy (make test-heavy, in CI): mace-torch training and the round loop are the direct
+# distillation's above; the on-policy labelling of a student's relaxations is
+# tests/distill/test_sample.py's (on_policy_chunk)
+@pytest.mark.heavy
 def test_tiny_relaxing_distillation_with_an_on_policy_round(tmp_path):
     cfg = load_distill(_files(tmp_path, "relax"))
     out = tmp_path / "out"
