@@ -56,6 +56,9 @@ client that stops halfway through its request holds one of the
 _STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "viewer.js": "text/javascript; charset=utf-8",
+    "3Dmol-min.js": "text/javascript; charset=utf-8",  # 3Dmol.js 2.5.5, vendored: the 3-D viewer
+    "3Dmol.LICENSE.txt": "text/plain; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 

@@ -215,10 +215,11 @@ class StoreViews:
     # -- structures ------------------------------------------------------------
 
     def structure(self, cid: str, fmt: str = "cif") -> bytes:
-        """One candidate's stored structure as CIF or extxyz text.
+        """One candidate's stored (relaxed) structure as CIF or extxyz text.
 
-        The best candidates' rows are at hand; any other id is looked up by a
-        scan of the id column (the page only links the best ones).
+        The rows of every candidate the page lists (best, lab and DFT tables:
+        the ones it offers to download or to view in 3-D) are at hand; any
+        other id is looked up by a scan of the id column.
         """
         from ase import Atoms
         from ase.io import write
@@ -227,7 +228,7 @@ class StoreViews:
         with self._lock:
             r = self.cache.reader
             assert r is not None
-            row = next((b["row"] for b in self._best_rows() if b["id"] == cid), None)
+            row = self._listed_row(cid)
             if row is None:
                 row = r.find_id(cid)
             if row is None:
@@ -242,11 +243,17 @@ class StoreViews:
         write(text, atoms, format="extxyz")
         return text.getvalue().encode()
 
-    def _best_rows(self) -> list[dict]:
-        return [
-            {"row": int(row), "id": str(b["id"])}
-            for row, b in zip(self.cache.best_rows, self._snapshot.get("best", []), strict=False)
-        ]
+    def _listed_row(self, cid: str) -> int | None:
+        """The row of a candidate the snapshot lists, without reading the store; else None."""
+        for row, b in zip(self.cache.best_rows, self._snapshot.get("best", []), strict=False):
+            if str(b["id"]) == cid:
+                return int(row)
+        if cid in self._lab_rows:
+            return self._lab_rows[cid]
+        for c in (self._snapshot.get("dft") or {}).get("candidates", []):
+            if c["id"] == cid:
+                return int(c["row"])
+        return None
 
 
 def _hull_histograms(plt, cols, names, models):

@@ -1,4 +1,5 @@
-"""End to end in a real headless Chromium: the dashboard of a campaign that is running.
+"""End to end in a real headless Chromium: the dashboard of a campaign that is running,
+then its static ``hts report`` opened from disk; in both, a clicked candidate's 3-D cell.
 
 Marked ``browser``: CI installs Debian's chromium and chromium-driver and runs
 it (``make test-browser``).  The campaign runs in its own process, as a user's
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from hts.campaign import open_store
+from hts.dashboard.html import write_html
 from hts.dashboard.server import Dashboard
 from hts.spec import load_campaign
-from hts.store import open_dataset
+from hts.store import open_dataset, structure_of
 from tests.conftest import lj_campaign, write_campaign
 
 pytestmark = pytest.mark.browser
@@ -45,6 +47,7 @@ def _browser(download_dir: Path):
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1400,2400",
+        "--enable-unsafe-swiftshader",  # WebGL in software, for the 3-D viewer without a GPU
     ):
         opts.add_argument(flag)
     opts.add_experimental_option(
@@ -69,6 +72,63 @@ def _fresh(action, tries: int = 5):
 
 def _rows(driver) -> int:
     return int(driver.execute_script("return Number(document.body.dataset.rows || -1)"))
+
+
+def _view_a_candidate(driver, store: Path) -> str:
+    """Click the best candidate with the most sites; its relaxed cell must be drawn in 3-D.
+
+    Checks what the viewer holds (a canvas, one atom per stored site, a legend
+    of the structure's elements), and that a mouse drag rotates it.  Returns
+    the candidate's id.
+    """
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ds = open_dataset(store)
+    row_of = {str(cid): i for i, cid in enumerate(ds.id.values)}
+    ids = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#best tr[data-id]'), tr => tr.dataset.id)"
+    )
+    assert ids, "no candidate to click"
+    cid = max(ids, key=lambda c: int(ds.n_atoms.values[row_of[c]]))
+    atoms = structure_of(ds, row_of[cid])
+    # the formula cell: a click on the row, not on its download links
+    _fresh(
+        lambda: driver.find_element(
+            By.CSS_SELECTOR, f'#best tr[data-id="{cid}"] td:nth-child(2)'
+        ).click()
+    )
+    deadline = time.time() + 30
+    while True:
+        box = driver.execute_script(
+            "const v = document.getElementById('viewer'); return {id: v.dataset.id,"
+            " state: v.dataset.state, atoms: v.dataset.atoms,"
+            " canvases: v.querySelectorAll('canvas').length,"
+            " info: document.getElementById('viewer-info').textContent}"
+        )
+        if box["id"] == cid and box["state"] != "loading":
+            break
+        assert time.time() < deadline, f"the viewer never drew {cid}: {box}"
+        time.sleep(0.2)
+    assert box["state"] == "drawn", box["info"]
+    assert box["canvases"] >= 1
+    held = driver.execute_script(
+        "return window.htsViewer.viewer.getModel().selectedAtoms({}).length"
+    )
+    assert int(box["atoms"]) == held == int(ds.n_atoms.values[row_of[cid]]) == len(atoms)
+    legend = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#viewer-legend .item'),"
+        " i => [i.dataset.elem, i.querySelector('.swatch').style.background])"
+    )
+    assert sorted(e for e, _ in legend) == sorted(set(atoms.get_chemical_symbols()))
+    assert all(color.startswith("rgb") for _, color in legend)  # each element its colour
+    assert "-0.000" not in box["info"]
+    before = driver.execute_script("return window.htsViewer.viewer.getView()")
+    canvas = driver.find_element(By.CSS_SELECTOR, "#viewer canvas")
+    ActionChains(driver).drag_and_drop_by_offset(canvas, 80, 30).perform()
+    after = driver.execute_script("return window.htsViewer.viewer.getView()")
+    assert after[4:] != before[4:], "a drag did not rotate the view"  # the quaternion
+    return cid
 
 
 def test_dashboard_follows_a_running_campaign(tmp_path):
@@ -148,7 +208,24 @@ def test_dashboard_follows_a_running_campaign(tmp_path):
             assert time.time() < deadline, f"{name} never downloaded"
             time.sleep(0.2)
         assert "_cell_length_a" in target.read_text()
+        # a clicked candidate's relaxed cell in 3-D, its library served by the dashboard itself
+        _view_a_candidate(driver, store)
+        loaded = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert any(n.endswith("/static/3Dmol-min.js") for n in loaded)
+        assert all(n.startswith(dash.url.split("?")[0]) for n in loaded), loaded
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
+        # the static report, opened from disk: the same viewer, nothing fetched
+        report = write_html(store, tmp_path / "report.html")
+        driver.get(report.as_uri())
+        assert _rows(driver) == final
+        _view_a_candidate(driver, store)
+        loaded = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+        )
+        assert all(n.startswith("data:") for n in loaded), loaded
+        driver.save_screenshot(str(tmp_path / "report.png"))
     finally:
         if driver is not None:
             driver.quit()

@@ -101,6 +101,8 @@ def test_static_report_embeds_the_flags_and_the_lab_files(dft_store, tmp_path):
     assert files["cif"].startswith("data:chemical/x-cif;base64,")
     assert files["csv"].startswith("data:text/csv;base64,")
     assert 'id="lab-section"' in html
+    # every DFT-table row (the failed job's too) can be clicked to view its cell in 3-D
+    assert {c["id"] for c in snap["dft"]["candidates"]} <= set(data["structures"])
 
 
 def test_lab_table_without_a_validate_stage_lists_the_final_survivors(tmp_path):

@@ -35,7 +35,7 @@ def test_the_page_prints_energies_that_round_to_zero_as_zero():
     from hts.render import energy
 
     values = [-0.0004, -1e-12, -0.0, 0.0, 0.0004, -0.0006, -1.2, 0.25]
-    page = (STATIC / "app.js").read_text()
+    page = (STATIC / "viewer.js").read_text() + "\n" + (STATIC / "app.js").read_text()
     js = f"""
     const vm = require("vm");
     const stub = () => ({{ addEventListener() {{}}, set textContent(v) {{}} }});

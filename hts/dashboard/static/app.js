@@ -203,6 +203,34 @@ function cell(b, key) {
   return b[key];
 }
 
+// -- the clicked candidate's structure (drawn by viewer.js) ----------------------------------
+
+function pickClass(id, extra = "") {
+  return `pick${VIEWER.id === id ? " selected" : ""}${extra ? " " + extra : ""}`;
+}
+
+// what the page knows of a candidate, from whichever table lists it
+function candidateInfo(id) {
+  const s = current || {};
+  const b = (s.best || []).find((x) => x.id === id);
+  if (b) {
+    return { formula: b.formula, info: `${b.stage}: E_hull ${fmt(b.e_above_hull)} eV/atom · E_form ${fmt(b.formation_energy)} eV/atom` };
+  }
+  const l = ((s.lab || {}).candidates || []).find((x) => x.id === id);
+  if (l) return { formula: l.formula, info: l.error ? "" : `${l.space_group} (${l.space_group_number}) · E_hull ${fmt(l.e_above_hull)} eV/atom` };
+  const d = ((s.dft || {}).candidates || []).find((x) => x.id === id);
+  if (d) return { formula: d.formula, info: `DFT: E_hull ${fmt(d.e_above_hull.validate)} eV/atom · E_form ${fmt(d.formation_energy.validate)} eV/atom` };
+  return { formula: "", info: "" };
+}
+
+function pickable(container) {
+  container.addEventListener("click", (e) => {
+    if (e.target.closest("a, summary, details, th")) return; // downloads, patterns, sorting
+    const tr = e.target.closest("tr[data-id]");
+    if (tr) showStructure({ id: tr.dataset.id, ...candidateInfo(tr.dataset.id) });
+  });
+}
+
 function renderBest(s) {
   const t = document.getElementById("best");
   const cols = bestColumns(s);
@@ -229,7 +257,8 @@ function renderBest(s) {
     });
   }
   for (const b of rows) {
-    const tr = el("tr");
+    const tr = el("tr", { class: pickClass(b.id) });
+    tr.dataset.id = b.id;
     for (const c of cols) {
       const v = cell(b, c.key);
       tr.append(el("td", { class: c.num ? "num" : "", text: c.key === "kept" ? (v ? "yes" : "") : c.num ? fmt(v) : v ?? "" }));
@@ -287,7 +316,8 @@ function renderDft(s) {
     head.append(el("th", { text: h }));
   t.append(head);
   for (const c of d.candidates) {
-    const tr = el("tr", c.disagreement ? { class: "flag" } : {});
+    const tr = el("tr", { class: pickClass(c.id, c.disagreement ? "flag" : "") });
+    tr.dataset.id = c.id;
     tr.append(el("td", { class: "ids", text: c.id }), el("td", { text: c.formula }), el("td", { text: c.prototype }));
     for (const m of mlip) tr.append(el("td", { class: "num", text: fmt(c.formation_energy[m]) }));
     tr.append(el("td", { class: "num", text: fmt(c.formation_energy.validate) }),
@@ -321,7 +351,7 @@ function renderLab(s) {
   t.replaceChildren(el("tr", {}, ...["id", "formula", "E_hull (eV/atom)", "space group", "crystal system",
     "a, b, c (Å)", "α, β, γ (°)", "strongest lines: 2θ (hkl) I", "files", "pattern"].map((h) => el("th", { text: h }))));
   for (const c of lab.candidates) {
-    const tr = el("tr");
+    const tr = el("tr", { class: pickClass(c.id) });
     tr.dataset.id = c.id;
     if (c.error) {
       tr.append(el("td", { class: "ids", text: c.id }), el("td", { text: c.formula }), el("td", { colspan: 8, text: c.error }));
@@ -407,5 +437,7 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
+for (const id of ["best", "lab", "dft"]) pickable(document.getElementById(id));
+document.getElementById("viewer-close").addEventListener("click", closeStructure);
 if (STATIC) render(STATIC.snapshot);
 else poll();
