@@ -52,6 +52,16 @@ def write_campaign(tmp_path: Path, data: dict, name: str = "campaign.yaml") -> P
     return path
 
 
+@pytest.fixture(scope="session")
+def sevennet0():
+    """SevenNet-0 on the CPU, built once for the session (building it takes seconds): for tests
+    that only predict with it; a test of loading itself calls ``load_model``."""
+    from hts.models import load_model
+    from hts.spec import ModelSpec
+
+    return load_model(ModelSpec(name="sevennet-0", device="cpu"))
+
+
 @pytest.fixture
 def lj_campaign_file(tmp_path: Path) -> Path:
     return write_campaign(tmp_path, lj_campaign(tmp_path))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from hts.audit import audit_pick, clopper_pearson, economics, estimate, warning, wilson
 from hts.spec import CampaignError, parse_campaign
 from hts.store import Counters, StoreReader, open_dataset
-from tests.conftest import hts_cmd, kill_run_after, lj_campaign, run_on_parsl, write_campaign
+from tests.conftest import kill_run_after, lj_campaign, run_on_parsl, write_campaign
 
 # -- the interval arithmetic, on cases known in closed form ------------------------------------
 
@@ -180,21 +178,24 @@ def test_the_audit_survives_a_sigkill_and_status_json_reports_it(tmp_path):
     data = _audited(tmp_path, chunk_size=2)
     data["candidates"]["prototypes"] = ["rocksalt", "zincblende", "cscl", "fluorite", "wurtzite"]
     path = write_campaign(tmp_path, data)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     store = Path(data["store"])
     kill_run_after(path, store, 16, cwd=tmp_path)
-    res = subprocess.run(
-        hts_cmd("run", str(path), "-q"), cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert res.returncode == 0, res.stderr
+    # the same `hts run` and then the reads, in-process (the kill needed a process of its own;
+    # tests/test_cli.py runs the commands as a user types them)
+    from typer.testing import CliRunner
+
+    from hts.cli import app
+
+    res = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert res.exit_code == 0, res.output
     clean = parse_campaign(data | {"store": str(tmp_path / "clean.zarr")}, base_dir=str(tmp_path))
     run_on_parsl(clean, tmp_path / "runinfo")
     assert _audit_ids(store) == _audit_ids(clean.store)
     ds = open_dataset(store)
     assert (ds.stage_status.values[ds.audit.values, 1].astype(object) != "").all()
 
-    res = subprocess.run(hts_cmd("status", str(store), "--json"), capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    res = CliRunner().invoke(app, ["status", str(store), "--json"])
+    assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     a = s["audit"]
     assert a["audited"] == int(ds.audit.values.sum()) > 0
@@ -203,16 +204,11 @@ def test_the_audit_survives_a_sigkill_and_status_json_reports_it(tmp_path):
     assert [st["stage"] for st in s["stages"]] == ["prefilter", "rescore"]
     assert s["economics"]["screened"] == ds.sizes["candidate"]
     assert s["economics"]["teacher_only_s"] > 0
-    text = subprocess.run(hts_cmd("status", str(store)), capture_output=True, text=True).stdout
-    text = " ".join(text.split())
+    text = " ".join(CliRunner().invoke(app, ["status", str(store)]).stdout.split())
     # the export's summary names the audited rows and the misses
     out = tmp_path / "export"
-    res = subprocess.run(
-        hts_cmd("export", str(store), "--out", str(out), "--xrd", "0"),
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr
+    res = CliRunner().invoke(app, ["export", str(store), "--out", str(out), "--xrd", "0"])
+    assert res.exit_code == 0, res.output
     with (out / "summary.csv").open() as fh:
         rows = {r["id"]: r for r in csv.DictReader(fh)}
     audited = set(ds.id.values.astype(object)[ds.audit.values])

@@ -6,6 +6,7 @@ import csv
 import subprocess
 import sys
 
+import pytest
 from ase.io import read
 
 from tests.conftest import lj_campaign, write_campaign
@@ -24,12 +25,19 @@ def _hts(*args, cwd):
     )
 
 
-def test_run_status_export(tmp_path):
-    path = write_campaign(tmp_path, lj_campaign(tmp_path, limits={"max_candidates": 20}))
-    res = _hts("run", str(path), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """``hts run`` of 20 candidates, once for the tests that only read its store."""
+    tmp = tmp_path_factory.mktemp("cli")
+    path = write_campaign(tmp, lj_campaign(tmp, limits={"max_candidates": 20}))
+    return tmp, _hts("run", str(path), cwd=tmp)
+
+
+def test_run_status_export(finished, tmp_path):
+    run_dir, res = finished
     assert res.returncode == 0, res.stderr
     assert "funnel" in res.stdout and "most stable candidates" in res.stdout
-    store = tmp_path / "lj.zarr"
+    store = run_dir / "lj.zarr"
     res = _hts("status", str(store), cwd=tmp_path)
     assert res.returncode == 0 and "prefilter" in res.stdout and "20" in res.stdout
     res = _hts("export", str(store), "--out", str(tmp_path / "out"), cwd=tmp_path)
@@ -52,16 +60,16 @@ def test_run_status_export(tmp_path):
     assert shown & {"NaCl", "LiF", "KCl", "MgO"} and not shown & {"ClNa", "FLi", "ClK"}
 
 
-def test_status_in_a_log_file_is_never_cut(tmp_path):
+def test_status_in_a_log_file_is_never_cut(finished):
     """Not a terminal (a batch job's log, a pipe): tables widen to fit, no 'fo…' columns."""
     import os
 
-    path = write_campaign(tmp_path, lj_campaign(tmp_path, limits={"max_candidates": 12}))
-    assert _hts("run", str(path), "-q", cwd=tmp_path).returncode == 0
+    run_dir, run = finished
+    assert run.returncode == 0, run.stderr
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     res = subprocess.run(
-        [sys.executable, "-m", "hts.cli", "status", str(tmp_path / "lj.zarr")],
-        cwd=tmp_path,
+        [sys.executable, "-m", "hts.cli", "status", str(run_dir / "lj.zarr")],
+        cwd=run_dir,
         env=env,
         capture_output=True,
         text=True,

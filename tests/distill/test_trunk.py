@@ -15,12 +15,11 @@ from hts.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
+def examples(tmp_path_factory, sevennet0):
     """Six rocksalts as 'unrelaxed' (strained) and 'relaxed' frames with SevenNet-0's labels."""
-    from hts.models import load_model
     from hts.models.tensor import TensorBatch
 
-    teacher = load_model(ModelSpec(name="sevennet-0", device="cpu"))
+    teacher = sevennet0
     pairs = [("NaCl", 5.6), ("LiF", 4.0), ("KCl", 6.3), ("MgO", 4.2), ("NaF", 4.6), ("LiCl", 5.1)]
     relaxed = [bulk(f, "rocksalt", a=a) for f, a in pairs]
     start = [r.copy() for r in relaxed]

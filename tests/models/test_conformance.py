@@ -58,7 +58,7 @@ def _energy(model, atoms) -> float:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_model_conforms(name, tmp_path):
+def test_model_conforms(name, tmp_path, request):
     import torch
 
     spec, h, tol, batch_tol = CASES[name]
@@ -66,7 +66,10 @@ def test_model_conforms(name, tmp_path):
         spec = {**spec, "path": str(tiny_mace(tmp_path / "tiny.model"))}
     if name == "student":  # SevenNet-0's first two blocks and a readout that is not zero
         spec = {**spec, "path": str(tiny_student(tmp_path / "student.model"))}
-    model = load_model(ModelSpec(device="cpu", **spec) if name != "ase" else ModelSpec(**spec))
+    if name == "sevennet-0":  # the session's copy: the same load_model(name=sevennet-0, cpu)
+        model = request.getfixturevalue("sevennet0")
+    else:
+        model = load_model(ModelSpec(device="cpu", **spec) if name != "ase" else ModelSpec(**spec))
     structures = [a for a in _pool() if not model.unsupported(a.numbers)][:4]
     assert len(structures) >= 3, f"{name}: too few structures it covers"
     b = TensorBatch.from_atoms(structures)

@@ -73,12 +73,10 @@ def test_lennard_jones_forces_and_stress_are_gradients():
     a = bulk("NaCl", "rocksalt", a=5.0) * (2, 1, 1)
     a.rattle(0.05, seed=1)
     a.calc = model.calculator()
-    np.testing.assert_allclose(
-        a.get_forces(), a.calc.calculate_numerical_forces(a, d=1e-5), atol=1e-7
-    )
-    np.testing.assert_allclose(
-        a.get_stress(), a.calc.calculate_numerical_stress(a, d=1e-6), atol=1e-8
-    )
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    np.testing.assert_allclose(a.get_forces(), calculate_numerical_forces(a, 1e-5), atol=1e-7)
+    np.testing.assert_allclose(a.get_stress(), calculate_numerical_stress(a, 1e-6), atol=1e-8)
 
 
 def test_emt_covers_only_its_elements():

@@ -43,8 +43,8 @@ def _cells():
     return out
 
 
-def test_the_whole_trunk_with_the_teachers_readout_is_the_teacher(tmp_path):
-    teacher = load_model(ModelSpec(name="sevennet-0", device="cpu"))
+def test_the_whole_trunk_with_the_teachers_readout_is_the_teacher(tmp_path, sevennet0):
+    teacher = sevennet0
     save_student(tmp_path / "s.model", make_student(SEVENNET, None), SEVENNET, ELEMENTS, {})
     student = load_model(ModelSpec(name="student", path=str(tmp_path / "s.model"), device="cpu"))
     assert isinstance(student, StudentModel) and "5 of 5 blocks" in student.version

@@ -82,7 +82,7 @@ def test_max_steps_leaves_unconverged():
 
 
 @pytest.mark.parametrize("name", ["Si", "NaCl", "MgO", "SrTiO3"])
-def test_prefilter_matches_ase_with_sevennet(name):
+def test_prefilter_matches_ase_with_sevennet(name, sevennet0):
     """The issue's correctness bar: 2 meV/atom and 1 % volume against plain ASE FIRE."""
     from hts.candidates import Candidate
     from hts.spec import PrefilterStage
@@ -97,7 +97,7 @@ def test_prefilter_matches_ase_with_sevennet(name):
     stage = PrefilterStage(
         model=ModelSpec(name="sevennet-0"), relax={"fmax": 0.02, "max_steps": 400}
     )
-    model = load_model(stage.model)
+    model = sevennet0  # the stage's model, built once for the session
     cand = Candidate(
         id="x",
         source="test",
