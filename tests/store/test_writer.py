@@ -10,6 +10,7 @@ from hts.store import (
     Row,
     StageUpdate,
     Store,
+    StoreDamagedError,
     StoreMismatchError,
     StoreReader,
     open_dataset,
@@ -118,7 +119,8 @@ def test_update_log_is_committed_with_the_ledger(tmp_path):
         arr.resize((arr.shape[0] + 1,))
     again = _open_two(path)
     assert again.n_updates == 2 and again.stage_done == {"rescore": {1, 4}}
-    assert open_dataset(path).sizes["update"] == 2
+    assert open_dataset(path, bookkeeping=True).sizes["update"] == 2
+    assert "update" not in open_dataset(path).sizes  # the log is the store's, not a candidate's
     generation = again.generation
     again.update("rescore", [result(1)])  # a result replaced: readers must read everything again
     assert again.generation == generation + 1 and again.n_updates == 3
@@ -133,6 +135,32 @@ def test_other_campaign_is_refused(tmp_path):
     (tmp_path / "other" / "file.txt").write_text("x")
     with pytest.raises(StoreMismatchError, match="not an hts store"):
         _open(tmp_path / "other")
+
+
+def _forget_later_variables(path):
+    """Stores written before 2026-12-04 do not list their variables (``hts verify`` then expects
+    only the first schema's): drop the list, as such a store has none."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    attrs = dict(group.attrs)
+    attrs.pop("variables", None)
+    group.attrs.clear()
+    group.attrs.update(attrs)
+
+
+def test_a_store_that_lost_a_variable_it_lists_is_damaged(tmp_path):
+    """Whereas a store that lists a later variable and lacks it is damaged: not re-added empty."""
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    store = _open_two(path)
+    store.append([_row(k, 2, 0) for k in range(6)], chunk_index=0)
+    store.close()
+    shutil.rmtree(path / "pressure")
+    with pytest.raises(StoreDamagedError, match="pressure"):
+        _open_two(path)
+    assert not (path / "pressure").exists()
 
 
 def test_store_from_before_the_update_log_is_migrated(tmp_path):
@@ -151,6 +179,7 @@ def test_store_from_before_the_update_log_is_migrated(tmp_path):
     group.attrs["ledger"] = ledger
     for name in ("update_row", "update_stage"):
         shutil.rmtree(path / name)
+    _forget_later_variables(path)
     assert list(StoreReader(path).stage_rows("rescore")) == [1, 2, 5]
     again = _open_two(path)
     assert again.stage_done == {"rescore": {1, 2, 5}} and again.n_updates == 3
@@ -193,6 +222,7 @@ def test_a_store_from_before_pressure_opens_resumes_and_exports(tmp_path):
     store.append([_row(k, 2, 0) for k in range(6)], chunk_index=0)
     store.close()
     shutil.rmtree(path / "pressure")  # as hts wrote stores before the variable was added
+    _forget_later_variables(path)
 
     reader = StoreReader(path)
     assert not reader.has("pressure")
