@@ -100,10 +100,15 @@ class FileReader:
                 for row in db.select():
                     yield row.toatoms()
             return
+        import warnings
+
         from ase.io import iread
 
         ase_format = {"cif": "cif", "poscar": "vasp", "extxyz": "extxyz"}[fmt]
-        yield from iread(path, index=":", format=ase_format)
+        with warnings.catch_warnings():  # a broken cell's NaNs: failed below, with a reason
+            warnings.filterwarnings("ignore", message="invalid value encountered")
+            frames = list(iread(path, index=":", format=ase_format))
+        yield from frames
 
 
 def _from_atoms(atoms, source: str) -> Candidate:

@@ -132,7 +132,7 @@ class SevennetModel:
 
     def calculator(self):
         if self._calc is None:
-            from sevenn.sevennet_calculator import SevenNetCalculator
+            from sevenn.calculator import SevenNetCalculator
 
             self._calc = SevenNetCalculator(self.checkpoint, device=self.device)
         return self._calc

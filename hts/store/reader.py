@@ -65,8 +65,17 @@ class RowReader:
     _arrays: dict
 
     def variables(self):
-        """Every array of the store as ``(name, array, dimension names)``."""
-        for name, arr in self._group.arrays():
+        """Every array of the store as ``(name, array, dimension names)``.
+
+        A folder whose ``zarr.json`` was deleted is skipped quietly (zarr warns of
+        it): :func:`hts.store.verify.lost_arrays` reports that damage by name.
+        """
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Object at .* is not recognized")
+            arrays = list(self._group.arrays())
+        for name, arr in arrays:
             yield name, arr, tuple(arr.metadata.dimension_names or ())
 
     def has(self, name: str) -> bool:
