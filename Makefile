@@ -64,9 +64,11 @@ demo: setup
 demo-dft: setup
 	$(BIN)/hts run workflows/demo-dft.yaml
 
+# the default suite in TEST_WORKERS processes (pytest-xdist): one per core of a 2-core machine
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/ruff check hts tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # end-to-end runs whose code paths cheaper default tests also cover (real tiny distillations
 # with SevenNet-0 labels); kept out of make test for its time, CI runs them
