@@ -50,7 +50,7 @@ class ScreenOutput(BaseModel):
     )
     energies: list[float] = Field(
         description="Energy per atom (eV/atom) of each survivor, same order, from the deepest "
-        "stage that computed one."
+        "stage that scored it."
     )
     e_above_hull: list[float] = Field(description="eV/atom, same order, the deepest stage's.")
     ids: list[str] = Field(description="hts candidate ids, same order.")
@@ -102,7 +102,7 @@ class ScreenMaker(Maker):
             data = dict(campaign)
             if structures is not None:
                 data["candidates"] = {"kind": "structures", "structures": structures}
-            data.setdefault("store", self.store or str(Path.cwd() / "hts-screen.zarr"))
+            data.setdefault("store", str(Path.cwd() / "hts-screen.zarr"))
             c = api.load(data, store=self.store)
         else:
             c = api.load(campaign, store=self.store)
@@ -120,14 +120,16 @@ def screen_output(store: str | os.PathLike) -> ScreenOutput:
     import numpy as np
 
     from hts.store import StoreReader, open_dataset, structure_of
+    from hts.store.best import rank_keys
 
     ds = open_dataset(store)
     ok = ds.status.values.astype(object) == "ok"
     survivors = np.flatnonzero(ok & ds.kept.values[:, -1])
-    ehull_all, energy_all = ds.e_above_hull.values, ds.energy_per_atom.values
-    deepest = _deepest(ehull_all)
-    rows = np.arange(len(deepest))
-    ehull, energy = ehull_all[rows, deepest], _deepest_values(energy_all)
+    # each row at the deepest stage that scored it, as hts status and the dashboard rank it
+    _, depth = rank_keys(ds.e_above_hull.values, ds.formation_energy.values)
+    rows = np.arange(len(depth))
+    ehull = ds.e_above_hull.values[rows, depth]
+    energy = ds.energy_per_atom.values[rows, depth]
     survivors = survivors[np.argsort(ehull[survivors], kind="stable")]
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -159,19 +161,3 @@ def screen_output(store: str | os.PathLike) -> ScreenOutput:
         e_above_hull=[float(ehull[i]) for i in survivors],
         ids=[str(ds.id.values[i]) for i in survivors],
     )
-
-
-def _deepest(values) -> Any:
-    """Per row, the index of the last stage with a finite value (0 where none)."""
-    import numpy as np
-
-    finite = np.isfinite(values)
-    last = values.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1)
-    return np.where(finite.any(axis=1), last, 0)
-
-
-def _deepest_values(values) -> Any:
-    """Per row, the value of the last stage that has a finite one (NaN where none)."""
-    import numpy as np
-
-    return values[np.arange(len(values)), _deepest(values)] if len(values) else np.zeros(0)

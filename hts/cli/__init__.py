@@ -111,7 +111,7 @@ def run(
     ] = False,
 ) -> None:
     """Run a campaign, or resume it: finished chunks in the store are skipped."""
-    from hts.api import execute, incomplete, prepare_process
+    from hts.api import execute, incomplete
     from hts.campaign import RunError
     from hts.candidates import EmptySourceError
     from hts.execution.sites import SiteError
@@ -134,7 +134,6 @@ def run(
     if site:
         c = c.model_copy(update={"site": site})
     store_path = store or Path(c.store)
-    prepare_process(c)  # threads must be fixed before torch is first imported in this process
     _quiet_logging()
     _stop_on_sigterm()
     console.print(f"campaign [bold]{c.name}[/] ({path}) → store {store_path}", highlight=False)
@@ -424,4 +423,3 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted; run the same command again to resume")
         sys.exit(130)
-

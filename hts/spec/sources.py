@@ -133,10 +133,8 @@ class StructureSource(Strict):
     @field_validator("structures", mode="before")
     @classmethod
     def _read(cls, items: object) -> tuple:
-        from hts.candidates.given import Given, given_structures
+        from hts.candidates.given import given_structures
 
-        if isinstance(items, tuple) and all(isinstance(g, Given) for g in items):
-            return items  # already validated (a model_copy of the campaign)
         return given_structures(items)
 
     @field_serializer("structures")

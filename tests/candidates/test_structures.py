@@ -72,7 +72,9 @@ def test_wrong_types_are_named():
     data = {
         "name": "x",
         "candidates": {"kind": "structures", "structures": [{"@class": "Structure", "x": 1}]},
-        "stages": {"prefilter": {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.1"}},
+        "stages": {
+            "prefilter": {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.1"}
+        },
         "store": "x.zarr",
     }
     with pytest.raises(CampaignError, match=r"candidates\.structures: item 0: not a valid"):
@@ -91,7 +93,9 @@ def test_open_source_reads_the_campaign_twice_alike(tmp_path):
     data = {
         "name": "x",
         "candidates": {"kind": "structures", "structures": (bulk(el) for el in ["Cu", "Al"])},
-        "stages": {"prefilter": {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.1"}},
+        "stages": {
+            "prefilter": {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.1"}
+        },
         "store": str(tmp_path / "x.zarr"),
     }
     c = parse_campaign(data)  # the generator is read once, here

@@ -18,7 +18,7 @@ from hts.dashboard.server import Dashboard
 from hts.dashboard.views import StoreViews
 from hts.spec import parse_campaign
 from hts.store import Store, StoreReader
-from tests.conftest import lj_campaign, run_on_parsl
+from tests.conftest import run_on_parsl
 from tests.dashboard.test_cache import _rescore, _row
 from tests.test_audit import _audited
 
@@ -48,17 +48,6 @@ def audited(tmp_path_factory):
     return c.store
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-    """A campaign without an audit: the economics, no audit, no warning."""
-    tmp = tmp_path_factory.mktemp("plain")
-    data = lj_campaign(tmp, limits={"max_candidates": 16, "max_atoms": 2})
-    data["stages"]["rescore"] = {"model": {"name": "lennard-jones"}, "keep": "e_above_hull <= 0.05"}
-    c = parse_campaign(data)
-    run_on_parsl(c, tmp / "runinfo")
-    return c.store
-
-
 def test_snapshot_carries_the_audit_and_the_warning_of_hts_audit(audited):
     s = StoreViews(audited).snapshot()
     f = json.loads(json.dumps(s["funnel"]))
@@ -81,9 +70,10 @@ def test_snapshot_carries_the_audit_and_the_warning_of_hts_audit(audited):
         d.close()
 
 
-def test_without_an_audit_the_economics_alone(plain):
-    f = StoreViews(plain).snapshot()["funnel"]
-    assert f == _funnel(plain)
+def test_without_an_audit_the_economics_alone(store):
+    """The shared finished store (tests/dashboard/conftest.py) has no audit."""
+    f = StoreViews(store).snapshot()["funnel"]
+    assert f == _funnel(store)
     assert f["audit"] is None and f["warning"] is None
     assert f["economics"]["screened"] > 0 and "teacher_saved_s" in f["economics"]
 
@@ -177,12 +167,12 @@ def test_report_shows_the_audit_the_economics_and_the_warning(audited, tmp_path)
 
 
 @pytest.mark.skipif(NODE is None, reason="needs node to run the page's script")
-def test_report_without_an_audit_shows_the_economics_and_no_banner(plain, tmp_path):
-    html = write_html(plain, tmp_path / "report.html")
+def test_report_without_an_audit_shows_the_economics_and_no_banner(store, tmp_path):
+    html = write_html(store, tmp_path / "report.html")
     shown = _render(html)
     assert shown["ids"]["audit-warning"]["hidden"]
     assert shown["ids"]["audit"]["hidden"] and "No audit" in shown["ids"]["audit-hint"]["text"]
     assert "recall" not in shown["stats"] and "audit_teacher_s" not in shown["stats"]
-    e = _funnel(plain)["economics"]
+    e = _funnel(store)["economics"]
     assert [r[0] for r in shown["rows"]["economics"][1:]] == [s["stage"] for s in e["stages"]]
     assert "teacher_saved_s" in shown["stats"]
