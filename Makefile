@@ -51,6 +51,7 @@ $(BIN)/hts: pyproject.toml
 	@$(STEP) "building $(GPAW) against MPICH (about a minute)" \
 	  env GPAW_CONFIG=$(CURDIR)/containers/gpaw/siteconfig.py GPAW_MPICXX=$(CURDIR)/$(BIN)/mpicxx \
 	  $(BIN)/pip install --no-cache-dir --no-binary gpaw "$(GPAW)"
+	@$(STEP) "building icet==4.0 from its sdist (C++, about a minute)" $(BIN)/pip install icet==4.0
 	@$(STEP) "installing hts and its dependencies (.[test,dft,browser])" \
 	  $(BIN)/pip install -e ".[test,dft,browser]"
 	@touch $@

@@ -55,8 +55,10 @@ class ResolvedCampaign:
 
     @property
     def source_elements(self) -> list[str]:
-        """Every element a substitution source can place (none for file sources: found per chunk)."""
+        """Every element the source can place (none for file sources: found per chunk)."""
         spec = self.campaign.candidates
+        if spec.kind in ("enumeration", "random"):
+            return spec.elements
         if spec.kind != "substitution":
             return []
         els: set[str] = set()

@@ -10,6 +10,7 @@ not on where a candidate sits in the stream.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -61,6 +62,14 @@ def open_source(campaign):
         from hts.candidates.substitution import SubstitutionGenerator
 
         return SubstitutionGenerator(spec)
+    if spec.kind == "enumeration":
+        from hts.candidates.enumeration import EnumerationSpace
+
+        return EnumerationSpace(spec, campaign.base_dir)
+    if spec.kind == "random":
+        from hts.candidates.random_crystals import RandomSpace
+
+        return RandomSpace(spec, campaign.seed)
     if spec.kind == "structures":
         from hts.candidates.given import GivenStructures
 
@@ -70,6 +79,33 @@ def open_source(campaign):
     return FileReader(
         campaign.resolve_input(spec.path), spec.formats, display_root=campaign.resolve_input(".")
     )
+
+
+def build_unit(source_json: str, base_dir: str, seed: int, unit) -> list[Candidate]:
+    """The candidates of one unit of a worker-generated source, built where the task runs.
+
+    The source is rebuilt from its JSON once per process (cached): a task
+    carries a few hundred bytes, not its candidates.
+    """
+    return _unit_source(source_json, base_dir, seed).unit_candidates(unit)
+
+
+@functools.lru_cache(maxsize=4)
+def _unit_source(source_json: str, base_dir: str, seed: int):
+    import json
+
+    from pydantic import TypeAdapter
+
+    from hts.spec.sources import CandidateSource
+
+    spec = TypeAdapter(CandidateSource).validate_python(json.loads(source_json))
+    if spec.kind == "enumeration":
+        from hts.candidates.enumeration import EnumerationSpace
+
+        return EnumerationSpace(spec, base_dir)
+    from hts.candidates.random_crystals import RandomSpace
+
+    return RandomSpace(spec, seed)
 
 
 def ensure_not_empty(campaign) -> None:

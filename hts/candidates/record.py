@@ -18,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "Candidate",
+    "Unit",
     "chemist_formula",
     "candidate_id",
     "chemsys_of",
@@ -102,6 +103,18 @@ class Candidate:
             cell=np.zeros((3, 3)),
             error=reason,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A slice ``part`` of ``parts`` of stratum ``stratum``'s raw indices: one worker task.
+
+    What the driver hands a worker for a source that generates on the workers
+    (enumeration, random): a few integers, not candidates."""
+
+    stratum: int
+    part: int
+    parts: int
 
 
 def _symbols(numbers) -> list[str]:

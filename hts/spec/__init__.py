@@ -18,14 +18,16 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hts.config import read_mapping, validate
 from hts.spec.base import NOT_HASHED, NOT_HASHED_SINCE_2026_12, CampaignError, Strict, unhashed
 from hts.spec.sources import (
     CandidateSource,
+    EnumerationSource,
     FileSource,
     PrototypeChoice,
+    RandomSource,
     StructureSource,
     SubstitutionSource,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "CampaignError",
     "CandidateSource",
     "Distillation",
+    "EnumerationSource",
     "FileSource",
     "GpawSettings",
     "HullSettings",
@@ -57,6 +60,7 @@ __all__ = [
     "ModelSpec",
     "PrefilterStage",
     "PrototypeChoice",
+    "RandomSource",
     "RelaxSettings",
     "RescoreStage",
     "Stages",
@@ -119,6 +123,16 @@ class Campaign(Strict):
 
     # Where the file was read from, so relative input paths resolve next to it.
     base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _cells_fit(self) -> Campaign:
+        spec = self.candidates
+        if spec.kind == "enumeration" and spec.max_atoms > self.limits.max_atoms:
+            raise ValueError(
+                f"candidates.max_atoms = {spec.max_atoms} exceeds limits.max_atoms = "
+                f"{self.limits.max_atoms}: every larger cell would fail"
+            )
+        return self
 
     def resolve_input(self, path: str) -> Path:
         """Input files are relative to the campaign file, not to where ``hts`` runs."""

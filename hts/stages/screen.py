@@ -20,7 +20,7 @@ import numpy as np
 
 from hts.candidates.record import Candidate
 
-__all__ = ["ChunkResult", "StageRecord", "predict_isolating", "run_stage"]
+__all__ = ["ChunkResult", "StageRecord", "predict_isolating", "run_stage", "screen_unit"]
 
 
 @dataclass(slots=True)
@@ -53,6 +53,8 @@ class ChunkResult:
     model_version: str
     wall_s: float
     model_s: float
+    # the candidates, when the task generated them itself (:func:`screen_unit`)
+    candidates: list[Candidate] | None = None
 
 
 def _rattled(c: Candidate, amplitude: float, seed: int):
@@ -132,6 +134,33 @@ def run_stage(
         wall_s=wall,
         model_s=model_s,
     )
+
+
+def screen_unit(
+    index: int, source_json: str, base_dir: str, unit, stage, seed: int, limits
+) -> ChunkResult:
+    """Generate one unit of a worker-generated source, check its candidates, run the stage.
+
+    The driver hands out a :class:`~hts.candidates.record.Unit` (a few integers)
+    instead of candidates: building, ids and input checks happen here, in
+    parallel, and the candidates come back with their records.  Duplicates
+    within the unit are screened once; the driver drops those it has seen.
+    """
+    from hts.candidates import build_unit, check_candidate
+
+    t0 = time.perf_counter()
+    seen: set[str] = set()
+    cands = []
+    for c in build_unit(source_json, base_dir, seed, unit):
+        c = check_candidate(c, limits.max_atoms, limits.min_distance)
+        if c.id not in seen:
+            seen.add(c.id)
+            cands.append(c)
+    generate_s = time.perf_counter() - t0
+    result = run_stage(index, cands, stage, seed)
+    result.candidates = cands
+    result.wall_s += generate_s
+    return result
 
 
 def _direct(model, candidates: Sequence[Candidate], batch_size: int) -> list:
