@@ -224,6 +224,13 @@ class _Driver:
         if c.limits.max_candidates and s.total_estimate:
             s.total_estimate = min(s.total_estimate, c.limits.max_candidates)
         self.book.ensure(self.r.source_elements)
+        if c.candidates.kind in ("enumeration", "random"):
+            field = (
+                "candidates.species"
+                if c.candidates.kind == "enumeration"
+                else "candidates.compositions"
+            )
+            self.book.require(self.r.source_elements, field)
         s.phase = "screening"
         s.started = time.time()  # rates and ETA count screening only
         self.progress(s)

@@ -128,6 +128,28 @@ class ReferenceBook:
         if relaxing:
             self.on_phase("screening")
 
+    def require(self, elements: Iterable[str], field: str) -> None:
+        """Stop the run when an element the source always places has no reference.
+
+        For a one-chemistry source (enumeration, random) such an element fails
+        a whole share of the space, usually because a stage's model does not
+        know it: the campaign file's ``field`` is what to fix, before any work.
+        """
+        if not self.resolved.campaign.hull.model_references:
+            return
+        refs = self.store.references
+        for name in self._known:
+            for el in sorted(elements):
+                entry = refs.get(name, {}).get(el, {})
+                e = entry.get("energy_per_atom", float("nan"))
+                if e is None or e != e:
+                    why = entry.get("reason") or "no reference"
+                    raise RunError(
+                        f"{field}: {el} has no elemental reference under stage {name}'s model "
+                        f"({why}); every candidate containing {el} would fail. Remove it, or "
+                        "use a model that knows it"
+                    )
+
     def _fitted(self, name: str, elements: list[str]) -> dict[str, dict]:
         table = self.resolved.fitted[name]
         out = {}

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hts.candidates.lattices import Parent, named_parent, parent_from_cif
-from hts.candidates.record import Candidate, Unit, chemsys_of, formula_of
+from hts.candidates.record import Candidate, Unit, chemsys_of, formula_of, pack_units
 
 __all__ = ["EnumerationSpace", "Ordering", "Unit"]
 
@@ -129,6 +129,11 @@ class _Walk:
         return self._cells[stratum]
 
 
+def _reduced(counts) -> tuple:
+    g = math.gcd(*counts.values())
+    return tuple(sorted((k, v // g) for k, v in counts.items()))
+
+
 class EnumerationSpace:
     """The candidates of a campaign's ``candidates: {kind: enumeration}`` section.
 
@@ -205,12 +210,38 @@ class EnumerationSpace:
 
     def system_assignments(self, elements) -> list[Ordering]:
         """Every ordering whose elements are exactly ``elements`` (walks the whole space)."""
-        want = set(elements)
+        want = {self.walk.elements.index(e) for e in elements if e in self.walk.elements}
+        if len(want) < len(set(elements)):
+            return []
+        return self._matching(lambda lab: set(lab) == want)
+
+    def formula_assignments(self, formula: str) -> list[Ordering]:
+        """Every ordering of one composition (the reduced formula :func:`formula_of` writes).
+
+        Only labelings with the right counts are checked for repeats, so listing a
+        composition costs one pass over the raw labelings (seconds at 10⁶), no builds.
+        """
+        import re
+        from collections import Counter
+
+        w = self.walk
+        counts: Counter = Counter()
+        for el, k in re.findall(r"([A-Z][a-z]?)(\d*)", formula):
+            if el not in w.elements:
+                return []
+            counts[w.elements.index(el)] += int(k or 1)
+        target = _reduced(counts)
+        return self._matching(lambda lab: _reduced(Counter(lab)) == target)
+
+    def _matching(self, test) -> list[Ordering]:
         out = []
-        for o in self.assignments():
-            labs, _ = self.walk.labelings(self.walk.strata[o.stratum][1])
-            if {self.walk.elements[x] for x in labs[o.index]} == want:
-                out.append(o)
+        for k, (_, snf_index, _, _) in enumerate(self.walk.strata):
+            labs, _ = self.walk.labelings(snf_index)
+            out.extend(
+                Ordering(k, i)
+                for i, lab in enumerate(labs)
+                if test(lab) and self.walk.accepted(k, i)
+            )
         return out
 
     # -- building ------------------------------------------------------------------
@@ -269,17 +300,16 @@ class EnumerationSpace:
         an estimate of the stratum's size (so the driver lists no labelings).  The
         list depends only on the campaign, so a resumed run numbers them the same.
         """
-        out = []
-        for k in range(len(self.walk.strata)):
-            parts = max(1, math.ceil(self._estimate(k) / chunk_size))
-            out.extend(Unit(k, p, parts) for p in range(parts))
-        return out
+        return pack_units([self._estimate(k) for k in range(len(self.walk.strata))], chunk_size)
 
     def unit_candidates(self, unit: Unit) -> list[Candidate]:
-        raw = len(self.walk.labelings(self.walk.strata[unit.stratum][1])[0])
-        lo, hi = raw * unit.part // unit.parts, raw * (unit.part + 1) // unit.parts
-        return [
-            self.candidate(Ordering(unit.stratum, i))
-            for i in range(lo, hi)
-            if self.walk.accepted(unit.stratum, i)
-        ]
+        out = []
+        for stratum, part, parts in unit.pieces:
+            raw = len(self.walk.labelings(self.walk.strata[stratum][1])[0])
+            lo, hi = raw * part // parts, raw * (part + 1) // parts
+            out.extend(
+                self.candidate(Ordering(stratum, i))
+                for i in range(lo, hi)
+                if self.walk.accepted(stratum, i)
+            )
+        return out

@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "Candidate",
     "Unit",
+    "pack_units",
     "chemist_formula",
     "candidate_id",
     "chemsys_of",
@@ -107,14 +108,38 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Unit:
-    """A slice ``part`` of ``parts`` of stratum ``stratum``'s raw indices: one worker task.
+    """One worker task of a source that generates on the workers (enumeration, random).
 
-    What the driver hands a worker for a source that generates on the workers
-    (enumeration, random): a few integers, not candidates."""
+    What the driver hands a worker instead of candidates: a few integers.  Each
+    piece ``(stratum, part, parts)`` is the ``part``-th of ``parts`` equal slices
+    of one stratum's raw indices; small strata are packed together so a task
+    holds about a chunk of candidates however finely the space is stratified.
+    """
 
-    stratum: int
-    part: int
-    parts: int
+    pieces: tuple[tuple[int, int, int], ...]
+
+
+def pack_units(estimates: list[float], chunk_size: int) -> list[Unit]:
+    """Strata (with their estimated candidates) cut and packed into units of about ``chunk_size``.
+
+    A large stratum is cut into equal slices; consecutive small ones share a
+    unit.  The result depends only on the estimates, so a resumed run (same
+    campaign) numbers the units the same.
+    """
+    units: list[Unit] = []
+    pieces: list[tuple[int, int, int]] = []
+    held = 0.0
+    for k, est in enumerate(estimates):
+        parts = max(1, math.ceil(est / chunk_size))
+        for p in range(parts):
+            pieces.append((k, p, parts))
+            held += est / parts
+            if held >= chunk_size * 0.75:
+                units.append(Unit(tuple(pieces)))
+                pieces, held = [], 0.0
+    if pieces:
+        units.append(Unit(tuple(pieces)))
+    return units
 
 
 def _symbols(numbers) -> list[str]:

@@ -250,3 +250,15 @@ def test_sigkill_resumes_by_unit_and_id(tmp_path):
     assert len(ids) == len(set(ids)) == 1081
     want = {c.id for c in open_source(parse_campaign(data, base_dir=str(tmp_path)))}
     assert set(ids) == want
+
+
+def test_species_the_model_does_not_know_stop_the_run(tmp_path):
+    """Every ordering with Og would fail: the run stops first, naming the field to fix."""
+    from hts.campaign import run_campaign
+    from hts.campaign.references import RunError
+    from hts.execution.engine import SerialEngine
+
+    data = _campaign(tmp_path, lattice="fcc", species=["Cu", "Og"], max_atoms=2)
+    data["stages"]["prefilter"]["model"] = {"name": "sevennet-0", "device": "cpu", "threads": 1}
+    with pytest.raises(RunError, match="candidates.species: Og has no elemental reference"):
+        run_campaign(parse_campaign(data, base_dir=str(tmp_path)), SerialEngine())
