@@ -121,6 +121,21 @@ def ensure_not_empty(campaign) -> None:
     elif spec.kind == "structures":
         if not spec.structures:
             raise EmptySourceError("candidates.structures: the list of structures is empty")
+    elif spec.kind in ("enumeration", "random"):
+        from hts.candidates.lattices import ParentError
+        from hts.spec.base import CampaignError
+
+        try:
+            first = next(iter(source.assignments()), None)
+        except ParentError as err:
+            raise CampaignError(f"candidates.lattice: {err}") from None
+        if first is None:
+            what = (
+                "no ordering meets the concentrations"
+                if spec.kind == "enumeration"
+                else "no space group can hold any composition at these formula units"
+            )
+            raise EmptySourceError(f"candidates: the {spec.kind} space is empty ({what})")
     elif next(iter(source.assignments()), None) is None:
         raise EmptySourceError(
             "candidates: the substitution yields no candidate (every element combination was "

@@ -126,8 +126,12 @@ def parent_from_cif(path: Path) -> Parent:
     """The primitive cell of the structure in a CIF file, at its own scale."""
     from pymatgen.core import Structure
 
+    import warnings
+
     try:
-        s = Structure.from_file(str(path))
+        with warnings.catch_warnings():  # pymatgen's parsing notes; a failure is reported below
+            warnings.simplefilter("ignore")
+            s = Structure.from_file(str(path))
     except Exception as err:
         raise ParentError(f"cannot read {path} as a CIF: {err}") from None
     if not s.is_ordered:

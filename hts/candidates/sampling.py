@@ -17,6 +17,12 @@ first N candidates, which are one prototype), at 10⁶–10⁷ candidates as at 
   probability includes every candidate with equal probability, so recall
   measured over the drawn systems' candidates is an unbiased estimate for the
   campaign's candidates.
+- A space of one chemistry (orderings of a lattice, random crystals: sources
+  with ``formula_assignments``) has a handful of chemical systems, one of
+  which holds nearly every candidate, so :func:`systems` draws *compositions*
+  there instead (:func:`grouping` says which), each as the composition of a
+  candidate drawn uniformly, whole up to a cap and a uniform share of it
+  beyond, with weights that make the sample stand for the space.
 
 Candidates that fail the campaign's input checks (overlapping atoms, too many
 atoms) are never drawn: the campaign fails them without a model.
@@ -34,9 +40,48 @@ import numpy as np
 from hts.candidates import check_candidate
 from hts.candidates.record import Candidate
 
-__all__ = ["SystemSample", "space_size", "systems", "uniform"]
+__all__ = ["SystemSample", "grouping", "space_size", "systems", "uniform"]
 
 _WALK_LIMIT = 20_000  # strata up to this many raw assignments are counted exactly
+_OPEN: dict[tuple, object] = {}  # the last addressable source opened (see _open)
+
+
+def _open(campaign):
+    """The campaign's source, opened once per process for addressable spaces.
+
+    Sampling opens the space several times per distillation (its size, the
+    training draw, calibration, single points, each round's pool); an
+    enumeration lists its labelings on first use (26 s for fcc Cu-Ag-Au-Pd up
+    to 10 atoms), so the last one opened is kept.  A files source is opened
+    afresh: it reads its folder as it is now.
+    """
+    from hts.candidates import open_source
+
+    key = (
+        campaign.candidates.model_dump_json(),
+        str(getattr(campaign, "base_dir", "")),
+        getattr(campaign, "seed", 0),
+    )
+    if key in _OPEN:
+        return _OPEN[key]
+    src = open_source(campaign)
+    if hasattr(src, "strata"):
+        _OPEN.clear()
+        _OPEN[key] = src
+    return src
+
+
+def grouping(campaign) -> str:
+    """What calibration draws whole and holds out: ``"formula"`` or ``"chemsys"``.
+
+    A source that lists the candidates of one composition
+    (``formula_assignments``: orderings of a lattice, random crystals) is one
+    chemistry: its chemical systems are a handful of nested ones, the
+    highest-order holding nearly every candidate (95 % of fcc Cu-Ag-Au-Pd), so
+    it is sampled, and held out, by composition.  Every other source by
+    chemical system.
+    """
+    return "formula" if hasattr(_open(campaign), "formula_assignments") else "chemsys"
 
 
 def _usable(c: Candidate, limits) -> bool:
@@ -58,9 +103,7 @@ def _stratum_sizes(gen, rng: np.random.Generator, pilot: int = 2000) -> list[flo
 
 def space_size(campaign, seed: int = 0) -> int:
     """Candidates in the campaign's space after the filters (estimated for large strata)."""
-    from hts.candidates import open_source
-
-    src = open_source(campaign)
+    src = _open(campaign)
     if not hasattr(src, "strata"):
         return sum(1 for _ in src)
     return round(sum(_stratum_sizes(src, np.random.default_rng(seed))))
@@ -93,10 +136,8 @@ def uniform(
     ``exclude`` ids are never drawn; ``keep(candidate)`` may refuse more (held-out
     chemical systems).  Fewer than ``n`` come back only when the space has fewer.
     """
-    from hts.candidates import open_source
-
     rng = np.random.default_rng(seed)
-    src = open_source(campaign)
+    src = _open(campaign)
     limits = campaign.limits
 
     def ok(c: Candidate) -> bool:

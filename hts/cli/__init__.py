@@ -59,6 +59,23 @@ def validate(campaign: Annotated[Path, typer.Argument(help="Campaign YAML file."
     out.print(
         f"[green]ok[/] {campaign}: campaign {c.name!r}, hash {results_hash(c)}", highlight=False
     )
+    if c.candidates.kind == "random":
+        from hts.candidates import open_source
+
+        space = open_source(c)
+        skipped = len(space.skipped())
+        out.print(
+            f"  random: {space.count():,} crystals in {len(space.strata()) - skipped:,} "
+            f"(composition, formula units, group) combinations; {skipped:,} more cannot hold "
+            "their composition (skipped)",
+            highlight=False,
+        )
+    elif c.candidates.kind == "enumeration":
+        from hts.candidates import open_source
+
+        out.print(
+            f"  enumeration: about {open_source(c).upper_bound():,} orderings", highlight=False
+        )
 
 
 def _quiet_logging() -> None:

@@ -262,3 +262,13 @@ def test_species_the_model_does_not_know_stop_the_run(tmp_path):
     data["stages"]["prefilter"]["model"] = {"name": "sevennet-0", "device": "cpu", "threads": 1}
     with pytest.raises(RunError, match="candidates.species: Og has no elemental reference"):
         run_campaign(parse_campaign(data, base_dir=str(tmp_path)), SerialEngine())
+
+
+def test_unreadable_cif_parent_is_a_campaign_error(tmp_path):
+    from hts.campaign import preflight
+
+    (tmp_path / "broken.cif").write_text("data_x\n_cell_length_a 3.0\n")
+    for name in ("missing.cif", "broken.cif"):
+        data = _campaign(tmp_path, lattice=name, species=[["Cu", "Au"]], max_atoms=4)
+        with pytest.raises(CampaignError, match=f"candidates.lattice: cannot read .*{name}"):
+            preflight(parse_campaign(data, base_dir=str(tmp_path)))
