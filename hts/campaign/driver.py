@@ -59,6 +59,7 @@ def _prefilter_rows(
     A reject is marked for the audit when :func:`hts.audit.audit_pick` draws
     it (rejects only tighten as the hull fills, so the final pass keeps the mark).
     """
+    t.reject_implausible((c.formula, r) for c, r in zip(chunk.candidates, recs, strict=True))
     t.hull.add(
         (c.formula, r.energy_per_atom)
         for c, r in zip(chunk.candidates, recs, strict=True)

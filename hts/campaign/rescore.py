@@ -95,6 +95,7 @@ class TeacherQueue:
             s.unrescored += len(rows)
             s.rescore_waiting -= len(rows)
             return
+        t.reject_implausible((c.formula, r) for c, r in zip(cands, recs, strict=True))
         t.hull.add(
             (c.formula, r.energy_per_atom)
             for c, r in zip(cands, recs, strict=True)

@@ -16,7 +16,13 @@ import numpy as np
 
 from hts.stages.hull import HullTracker, MissingReferenceError, elements_of
 
-__all__ = ["StageScorer", "Verdict"]
+__all__ = ["FORMATION_FLOOR", "StageScorer", "Verdict"]
+
+# eV/atom.  The most negative formation energies known are near -4.5 eV/atom (fluorides and
+# oxides of the strongest cations, in the Materials Project and in the models trained on it);
+# a result below this is a model that relaxed into a hole (atoms collapsed onto each other, a
+# cell gone flat), not a discovery.  Let into a hull, it would sit on it and reject everything.
+FORMATION_FLOOR = -6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,27 @@ class StageScorer:
                 self.ref_reasons[el] = r.get("reason") or "reference relaxation failed"
             else:
                 self.hull.add_reference(el, float(e))
+
+    def reject_implausible(self, pairs) -> None:
+        """Fail ``(formula, record)`` results whose energy no crystal can have, before any hull sees them.
+
+        A failed record keeps its structure and says why; the candidate is judged
+        no further (a model's hole is a verdict on neither the hull nor its neighbours).
+        """
+        for formula, rec in pairs:
+            if rec.status != "ok":
+                continue
+            try:
+                eform = self.hull.formation_energy(formula, rec.energy_per_atom)
+            except MissingReferenceError:
+                continue  # scored (and failed with that reason) by columns()
+            if eform < FORMATION_FLOOR:
+                rec.status = "failed"
+                rec.reason = (
+                    f"{self.name}: formation energy {eform:.3g} eV/atom is below any crystal's "
+                    f"({FORMATION_FLOOR} eV/atom): the model relaxed into a hole "
+                    f"(energy {rec.energy_per_atom:.4g} eV/atom after {rec.n_steps} steps)"
+                )
 
     def verdict(
         self, formula: str, energy_per_atom: float, n_atoms: int, converged: bool

@@ -124,9 +124,9 @@ class ParentError(ValueError):
 
 def parent_from_cif(path: Path) -> Parent:
     """The primitive cell of the structure in a CIF file, at its own scale."""
-    from pymatgen.core import Structure
-
     import warnings
+
+    from pymatgen.core import Structure
 
     try:
         with warnings.catch_warnings():  # pymatgen's parsing notes; a failure is reported below

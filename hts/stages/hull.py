@@ -68,7 +68,7 @@ class _Hull:
     """The lower convex hull of one chemical system, as its supporting planes."""
 
     def __init__(self, elements: frozenset[str], items: list[Item]) -> None:
-        from scipy.spatial import ConvexHull
+        from scipy.spatial import ConvexHull, QhullError
 
         self.order = sorted(elements)
         energies = np.array([e for _, e in items], dtype=float)
@@ -85,7 +85,10 @@ class _Hull:
         top = np.append(
             np.full(x.shape[1], 1.0 / len(self.order)), energies.max() + 1.0 + 10.0 * spread
         )
-        hull = ConvexHull(np.vstack([points, top]))
+        try:
+            hull = ConvexHull(np.vstack([points, top]))
+        except QhullError:  # flat (all points in a plane): joggled, as pymatgen does
+            hull = ConvexHull(np.vstack([points, top]), qhull_options="QJ")
         lower = hull.equations[:, -2] < -1e-14  # outward normal points down in energy
         self.planes = hull.equations[lower]
         self.minimum = float(energies.min())

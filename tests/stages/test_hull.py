@@ -125,3 +125,30 @@ def test_a_small_cache_evicts_old_hulls_and_never_serves_a_stale_one():
             PDEntry(Composition(f), e * Composition(f).num_atoms), allow_negative=True
         )
         assert abs(tracker.e_above_hull(f, e) - expected) < 1e-9
+
+
+def test_the_energies_of_random_search_model_holes_do_not_crash_the_hull():
+    """Energies of 1e16 beside -5 eV/atom (a relaxation collapsed in a model's hole) once made
+    qhull's initial simplex flat and stopped a random search; the hull now joggles instead."""
+    h = HullTracker()
+    h.add_reference("Mg", -1.6)
+    h.add_reference("O", -4.9)
+    h.add([("MgO", -5.98), ("MgO2", 2e16), ("Mg2O", -1.995e15), ("MgO", -4.0)])
+    assert np.isfinite(h.e_above_hull("MgO", -5.0))
+
+
+def test_results_below_any_crystals_formation_energy_fail_before_the_hull_sees_them():
+    from hts.campaign.scoring import FORMATION_FLOOR, StageScorer
+    from hts.spec import KeepRule
+    from hts.stages.screen import StageRecord
+
+    t = StageScorer("prefilter", 0, KeepRule.parse("e_above_hull <= 0.1"))
+    t.add_references({"Mg": {"energy_per_atom": -1.6}, "O": {"energy_per_atom": -4.9}})
+    sane = StageRecord("a", "ok", energy_per_atom=-5.98, n_steps=40)
+    hole = StageRecord("b", "ok", energy_per_atom=-16.6, n_steps=50)
+    unknown = StageRecord("c", "ok", energy_per_atom=-99.0)
+    t.reject_implausible([("MgO", sane), ("MgO", hole), ("CuO", unknown)])
+    assert sane.status == "ok" and unknown.status == "ok"  # no Cu reference: columns() says why
+    assert hole.status == "failed"
+    assert f"below any crystal's ({FORMATION_FLOOR} eV/atom)" in hole.reason
+    assert "relaxed into a hole" in hole.reason
