@@ -52,23 +52,19 @@ def _open(campaign):
     Sampling opens the space several times per distillation (its size, the
     training draw, calibration, single points, each round's pool); an
     enumeration lists its labelings on first use (26 s for fcc Cu-Ag-Au-Pd up
-    to 10 atoms), so the last one opened is kept.  A files source is opened
-    afresh: it reads its folder as it is now.
+    to 10 atoms), so the last one opened is kept, keyed by its spec.  Files
+    and in-memory structures are opened afresh (a folder is read as it is now).
     """
     from hts.candidates import open_source
 
-    key = (
-        campaign.candidates.model_dump_json(),
-        str(getattr(campaign, "base_dir", "")),
-        getattr(campaign, "seed", 0),
-    )
-    if key in _OPEN:
-        return _OPEN[key]
-    src = open_source(campaign)
-    if hasattr(src, "strata"):
+    spec = campaign.candidates
+    if spec.kind not in ("substitution", "enumeration", "random"):
+        return open_source(campaign)
+    key = (spec.model_dump_json(), str(campaign.base_dir), campaign.seed)
+    if key not in _OPEN:
         _OPEN.clear()
-        _OPEN[key] = src
-    return src
+        _OPEN[key] = open_source(campaign)
+    return _OPEN[key]
 
 
 def grouping(campaign) -> str:
@@ -205,11 +201,22 @@ def _reservoir(stream: Iterable[Candidate], n: int, rng: np.random.Generator) ->
 
 @dataclass
 class SystemSample:
-    """Chemical systems drawn uniformly: their candidates, and their subsystems' for the hull."""
+    """Whole groups of candidates drawn for calibration, and what else their hull needs.
 
-    systems: list[str] = field(default_factory=list)  # drawn, in draw order
+    ``by`` says what a group is (:func:`grouping`): a chemical system
+    (``"chemsys"``: every candidate of it, its subsystems' candidates in
+    ``closure``, drawn with equal probability so every candidate is equally
+    likely and ``weights`` stays empty), or a composition (``"formula"``:
+    ``systems`` holds formulas, no closure, and ``weights`` gives each primary
+    candidate its weight, ``cap / min(size, cap)`` for every draw that took
+    it; see :func:`_compositions`).
+    """
+
+    systems: list[str] = field(default_factory=list)  # drawn, in draw order (or formulas)
     primary: list[Candidate] = field(default_factory=list)  # every candidate of a drawn system
     closure: list[Candidate] = field(default_factory=list)  # subsystems' candidates (hull only)
+    by: str = "chemsys"
+    weights: dict[str, float] = field(default_factory=dict)  # id -> weight; empty: all equal
 
 
 def _subsystems(system: frozenset[str]) -> list[frozenset[str]]:
@@ -220,20 +227,42 @@ def _subsystems(system: frozenset[str]) -> list[frozenset[str]]:
     ]
 
 
-def systems(campaign, n_candidates: int, seed: int, keep=None) -> SystemSample:
-    """Whole chemical systems, drawn uniformly, until they hold ``n_candidates`` candidates.
+def _raw_draws(src, rng: np.random.Generator):
+    """Assignments drawn uniformly from the raw space, None where a raw index is filtered out.
+
+    A raw index uniform over the whole raw space, rejected when filtered out,
+    is a candidate uniform over the valid space.
+    """
+    raws = src.strata()
+    weights = np.asarray(raws, dtype=float) / sum(raws)
+    while True:
+        k = int(rng.choice(len(raws), p=weights))
+        yield src.assignment_at(k, int(rng.integers(0, raws[k])))
+
+
+def systems(
+    campaign, n_candidates: int, seed: int, keep=None, cap: int | None = None
+) -> SystemSample:
+    """Whole chemical systems (or compositions), drawn at random, until they hold ``n_candidates``.
 
     For a substitution space a system is drawn by drawing a candidate uniformly
     and accepting its system with probability 1/size (so every system is equally
     likely); its members are listed directly.  ``keep(system)`` may refuse a
     system.  Subsystems (the binaries of a ternary) come along in ``closure``
     unless drawn themselves.
-    """
-    from hts.candidates import open_source
 
+    A space of one chemistry (:func:`grouping` is ``"formula"``) is drawn by
+    composition instead, see :func:`_compositions`; ``keep(formula)`` may
+    refuse one, and no composition gives more than ``cap`` candidates a draw
+    (default: a tenth of ``n_candidates``, so it takes at least ten draws).
+    """
     rng = np.random.default_rng(seed)
-    src = open_source(campaign)
+    src = _open(campaign)
     limits = campaign.limits
+    if grouping(campaign) == "formula":
+        return _compositions(
+            src, limits, n_candidates, rng, keep, cap or max(1, n_candidates // 10)
+        )
     out = SystemSample()
     members: dict[frozenset[str], list[Candidate]] = {}
 
@@ -245,17 +274,13 @@ def systems(campaign, n_candidates: int, seed: int, keep=None) -> SystemSample:
                 members[system] = [c for c in _distinct(cands) if _usable(c, limits)]
             return members[system]
 
-        # a raw index uniform over the whole raw space, rejected when filtered out, is a
-        # candidate uniform over the valid space
-        raws = src.strata()
-        weights = np.asarray(raws, dtype=float) / sum(raws)
+        draws = _raw_draws(src, rng)
         drawn: list[frozenset[str]] = []
         refused: set[frozenset[str]] = set()
         total = 0
         misses = 0
         while total < n_candidates and misses < 100_000:
-            k = int(rng.choice(len(raws), p=weights))
-            a = src.assignment_at(k, int(rng.integers(0, raws[k])))
+            a = next(draws)
             if a is None:
                 misses += 1
                 continue
@@ -304,6 +329,80 @@ def systems(campaign, n_candidates: int, seed: int, keep=None) -> SystemSample:
                 if c.id not in primary_ids and c.id not in closure_ids:
                     closure_ids.add(c.id)
                     out.closure.append(c)
+    return out
+
+
+def _compositions(src, limits, n: int, rng: np.random.Generator, keep, cap: int) -> SystemSample:
+    """Compositions, each that of a candidate drawn uniformly; ``cap`` candidates of it per draw.
+
+    A draw takes the composition of a uniformly drawn candidate (so a
+    composition of ``s`` candidates comes with probability ``s / N``) and the
+    next ``min(s, cap)`` of its candidates in a seeded shuffle: all of them
+    when ``s <= cap`` (a whole composition: its lowest ordering, which is its
+    hull point, is in the sample), else a uniform share (drawn again, it gives
+    the next ``cap``).  Per draw a candidate is taken with probability
+    ``min(s, cap) / N``: the same for every candidate of a composition larger
+    than the cap, ``s / cap`` of that for a whole one.  So each draw adds
+    ``cap / min(s, cap)`` to the weight of every candidate it takes, a whole
+    composition drawn twice counting twice (Hansen–Hurwitz: weighted recall
+    over the sample estimates recall over the space, without bias however
+    many draws repeat).
+
+    Why not draw compositions with equal probability (accepting a drawn
+    candidate's with probability ``1/s``, as :func:`systems` accepts a chemical
+    system): that needs the size of every composition a draw touches before
+    accepting or refusing it, and an enumeration lists a composition by one
+    pass over its labelings (17 s at fcc Cu-Ag-Au-Pd up to 10 atoms, 831
+    compositions, hundreds touched).  Here every draw is taken, so only about
+    ``n / cap`` compositions are listed (ten at the default cap).  And whole
+    compositions cannot be the rule at that scale: the median one holds 304
+    orderings, the largest 22,260.
+    """
+    out = SystemSample(by="formula")
+    order: dict[str, list] = {}  # formula -> its assignments, in a seeded shuffle
+    ids: dict[str, list] = {}  # formula -> the candidate id at each place built so far (or None)
+    taken: dict[str, int] = {}  # formula -> places taken so far, counting around the list
+    refused: set[str] = set()
+    seen: set[str] = set()
+    draws = _raw_draws(src, rng)
+    total = 0
+    misses = 0
+    # a miss builds a candidate (to read its formula): give up sooner than systems() does
+    while total < n and misses < 10_000:
+        a = next(draws)
+        c = None if a is None else src.candidate(a)
+        if c is None or not _usable(c, limits) or c.formula in refused:
+            misses += 1
+            continue
+        f = c.formula
+        if keep is not None and not keep(f):
+            refused.add(f)
+            continue
+        if f not in order:
+            listed = list(src.formula_assignments(f))
+            order[f] = [listed[int(i)] for i in rng.permutation(len(listed))]
+            ids[f], taken[f] = [], 0
+        size = len(order[f])
+        weight = cap / min(size, cap)
+        new = 0
+        for _ in range(min(size, cap)):
+            place = taken[f] % size
+            taken[f] += 1
+            if place == len(ids[f]):  # first time round: build it
+                m = src.candidate(order[f][place])
+                ok = m.id not in seen and _usable(m, limits)
+                ids[f].append(m.id if ok else None)
+                if ok:
+                    seen.add(m.id)
+                    out.primary.append(m)
+                    new += 1
+            cid = ids[f][place]
+            if cid is not None:
+                out.weights[cid] = out.weights.get(cid, 0.0) + weight
+        if f not in out.systems and any(ids[f]):
+            out.systems.append(f)
+        total += new
+        misses = 0 if new else misses + 1
     return out
 
 

@@ -6,6 +6,23 @@ scored on its own hull (elemental references fitted on training candidates),
 and compared with the teacher's ``e_above_hull`` over whole chemical systems,
 where the hull is complete.  The numbers themselves come from
 :mod:`hts.distill.evaluate` and :mod:`hts.distill.screening`.
+
+In a space of one chemistry calibration draws compositions, not systems
+(:attr:`~hts.distill.context.DistillRun.by`), and no sample holds the
+campaign's hull: that is over every composition of the chemistry.  Both sides'
+hulls are then over every teacher-labelled candidate the run holds
+(calibration and training) with the teacher's elemental references (or the
+student's fitted ones) as corners; the references are the lowest of fcc, bcc
+and hcp, so the unary orderings would add nothing.  A hull over a sample lies
+on or above the hull over the whole space, so ``e_above_hull`` here is
+*under*estimated, most where the sample is thin (binaries are a few ‰ of a
+quaternary space): candidates a few tens of meV/atom above the campaign's hull
+count as teacher-stable here.  The student's hull lies above its campaign hull
+alike (it scores the whole space there), so its ``e_above_hull`` is
+underestimated too, and a threshold calibrated here tends to keep less in the
+campaign than it keeps here: recall measured here errs high, the discarded
+share low.  Calibration candidates carry the weights of their draw, so recall
+and the discarded share stand for the space, not for the sample.
 """
 
 from __future__ import annotations
@@ -99,8 +116,9 @@ def judged_sections(
     """Screening metrics and the error decomposition on all judged rows, unseen and seen systems.
 
     ``base`` marks the rows judged, ``unseen`` those of held-out chemical
-    systems; ``weights`` (optional) are the rows' inverse inclusion
-    probabilities (a store's survivors and audited rejects).
+    systems (or compositions); ``weights`` (optional) are the rows' inverse
+    inclusion probabilities (a store's survivors and audited rejects, the
+    candidates of drawn compositions).
     """
     screening, errors = {}, {}
     for name, mask in (
@@ -163,14 +181,17 @@ def evaluate_student(run: DistillRun, student_file: Path) -> dict:
         {el: t_refs.get(el, float("nan")) for el in run.elements},
     )
     run.student_refs = s_refs
-    t_items = [(formulas[c], t_e[c]) for c in cal_ids]
-    s_items = [(formulas[c], own.get(c, float("nan"))) for c in cal_ids]
-    t_eh = hull_energies(t_items, t_refs)
-    s_eh = hull_energies(s_items, s_refs)
+    # whole systems with their subsystems hold their own hull; compositions do not (module doc)
+    hull_ids = [*cal_ids, *fit_ids] if run.by == "formula" else cal_ids
+    t_items = [(formulas[c], t_e[c]) for c in hull_ids]
+    s_items = [(formulas[c], own.get(c, float("nan"))) for c in hull_ids]
+    t_eh = hull_energies(t_items, t_refs)[: len(cal_ids)]
+    s_eh = hull_energies(s_items, s_refs)[: len(cal_ids)]
     trained = set(run.train)
     primary = set(run.primary)
     held = np.array([c in primary and c not in trained for c in cal_ids])
-    unseen = np.array([run.held(run.cands[c].chemsys) for c in cal_ids])
+    unseen = np.array([run.held(formulas[c], run.cands[c].chemsys) for c in cal_ids])
+    weight = np.array([run.weights.get(c, 1.0) for c in cal_ids])
     stable = cfg.evaluation.stable_threshold
     if stable is None:
         stable = rescore_threshold(run.campaign)
@@ -181,7 +202,17 @@ def evaluate_student(run: DistillRun, student_file: Path) -> dict:
     f_list = [formulas[c] for c in cal_ids]
     # the hull is over every calibration candidate; the figures over the held-out ones
     screening, errors = judged_sections(
-        held, unseen, f_list, t_arr, at_arr, own_arr, t_eh, s_eh, stable, ev
+        held,
+        unseen,
+        f_list,
+        t_arr,
+        at_arr,
+        own_arr,
+        t_eh,
+        s_eh,
+        stable,
+        ev,
+        weights=weight if run.weights else None,
     )
     return {
         "screening": screening,
@@ -194,13 +225,14 @@ def evaluate_student(run: DistillRun, student_file: Path) -> dict:
                 "system": "primary" if c in primary else "closure",
                 "trained": c in trained,
                 "held_out_system": bool(u),
+                "weight": float(w),
                 "teacher_energy_per_atom": num(t_e[c]),
                 "student_energy_per_atom": num(own.get(c, float("nan"))),
                 "student_at_teacher_minimum": num(at_t.get(c, float("nan"))),
                 "teacher_e_above_hull": num(t),
                 "student_e_above_hull": num(s),
             }
-            for c, u, t, s in zip(cal_ids, unseen, t_eh, s_eh, strict=True)
+            for c, u, w, t, s in zip(cal_ids, unseen, weight, t_eh, s_eh, strict=True)
         ],
         "student_spec": spec,
     }

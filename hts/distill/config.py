@@ -47,8 +47,11 @@ class Sampling(Strict):
     systems (each drawn with equal probability, with its subsystems), on which
     the keep threshold is chosen and every figure of the report is measured:
     within those systems the hull is complete, so ``e_above_hull`` there is
-    what the campaign will compute.  Budgets are counts, or shares of the space
-    when below 1.
+    what the campaign will compute.  A space of one chemistry (orderings of a
+    lattice, random crystals) is calibrated and held out by composition
+    instead, and its hull is the one over every teacher label of the run
+    (:mod:`hts.distill.calibration`).  Budgets are counts, or shares of the
+    space when below 1.
     """
 
     train: float = Field(
@@ -62,8 +65,9 @@ class Sampling(Strict):
         ge=0,
         le=1_000_000,
         description="Candidates of whole chemical systems labelled for calibration (their "
-        "subsystems come along for the hull): a count, or a share of the space if < 1.  0 "
-        "(with data.stores): the stores' held-out teacher rows calibrate instead.",
+        "subsystems come along for the hull; in a space of one chemistry, compositions, none "
+        "giving more than a tenth of the budget per draw): a count, or a share of the space if "
+        "< 1.  0 (with data.stores): the stores' held-out teacher rows calibrate instead.",
     )
     points: float = Field(
         default=0,
@@ -76,8 +80,8 @@ class Sampling(Strict):
         default=0.1,
         ge=0,
         lt=0.5,
-        description="Share of chemical systems never trained on: the report's figures for "
-        "chemistry the student has not seen.",
+        description="Share of chemical systems (in a space of one chemistry: compositions) "
+        "never trained on: the report's figures for chemistry the student has not seen.",
     )
     valid: float = Field(
         default=0.1, gt=0, lt=0.5, description="Share of training candidates for early stopping."

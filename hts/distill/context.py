@@ -10,6 +10,7 @@ the campaign's site through the one task-waiting loop,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -77,7 +78,10 @@ class DistillRun:
 
     ``cands`` holds every sampled candidate by id; ``train``, ``points``,
     ``primary`` (the calibration systems) and ``closure`` (their subsystems,
-    there for the hull only) are ids into it and into ``labels``.
+    there for the hull only) are ids into it and into ``labels``.  In a space
+    of one chemistry calibration systems are compositions (:attr:`by`),
+    ``systems`` holds formulas and ``weights`` each calibration candidate's
+    weight (:func:`hts.candidates.sampling.systems`).
     """
 
     cfg: DistillConfig
@@ -92,7 +96,8 @@ class DistillRun:
     points: list[str] = field(default_factory=list)  # candidates with a single point to learn
     primary: list[str] = field(default_factory=list)  # calibration systems' candidates
     closure: list[str] = field(default_factory=list)  # their subsystems' (hull only)
-    systems: list[str] = field(default_factory=list)
+    systems: list[str] = field(default_factory=list)  # drawn: chemical systems or formulas
+    weights: dict[str, float] = field(default_factory=dict)  # calibration id -> weight (or all 1)
     state: DistillProgress = field(default_factory=DistillProgress)
     student_refs: dict[str, float] = field(default_factory=dict)  # the last round's fitted ones
     failures: Counter = field(default_factory=Counter)  # why the student failed, this round
@@ -120,9 +125,26 @@ class DistillRun:
         v = self.labels.candidates.get(cid)
         return bool(v and v["file"] and not v["error"] and math.isfinite(v["energy_per_atom"]))
 
-    def held(self, chemsys: str) -> bool:
-        """Whether ``chemsys`` is one of the systems never trained on (fixed by seed and name)."""
-        return held_out_system(chemsys, self.cfg.sampling.holdout_systems, self.cfg.seed)
+    @functools.cached_property
+    def by(self) -> str:
+        """What calibration draws whole and holdout keeps out: ``"chemsys"`` or ``"formula"``.
+
+        Compositions in a space of one chemistry (orderings of a lattice, random
+        crystals), whose few chemical systems would hold out all or nothing;
+        chemical systems everywhere else (:func:`hts.candidates.sampling.grouping`).
+        """
+        from hts.candidates.sampling import grouping
+
+        return grouping(self.campaign)
+
+    def held(self, formula: str, chemsys: str) -> bool:
+        """Whether a candidate's system (or composition, see :attr:`by`) is never trained on.
+
+        Fixed by seed and name, so every candidate of a held-out system or
+        composition is out, in every run and round.
+        """
+        key = formula if self.by == "formula" else chemsys
+        return held_out_system(key, self.cfg.sampling.holdout_systems, self.cfg.seed)
 
     @property
     def elements(self) -> list[str]:

@@ -101,7 +101,7 @@ def evaluate_on_stores(run, student_file: Path, data: StoreRows) -> dict:
     t_e = np.array([t[c]["energy_per_atom"] for c in ev_ids])
     own_e = np.array([own.get(c, np.nan) for c in ev_ids])
     at_e = np.array([at_t.get(c, np.nan) for c in ev_ids])
-    unseen = np.array([run.held(t[c]["chemsys"]) for c in ev_ids], dtype=bool)
+    unseen = np.array([run.held(t[c]["formula"], t[c]["chemsys"]) for c in ev_ids], dtype=bool)
     everything = np.ones(len(ev_ids), bool)
     screening, errors = judged_sections(
         everything,

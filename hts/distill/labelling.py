@@ -29,7 +29,11 @@ log = logging.getLogger("hts.distill")
 
 
 def sample(run: DistillRun) -> None:
-    """Draw the training candidates and the calibration systems (with their subsystems)."""
+    """Draw the training candidates and the calibration systems (with their subsystems).
+
+    In a space of one chemistry the calibration draws compositions, and holdout
+    is by composition (:attr:`~hts.distill.context.DistillRun.by`).
+    """
     cfg, campaign = run.cfg, run.campaign
     run.phase("sampling candidates")
     size = space_size(campaign, cfg.seed)
@@ -37,24 +41,29 @@ def sample(run: DistillRun) -> None:
     train, cal = [], SystemSample()
     if cfg.sampling.train:
         n_train = fraction_label(cfg.sampling.train, size)
-        train = uniform(campaign, n_train, cfg.seed, keep=lambda c: not run.held(c.chemsys))
+        train = uniform(
+            campaign, n_train, cfg.seed, keep=lambda c: not run.held(c.formula, c.chemsys)
+        )
         if len(train) < 4:
             raise ValueError(f"{cfg.campaign}: only {len(train)} valid candidates to train on")
     if cfg.sampling.calibration:
         cal = systems(campaign, fraction_label(cfg.sampling.calibration, size), cfg.seed + 1)
         if not cal.primary:
-            raise ValueError(f"{cfg.campaign}: no chemical system could be drawn for calibration")
+            what = "composition" if cal.by == "formula" else "chemical system"
+            raise ValueError(f"{cfg.campaign}: no {what} could be drawn for calibration")
     for c in [*train, *cal.primary, *cal.closure]:
         run.cands.setdefault(c.id, c)
     run.train = [c.id for c in train]
     run.primary = [c.id for c in cal.primary]
     run.closure = [c.id for c in cal.closure]
     run.systems = cal.systems
+    run.weights = cal.weights
     run.timing["space_size"] = size
     log.info(
-        "sampled %d training candidates and %d calibration systems (%d + %d candidates) of %d",
+        "sampled %d training candidates and %d calibration %s (%d + %d candidates) of %d",
         len(train),
         len(cal.systems),
+        "compositions" if cal.by == "formula" else "systems",
         len(cal.primary),
         len(cal.closure),
         size,
@@ -120,7 +129,11 @@ def single_points(run: DistillRun) -> None:
     n = fraction_label(cfg.sampling.points, size)
     taken = set(run.primary) | set(run.closure)
     draw = uniform(
-        run.campaign, n, cfg.seed + 2, exclude=taken, keep=lambda c: not run.held(c.chemsys)
+        run.campaign,
+        n,
+        cfg.seed + 2,
+        exclude=taken,
+        keep=lambda c: not run.held(c.formula, c.chemsys),
     )
     todo = [c for c in draw if c.id not in run.labels.points and c.id not in run.labels.candidates]
     run.phase("teacher single points", len(draw))
@@ -154,7 +167,7 @@ def single_points(run: DistillRun) -> None:
 
 
 def training_set(run: DistillRun) -> None:
-    """Every labelled candidate outside the calibration and held-out systems is trained on.
+    """Every labelled candidate outside the calibration and held-out systems (or compositions).
 
     The sample's training candidates, and whatever else the dataset holds from
     earlier runs and rounds (labels are never wasted; a rerun trains on what the
@@ -167,7 +180,11 @@ def training_set(run: DistillRun) -> None:
         if cid in ids or cid in calibration or not run.ok(cid):
             continue
         system = v.get("chemsys", "")
-        if system and not run.held(system) and (space is None or set(system.split("-")) <= space):
+        if (
+            system
+            and not run.held(v.get("formula", ""), system)
+            and (space is None or set(system.split("-")) <= space)
+        ):
             ids[cid] = None
     run.train = list(ids)
     frames = path_frames(run, {c for c in run.train if c not in run.cands})
@@ -186,11 +203,12 @@ def training_set(run: DistillRun) -> None:
     run.train = [c for c in run.train if c in run.cands]
     # single points: every eligible point-only candidate, and every training candidate's start
     points = [c for c in run.labels.points if c not in calibration]
+    info = run.labels.points
     run.points = [
         c
         for c in points
-        if not run.held(run.labels.points[c].get("chemsys", ""))
-        and (space is None or set(run.labels.points[c].get("chemsys", "").split("-")) <= space)
+        if not run.held(info[c].get("formula", ""), info[c].get("chemsys", ""))
+        and (space is None or set(info[c].get("chemsys", "").split("-")) <= space)
     ]
 
 

@@ -3,7 +3,8 @@
 1. **Sample** the campaign's space without walking it
    (:mod:`hts.candidates.sampling`): training candidates uniformly, stratified
    by prototype (a share of chemical systems held out), and calibration
-   candidates as whole chemical systems with their subsystems.
+   candidates as whole chemical systems with their subsystems — in a space of
+   one chemistry, compositions (held out alike).
 2. **Label**: the teacher relaxes every sampled candidate (frames along its
    path, perturbed copies at its minimum); a task per chunk on the site.
 3. **Train** the student: a direct student (teacher's relaxed energy from the

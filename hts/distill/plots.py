@@ -33,6 +33,8 @@ def plot_report(report: dict, out_dir: Path) -> list[str]:
 
     files = []
     errs = report["errors"]["calibration"]
+    by = report.get("dataset", {}).get("calibration_by")
+    unit_name = "compositions" if by == "composition" else "systems"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     for ax, (tk, sk, unit, title) in zip(
         axes,
@@ -53,8 +55,8 @@ def plot_report(report: dict, out_dir: Path) -> list[str]:
         strict=True,
     ):
         for held, color, label in (
-            (False, "tab:blue", "seen systems"),
-            (True, "tab:red", "held-out systems"),
+            (False, "tab:blue", f"seen {unit_name}"),
+            (True, "tab:red", f"held-out {unit_name}"),
         ):
             ax.scatter(col(tk, held), col(sk, held), s=6, alpha=0.5, c=color, label=label)
         t, st = col(tk), col(sk)

@@ -155,6 +155,9 @@ def build_report(run: DistillRun, result: dict, rounds: list[dict]) -> dict:
             "calibration_systems": len(run.systems),
             "calibration_candidates": len(run.primary),
             "subsystem_candidates": len(run.closure),
+            # what a calibration "system" and a held-out one is: a chemical system, or in a
+            # space of one chemistry a composition (the hull then over every teacher label)
+            "calibration_by": "composition" if run.by == "formula" else "chemical system",
             "held_out_share": cfg.sampling.holdout_systems,
             "seed": cfg.seed,  # with the share, which chemical systems were never trained on
         },
@@ -186,20 +189,37 @@ _SPLITS = (
 )
 
 
+def _calibration_sentence(ds: dict) -> str:
+    """What the calibration candidates are, and where their hull comes from."""
+    if ds.get("calibration_by") == "composition":
+        return (
+            f"{ds['calibration_candidates']} from {ds['calibration_systems']} calibration "
+            "compositions (whole up to a cap, weighted by how they were drawn; their hull is "
+            "over every teacher relaxation here, a sample's hull, so e_above_hull errs low); "
+            f"{ds.get('single_points', 0)} teacher single points of unrelaxed candidates; "
+            f"{ds['held_out_share']:.0%} of compositions never trained on."
+        )
+    return (
+        f"{ds['calibration_candidates']} in {ds['calibration_systems']} calibration "
+        f"systems (+ {ds['subsystem_candidates']} subsystem candidates for their hulls); "
+        f"{ds.get('single_points', 0)} teacher single points of unrelaxed candidates; "
+        f"{ds['held_out_share']:.0%} of chemical systems never trained on."
+    )
+
+
 def markdown(report: dict) -> str:
     """``report.md``: the rounds, the screen on each split, where the error is, and the speed."""
     sp, ds = report["speed"], report["dataset"]
     st = report["student"]
+    unit = "compositions" if ds.get("calibration_by") == "composition" else "systems"
+    splits = [(label.replace("systems", unit), key) for label, key in _SPLITS]
     lines = [
         f"# Distillation report — {report['name']}",
         "",
         f"Teacher **{report['teacher']}** → {st['kind']} student **{st['file']}** "
         f"({st['n_parameters']} parameters).  Space: {report['space']['candidates']} candidates; "
         f"{ds['teacher_relaxations']} teacher relaxations: {ds['training_candidates']} for "
-        f"training, {ds['calibration_candidates']} in {ds['calibration_systems']} calibration "
-        f"systems (+ {ds['subsystem_candidates']} subsystem candidates for their hulls); "
-        f"{ds.get('single_points', 0)} teacher single points of unrelaxed candidates; "
-        f"{ds['held_out_share']:.0%} of chemical systems never trained on.",
+        f"training, " + _calibration_sentence(ds),
         "",
         "## Rounds",
         "",
@@ -216,12 +236,12 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "## Screening (calibration systems, candidates never trained on)",
+        f"## Screening (calibration {unit}, candidates never trained on)",
         "",
         "| candidates | n | teacher-stable | Spearman ρ | threshold | recall | lower bound | discarded |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, key in _SPLITS:
+    for label, key in splits:
         m = report["screening"][key]
         lines.append(
             f"| {label} | {m['n_candidates']} | {m['n_teacher_stable']} | "
@@ -244,7 +264,7 @@ def markdown(report: dict) -> str:
         "own within 20 meV | polymorph Δ at teacher's | polymorph Δ own | e_above_hull |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, key in _SPLITS:
+    for label, key in splits:
         e = report["errors"][key]
         lines.append(
             f"| {label} | {_f(e['energy_mae_at_teacher_minimum_mev'])} | "

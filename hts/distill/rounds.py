@@ -87,7 +87,7 @@ def _near_threshold(run: DistillRun, r: int, threshold: float | None, student_fi
         cfg.rounds.pool,
         cfg.seed + 7919 * r,
         exclude=taken,
-        keep=lambda c: not run.held(c.chemsys),
+        keep=lambda c: not run.held(c.formula, c.chemsys),
     )
     if not pool:
         return

@@ -6,7 +6,7 @@ path (a prefilter student must be right on the way down, not only at the
 minimum), and labels rattled and strained copies of each relaxed structure;
 :func:`on_policy_chunk` labels where a relaxing student goes instead.  Which
 candidates are labelled is :mod:`hts.candidates.sampling`'s business;
-:func:`held_out_system` keeps a share of chemical systems out of training.
+:func:`held_out_system` keeps a share of chemical systems (or compositions) out of training.
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ class LabelResult:
 
 
 def held_out_system(chemsys: str, share: float, seed: int) -> bool:
-    """Whether a chemical system is kept out of training (fixed per system and seed)."""
+    """Whether a chemical system is kept out of training (fixed per system and seed).
+
+    Any name works alike: a space of one chemistry holds out compositions by
+    formula (:attr:`hts.distill.context.DistillRun.by`).
+    """
     u = int(hashlib.sha1(f"{seed}:{chemsys}".encode()).hexdigest()[:12], 16) / 16**12
     return u < share
 

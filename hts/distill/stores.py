@@ -63,8 +63,13 @@ class StoreRows:
     summary: list[dict] = field(default_factory=list)
 
     def training(self, held) -> list[str]:
-        """Teacher-scored ids trained on: not held out, not in a held-out chemical system."""
-        return [c for c, v in self.teacher.items() if not v["held"] and not held(v["chemsys"])]
+        """Teacher-scored ids trained on: not held out, not in a held-out system (``held(formula,
+        chemsys)``, :meth:`~hts.distill.context.DistillRun.held`)."""
+        return [
+            c
+            for c, v in self.teacher.items()
+            if not v["held"] and not held(v["formula"], v["chemsys"])
+        ]
 
     def evaluated(self) -> list[str]:
         return [c for c, v in self.teacher.items() if v["weight"] > 0]

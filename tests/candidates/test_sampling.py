@@ -1,4 +1,5 @@
-"""Random samples of a candidate space: uniform, stratified, whole systems, without walking it."""
+"""Random samples of a candidate space: uniform, stratified, whole systems or compositions,
+without walking it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from scipy.stats import chisquare
 
 from hts.candidates import chunks, open_source
-from hts.candidates.sampling import space_size, systems, uniform
+from hts.candidates.sampling import grouping, space_size, systems, uniform
 from hts.spec import parse_campaign
 from tests.conftest import lj_campaign
 
@@ -169,6 +170,90 @@ def test_systems_are_drawn_with_equal_probability(tmp_path):
         hits.update(systems(c, 1, seed=seed).systems)
     counts = np.array([hits[s] for s in sizes])
     assert chisquare(counts).pvalue > 1e-4  # uniform over systems, not over candidates
+
+
+def _alloys(tmp_path):
+    """One chemistry: every ordering of Cu, Au and Pd on fcc up to 6 atoms (1,081 of them)."""
+    spec = {"kind": "enumeration", "lattice": "fcc", "species": ["Cu", "Au", "Pd"], "max_atoms": 6}
+    return parse_campaign(lj_campaign(tmp_path, candidates=spec))
+
+
+def _by_formula(c) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for x in _all(c).values():
+        out.setdefault(x.formula, set()).add(x.id)
+    return out
+
+
+def test_one_chemistry_is_calibrated_by_composition_whole_up_to_the_cap(tmp_path):
+    c = _alloys(tmp_path)
+    members = _by_formula(c)
+    assert sum(map(len, members.values())) == 1081 and len(members) == 55
+    assert grouping(c) == "formula" and grouping(_campaign(tmp_path)) == "chemsys"
+    s = systems(c, 150, seed=2)  # no composition gives more than 15 per draw
+    ids = [x.id for x in s.primary]
+    assert s.by == "formula" and not s.closure and len(ids) == len(set(ids)) >= 150
+    assert {x.formula for x in s.primary} == set(s.systems)
+    whole = [f for f in s.systems if len(members[f]) <= 15]
+    split = [f for f in s.systems if len(members[f]) > 15]
+    assert whole and split
+    for f in whole:  # every ordering, each weighing 15 / its size per draw of the composition
+        assert {x.id for x in s.primary if x.formula == f} == members[f]
+        (times,) = {s.weights[i] * len(members[f]) / 15 for i in members[f]}
+        assert times >= 1 and times == round(times)
+    for f in split:  # 15 per draw (the last one takes what is left), each weighing 1 per draw
+        mine = {x.id for x in s.primary if x.formula == f}
+        assert mine <= members[f] and (len(mine) % 15 == 0 or mine == members[f])
+        assert all(s.weights[i] >= 1 and s.weights[i] == round(s.weights[i]) for i in mine)
+    assert set(s.weights) == set(ids)
+    assert [x.id for x in systems(c, 150, seed=2).primary] == ids  # seeded
+    kept = systems(c, 60, seed=3, keep=lambda f: "Pd" not in f)
+    assert kept.systems and all("Pd" not in f for f in kept.systems)
+    # asking for more than there is: every ordering, once
+    assert {x.id for x in systems(c, 10**6, seed=0).primary} == set().union(*members.values())
+
+
+def test_compositions_are_those_of_uniformly_drawn_candidates(tmp_path):
+    """A composition comes with probability proportional to its size, and the weights make
+    the sample stand for the space: checked against the exact sizes, with a test that fails
+    for compositions drawn with equal probability (as chemical systems are)."""
+    c = _alloys(tmp_path)
+    size = {f: len(ids) for f, ids in _by_formula(c).items()}
+    n = sum(size.values())
+    # bins of compositions by size, each about an eighth of the space: >= 40 expected draws
+    bins: list[list[str]] = [[]]
+    for f in sorted(size, key=lambda f: (size[f], f)):
+        if sum(size[g] for g in bins[-1]) >= n / 8:
+            bins.append([])
+        bins[-1].append(f)
+    where = {f: k for k, fs in enumerate(bins) for f in fs}
+    draws = 400
+    hits = Counter(where[systems(c, 1, seed=seed, cap=1).systems[0]] for seed in range(draws))
+    observed = np.array([hits[k] for k in range(len(bins))])
+    per_candidate = np.array([sum(size[f] for f in fs) for fs in bins]) * draws / n
+    per_composition = np.array([len(fs) for fs in bins]) * draws / len(size)
+    assert chisquare(observed, per_candidate).pvalue > 1e-4
+    assert chisquare(observed, per_composition).pvalue < 1e-6
+    # the weights: orderings of compositions of <= 10 (taken whole, so per draw 1/3 as likely
+    # or less as one of a composition above the cap of 30) weigh their share of the space
+    small = {f for f in size if size[f] <= 10}
+    rows = []  # per seed: weight on small compositions, all weight, their orderings, all
+    for seed in range(300):
+        s = systems(c, 30, seed=seed, cap=30)
+        w = np.array([s.weights[x.id] for x in s.primary])
+        is_small = np.array([x.formula in small for x in s.primary])
+        rows.append((w[is_small].sum(), w.sum(), is_small.sum(), len(w)))
+    a, b, a0, b0 = np.array(rows, dtype=float).T
+    truth = sum(size[f] for f in small) / n  # 0.20
+
+    def ratio(num, den):  # a ratio of sums over independent seeds, and its standard error
+        r = num.sum() / den.sum()
+        return r, np.sqrt(((num - r * den) ** 2).sum()) / den.sum()
+
+    r, se = ratio(a, b)
+    assert abs(r - truth) < 4 * se, (r, truth, se)
+    r0, se0 = ratio(a0, b0)  # unweighted, the sample is not the space (0.06)
+    assert r0 + 4 * se0 < truth, (r0, truth, se0)
 
 
 def test_files_are_sampled_by_reservoir(tmp_path):

@@ -275,3 +275,87 @@ def test_an_ase_teacher_is_checked_and_keys_its_own_labels(tmp_path):
     with pytest.raises(CampaignError, match=r"teacher.calculator: .*TestPotential gives no stress"):
         run_distill(load_distill(path), engine=None)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_space_of_one_chemistry_is_calibrated_and_held_out_by_composition(tmp_path):
+    """fcc Cu-Au-Pd orderings (1,081, three chemical systems hold 97 % of them): calibration
+    draws compositions, holdout keeps compositions out, and the hull is the one over every
+    teacher label.  EMT (ASE's effective-medium potential for these metals) is the teacher."""
+    from hts.distill.evaluate import hull_energies
+    from hts.distill.sample import held_out_system
+
+    emt = {"name": "ase", "calculator": "ase.calculators.emt:EMT"}
+    campaign = {
+        "name": "alloys",
+        "candidates": {
+            "kind": "enumeration",
+            "lattice": "fcc",
+            "species": ["Cu", "Au", "Pd"],
+            "max_atoms": 6,
+        },
+        "stages": {
+            "prefilter": {
+                "model": {"name": "mace", "path": "out/student.model", "dtype": "float32"},
+                "direct": True,
+            },
+            "rescore": {
+                "model": emt,
+                "relax": {"fmax": 0.1, "max_steps": 20},
+                "keep": "e_above_hull <= 0.02",
+            },
+        },
+        "store": str(tmp_path / "alloys.zarr"),
+    }
+    distill = {
+        "name": "alloys-student",
+        "campaign": "campaign.yaml",
+        "student": {
+            "kind": "direct",
+            "channels": 8,
+            "correlation": 2,
+            "interactions": 1,
+            "radial_mlp": [8],
+        },
+        "sampling": {
+            "train": 40,
+            "calibration": 40,  # no composition gives more than 4 orderings per draw
+            "holdout_systems": 0.3,
+            "trajectory_snapshots": 2,
+            "rattled": 0,
+            "strained": 0,
+        },
+        "rounds": {"max": 0},
+        "training": {"epochs": 2, "batch_size": 8, "threads": 1, "stage_two": False},
+        "evaluation": {"speed_cells": 2, "speed_repeats": 1, "target_recall": 0.5},
+        "output": "out",
+        "chunk_size": 8,
+    }
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(campaign))
+    (tmp_path / "distill.yaml").write_text(yaml.safe_dump(distill))
+    out = tmp_path / "out"
+    report = run_distill(
+        load_distill(tmp_path / "distill.yaml"), make_engine("serial", "local", out / "run")
+    )
+    ds, rows = report["dataset"], report["candidates"]
+    assert ds["calibration_by"] == "composition" and ds["subsystem_candidates"] == 0
+    assert ds["calibration_candidates"] >= 40 and ds["training_candidates"] >= 20
+    assert {r["system"] for r in rows} == {"primary"}
+    assert ds["calibration_systems"] == len({r["formula"] for r in rows}) > 1
+    assert all(r["weight"] > 0 for r in rows) and report["screening"]["calibration"]["weighted"]
+    assert "calibration compositions" in (out / "report.md").read_text()
+    # held out by composition: whole compositions, never labelled for training
+    held = {r["formula"] for r in rows if r["held_out_system"]}
+    assert held and held != {r["formula"] for r in rows}
+    assert all(r["held_out_system"] == held_out_system(r["formula"], 0.3, 0) for r in rows)
+    index = json.loads((next((out / "dataset").iterdir()) / "index.json").read_text())
+    calibration = {r["id"] for r in rows}
+    labelled = {c: v for c, v in index["candidates"].items() if v["file"] and not v["error"]}
+    assert all(c in calibration for c, v in labelled.items() if v["formula"] in held)
+    assert len(labelled) > len(calibration)  # training candidates, and they shape the hull:
+    # the teacher's e_above_hull is over every teacher relaxation, not over calibration alone
+    items = {c: (v["formula"], v["energy_per_atom"]) for c, v in labelled.items()}
+    refs = report["references"]["teacher"]
+    every = dict(zip(items, hull_energies(list(items.values()), refs), strict=True))
+    assert all(
+        abs(r["teacher_e_above_hull"] - every[r["id"]]) < 1e-9 for r in rows if r["id"] in every
+    )
