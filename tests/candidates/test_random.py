@@ -159,3 +159,31 @@ def test_import_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sigkill_resumes_every_crystal_once(tmp_path):
+    """Killed mid-run, the rerun stores the same crystals a clean run stores, each once."""
+    from typer.testing import CliRunner
+
+    from hts.campaign import run_campaign
+    from hts.cli import app
+    from hts.execution.engine import SerialEngine
+    from hts.store import open_dataset
+    from tests.conftest import kill_run_after, write_campaign
+
+    cand = {"kind": "random", "compositions": [MGO], "formula_units": [1, 2], "per_group": 1}
+    cand["space_groups"] = [143, 230]  # trigonal to cubic: ~100 crystals
+    data = lj_campaign(tmp_path, candidates=cand, chunk_size=8)
+    data["stages"]["prefilter"]["relax"] = {"max_steps": 3}
+    path = write_campaign(tmp_path, data)
+    store = tmp_path / "lj.zarr"
+    kill_run_after(path, store, 16, cwd=tmp_path)
+    assert open_dataset(store).attrs["ledger"]["finalized"] is False
+    res = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert res.exit_code == 0, res.output
+    ids = open_dataset(store).id.values.tolist()
+    assert len(ids) == len(set(ids))
+
+    clean = parse_campaign(data | {"store": str(tmp_path / "clean.zarr")}, base_dir=str(tmp_path))
+    run_campaign(clean, SerialEngine())
+    assert sorted(ids) == sorted(open_dataset(tmp_path / "clean.zarr").id.values.tolist())
