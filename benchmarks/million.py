@@ -48,17 +48,23 @@ from _common import report  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tree_rss(pid: int) -> float:
+def _tree_rss(pid: int, work: Path) -> float:
+    """MB resident in the run: the driver, its descendants, and every process whose command
+    line names the run's folder (Parsl's worker pools are started detached from the driver)."""
     import psutil
 
+    procs: dict[int, psutil.Process] = {}
     try:
         p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
+        procs = {q.pid: q for q in [p, *p.children(recursive=True)]}
     except psutil.NoSuchProcess:
         return 0.0
+    for q in psutil.process_iter(["cmdline"]):
+        if str(work) in " ".join(q.info["cmdline"] or []):
+            procs.setdefault(q.pid, q)
     total = 0
-    for q in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
+    for q in procs.values():
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += q.memory_info().rss
     return total / 2**20
 
@@ -79,7 +85,7 @@ def _run(campaign_file: Path, site: str, cwd: Path) -> dict:
             line = proc.stdout.readline().decode(errors="replace").strip()
             if line:
                 last = line
-        peak = max(peak, _tree_rss(proc.pid))
+        peak = max(peak, _tree_rss(proc.pid, cwd))
     rest = proc.stdout.read().decode(errors="replace").strip().splitlines()
     if proc.returncode != 0:
         sys.exit(f"hts run failed ({proc.returncode}): {' | '.join([last, *rest][-15:])}")
