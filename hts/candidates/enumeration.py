@@ -209,8 +209,10 @@ class EnumerationSpace:
         return Ordering(stratum, index) if self.walk.accepted(stratum, index) else None
 
     def assignments(self) -> Iterator[Ordering]:
-        for k, raw in enumerate(self.strata()):
-            for i in range(raw):
+        """Every ordering in icet's order; each SNF's labelings are listed only when reached
+        (so the first ordering, which ``hts validate`` asks for, costs milliseconds)."""
+        for k, (_, snf_index, _, _) in enumerate(self.walk.strata):
+            for i in range(len(self.walk.labelings(snf_index)[0])):
                 if self.walk.accepted(k, i):
                     yield Ordering(k, i)
 
