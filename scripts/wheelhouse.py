@@ -14,8 +14,9 @@ What it does, on a machine that reaches a package index:
    so every version is one pip would pick on the target;
 3. where a dependency has no wheel at all (a pure-Python sdist such as python-hostlist),
    downloads its sdist, builds a wheel of it here (``pip wheel --no-deps``) and resolves
-   again; a package whose sdist builds a platform-specific wheel is an error (build it on
-   the target);
+   again; where that sdist builds a platform-specific wheel (icet: C++), the sdist itself
+   goes into the folder with wheels of its build requirements (setuptools, pybind11), and
+   pip builds it on the target (a C++ compiler there; about a minute for icet);
 4. downloads each resolved distribution (``pip download --no-deps``) into the folder,
    leaving out torch and what only torch needs (triton, the nvidia-* CUDA libraries)
    unless ``--torch yes``: a GPU machine usually has its own CUDA build of torch;
@@ -139,8 +140,22 @@ def resolve(
     return p.returncode == 0, p.stdout + p.stderr
 
 
+class PlatformSdist(Exception):
+    """An sdist whose wheel is platform-specific: it travels as source (``path``)."""
+
+    def __init__(self, path: Path, name: str, version: str, build_requires: list[str]):
+        super().__init__(path.name)
+        self.path, self.name, self.version, self.build_requires = (
+            path,
+            name,
+            version,
+            build_requires,
+        )
+
+
 def build_sdist_wheel(req: str, into: Path, index: list[str]) -> Path:
-    """A wheel of a package that has only an sdist, built here; it must be pure Python."""
+    """A wheel of a package that has only an sdist, built here, if it is pure Python;
+    else :class:`PlatformSdist` carries the sdist (copied into ``into/../sdist``)."""
     with tempfile.TemporaryDirectory() as t:
         sd = Path(t) / "sdist"
         p = run(
@@ -169,12 +184,55 @@ def build_sdist_wheel(req: str, into: Path, index: list[str]) -> Path:
             raise SystemExit(f"wheelhouse: building {src.name} failed:\n{p.stdout}{p.stderr}")
         (whl,) = list(wd.glob("*.whl"))
         if not whl.name.endswith("-none-any.whl"):
-            raise SystemExit(
-                f"wheelhouse: {req} has no wheel for the target and its sdist builds a "
-                f"platform-specific one ({whl.name}): build it on the target"
-            )
+            name, version = whl.name.split("-")[:2]
+            keep = into.parent / "sdist"
+            keep.mkdir(parents=True, exist_ok=True)
+            kept = Path(shutil.copy2(src, keep / src.name))
+            raise PlatformSdist(kept, name, version, sdist_build_requires(kept))
         into.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy2(whl, into / whl.name))
+
+
+def sdist_requires(sdist: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of an sdist's PKG-INFO (its runtime needs)."""
+    import tarfile
+
+    with tarfile.open(sdist) as tar:
+        member = next(
+            (
+                m
+                for m in tar.getmembers()
+                if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")
+            ),
+            None,
+        )
+        if member is None:
+            return []
+        text = tar.extractfile(member).read().decode()
+    return [
+        line.split(":", 1)[1].strip()
+        for line in text.splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+
+
+def sdist_build_requires(sdist: Path) -> list[str]:
+    """The ``[build-system] requires`` of an sdist's pyproject.toml (setuptools if none)."""
+    import tarfile
+
+    with tarfile.open(sdist) as tar:
+        member = next(
+            (
+                m
+                for m in tar.getmembers()
+                if m.name.count("/") == 1 and m.name.endswith("/pyproject.toml")
+            ),
+            None,
+        )
+        if member is None:
+            return ["setuptools", "wheel"]
+        data = tomllib.loads(tar.extractfile(member).read().decode())
+    return list(data.get("build-system", {}).get("requires", ["setuptools", "wheel"]))
 
 
 def requires_graph(items: list[dict], env: dict) -> dict[str, set[str]]:
@@ -221,14 +279,19 @@ def skip_names(words: list[str]) -> list[str]:
     return out
 
 
-def stub_wheel(name: str, version: str, into: Path) -> Path:
-    """A metadata-only wheel standing in for a package the target already has (its torch)."""
+def stub_wheel(name: str, version: str, into: Path, requires: list[str] = ()) -> Path:
+    """A metadata-only wheel standing in for a package the target already has (its torch),
+    or one built there from its sdist (``requires``: its needs, so they are resolved)."""
     name = canonicalize_name(name)
     stem = f"{name.replace('-', '_')}-{version}"
     dist = f"{stem}.dist-info"
     path = into / f"{stem}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        z.writestr(
+            f"{dist}/METADATA",
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        )
         z.writestr(
             f"{dist}/WHEEL",
             "Wheel-Version: 1.0\nGenerator: hts\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
@@ -301,11 +364,11 @@ def main() -> None:
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stale = list(out.glob("*.whl"))
+    stale = [*out.glob("*.whl"), *out.glob("*.tar.gz")]
     for f in stale:  # one version of each: a folder holding two stops a --no-deps install
         f.unlink()
     if stale:
-        log(f"removed {len(stale)} wheels of an earlier build from {out}")
+        log(f"removed {len(stale)} wheels and sdists of an earlier build from {out}")
     work = Path(tempfile.mkdtemp(prefix="wheelhouse-"))  # pip's reports, sdists' wheels
     atexit.register(shutil.rmtree, work, True)
     built = work / "built"
@@ -323,8 +386,12 @@ def main() -> None:
 
     # 2-3. resolve for the target; sdist-only packages become wheels built here
     report = work / "resolve.json"
+    stubs = work / "stubs"  # metadata stand-ins for sdists built on the target
+    stubs.mkdir()
+    sdists: list[PlatformSdist] = []
     for _ in range(50):
-        ok, text = resolve(spec, flags, [built] if built.exists() else [], index, report)
+        links = [built, stubs] if built.exists() else [stubs]
+        ok, text = resolve(spec, flags, links, index, report)
         if ok:
             break
         m = re.search(r"No matching distribution found for (.+)", text)
@@ -332,7 +399,16 @@ def main() -> None:
             raise SystemExit(f"wheelhouse: resolving for the target failed:\n{text}")
         req = m[1].split(" (from")[0].strip()
         log(f"{req}: no wheel for the target; building one from its sdist")
-        w = build_sdist_wheel(req, built, index)
+        try:
+            w = build_sdist_wheel(req, built, index)
+        except PlatformSdist as sd:
+            log(
+                f"{sd.path.name} builds a platform-specific wheel: it travels as source, "
+                f"built on the target (needs {', '.join(sd.build_requires)})"
+            )
+            sdists.append(sd)
+            stub_wheel(sd.name, sd.version, stubs, sdist_requires(sd.path))
+            continue
         log(f"built {w.name}")
     else:
         raise SystemExit("wheelhouse: too many sdist-only packages")
@@ -372,7 +448,8 @@ def main() -> None:
     from_built = [(n, v) for n, v in pins if n in have and f"-{v}-" in have[n].name]
     for n, _ in from_built:
         shutil.copy2(have[n], out / have[n].name)
-    to_get = [f"{n}=={v}" for n, v in pins if (n, v) not in from_built]
+    sdist_names = {canonicalize_name(sd.name) for sd in sdists}
+    to_get = [f"{n}=={v}" for n, v in pins if (n, v) not in from_built and n not in sdist_names]
     log(f"downloading {len(to_get)} wheels ({len(from_built)} built from sdists)")
     p = run(
         [*PIP, "download", "--quiet", "--no-deps", *flags, *index, "-d", str(out), *to_get],
@@ -380,6 +457,22 @@ def main() -> None:
     )
     if p.returncode:
         raise SystemExit(f"wheelhouse: downloading failed:\n{p.stdout}{p.stderr}")
+    to_build = [sd for sd in sdists if canonicalize_name(sd.name) in keep]
+    for sd in to_build:
+        shutil.copy2(sd.path, out / sd.path.name)
+    build_reqs = sorted({r for sd in to_build for r in sd.build_requires})
+    if build_reqs:
+        # wheels of what building them needs, so pip's isolated build finds them offline
+        p = run(
+            [*PIP, "download", "--quiet", *flags, *index, "-d", str(out), *build_reqs],
+            capture_output=True,
+        )
+        if p.returncode:
+            raise SystemExit(
+                f"wheelhouse: downloading the build requirements {build_reqs} failed:\n"
+                f"{p.stdout}{p.stderr}"
+            )
+        log(f"{len(to_build)} sdists to build on the target, with {', '.join(build_reqs)}")
 
     # 5. complete? the same resolution with no index and no pip configuration (a bare
     # target), the packages left out (torch, --skip) stood in for by metadata-only wheels
@@ -395,8 +488,11 @@ def main() -> None:
     clean["PIP_CONFIG_FILE"] = os.devnull
     with tempfile.TemporaryDirectory() as t:
         for i in items:
-            if canonicalize_name(i["metadata"]["name"]) in cut:
+            n = canonicalize_name(i["metadata"]["name"])
+            if n in cut:
                 stub_wheel(i["metadata"]["name"], i["metadata"]["version"], Path(t))
+        for sd in sdists:
+            stub_wheel(sd.name, sd.version, Path(t), sdist_requires(sd.path))
         ok, text = resolve(
             f"hts[{','.join(extras)}]" if extras else "hts",
             [*flags, "--no-index"],
@@ -411,7 +507,8 @@ def main() -> None:
 
     wheels = sorted(out.glob("*.whl"))
     size = sum(w.stat().st_size for w in wheels)
-    (out / "requirements.txt").write_text("".join(f"{w.name}\n" for w in wheels))
+    kept_sdists = sorted(out.glob("*.tar.gz"))
+    (out / "requirements.txt").write_text("".join(f"{w.name}\n" for w in [*wheels, *kept_sdists]))
     want = f"'hts[{','.join(extras)}]'" if extras else "hts"
     torch_line = (
         f"torch is NOT in this folder: install the target's own build of torch {torch_pin} first\n"
@@ -426,6 +523,15 @@ def main() -> None:
         "Where the target's torch (or another package left out) is of another version than\n"
         "hts pins, install the wheels as they are, without resolving:\n"
         f"    pip install --no-index --no-deps {out.name}/*.whl\n"
+        + (
+            "\nBuilt on the target from source (a C++ compiler needed; the build requirements'\n"
+            f"wheels are here): {', '.join(x.name for x in kept_sdists)}; the installs above\n"
+            "build them, or on their own:\n"
+            f"    pip install --no-index --find-links {out.name} --no-deps "
+            f"{' '.join(f'{out.name}/{x.name}' for x in kept_sdists)}\n"
+            if kept_sdists
+            else ""
+        )
         + (
             f"\nLeft out (the target's own, or needed only by those): {', '.join(left_out)}\n"
             if left_out

@@ -80,6 +80,35 @@ def test_stub_wheel_is_a_wheel_pip_reads(wh, tmp_path):
     assert "Name: torch" in meta and "Version: 2.13.0" in meta
 
 
+def test_a_compiled_sdist_travels_with_its_needs(wh, tmp_path):
+    """icet has no wheel and builds a platform-specific one: its sdist goes into the folder,
+    its build requirements are read from pyproject.toml and its runtime needs from PKG-INFO
+    (so the stand-in that resolution sees still pulls them in)."""
+    import io
+    import tarfile
+
+    sd = tmp_path / "icet-4.0.tar.gz"
+    files = {
+        "icet-4.0/pyproject.toml": '[build-system]\nrequires = ["setuptools>=77.0", '
+        '"pybind11>=3.0"]\nbuild-backend = "setuptools.build_meta"\n',
+        "icet-4.0/PKG-INFO": "Metadata-Version: 2.4\nName: icet\nVersion: 4.0\n"
+        "Requires-Dist: ase\nRequires-Dist: spglib>=2.5\n\nlong description\n",
+        "icet-4.0/src/PKG-INFO": "Requires-Dist: not-this-one\n",
+    }
+    with tarfile.open(sd, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert wh.sdist_build_requires(sd) == ["setuptools>=77.0", "pybind11>=3.0"]
+    assert wh.sdist_requires(sd) == ["ase", "spglib>=2.5"]
+    stub = wh.stub_wheel("icet", "4.0", tmp_path, wh.sdist_requires(sd))
+    with zipfile.ZipFile(stub) as z:
+        meta = z.read("icet-4.0.dist-info/METADATA").decode()
+    assert "Requires-Dist: ase\n" in meta and "Requires-Dist: spglib>=2.5\n" in meta
+
+
 def test_dft_extra_is_refused_before_any_download(tmp_path):
     p = subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path / "w"), "--extras", "dft"],
