@@ -25,6 +25,13 @@ Which share of the space that leaves out is printed.
     python benchmarks/million.py                   # up to 8 atoms: 79,185 orderings
     python benchmarks/million.py --max-atoms 10    # all 1,189,299
     python benchmarks/million.py --site workstation --sample 400 --keep /tmp/alloys
+    python benchmarks/million.py --student-only --max-atoms 8
+
+``--student-only`` runs the prefilter alone (no rescore stage, no audit, ``keep: auto``
+resolved from the distillation report to its threshold) over the whole space: the student's
+throughput, memory, store and discarded share at a size the teacher cannot follow on a few
+cores; the funnel's teacher cost is then its survivors (plus the 0.1 % audit) at the
+teacher's measured cost per ordering from the distillation report.
 """
 
 from __future__ import annotations
@@ -151,6 +158,74 @@ def _teacher(cands, stage, site: str, run_dir: Path, chunk: int = 16) -> list:
         eng.close()
 
 
+def _student_only(args, ds, n, unique, expected, run, store, kept_pre, audit_share) -> None:
+    """The prefilter's own figures, and the funnel's cost with the teacher's measured per
+    ordering (the distillation report's) for the survivors it would relax."""
+    pre = yaml_load(args.campaign)["stages"]["prefilter"]
+    report_path = (args.campaign.parent / pre["distillation"]["report"]).resolve()
+    distill = json.loads(report_path.read_text())
+    per_teacher = float(distill["speed"]["teacher_relaxation_s_per_candidate"])
+    labels = distill.get("dataset", {}).get("teacher_relaxations", 0)
+    threads = distill.get("training", {}).get("threads", 1)
+    train_core = sum(r.get("train_wall_s") or 0.0 for r in distill.get("rounds", [])) * threads
+    distill_core = labels * per_teacher + train_core
+    t_student = float(np.nansum(ds.time_s.values[:, 0]))
+    survivors = int(kept_pre.sum())
+    audited = audit_share * (n - survivors)
+    teacher_core = (survivors + audited) * per_teacher
+    funnel_core = distill_core + t_student + teacher_core
+    teacher_only = n * per_teacher
+    rows = [
+        {"quantity": "orderings in the space", "value": expected, "target": ""},
+        {
+            "quantity": "rows in the store / unique ids",
+            "value": f"{n} / {unique}",
+            "target": "= space",
+        },
+        {"quantity": "wall_s", "value": run["wall_s"], "target": ""},
+        {"quantity": "candidates/s", "value": n / run["wall_s"], "target": ""},
+        {
+            "quantity": "peak RSS, process tree (MB)",
+            "value": run["peak_rss_mb"],
+            "target": "<= 2048",
+        },
+        {"quantity": "store size (MB)", "value": _du(store), "target": ""},
+        {"quantity": "student discarded share", "value": 1 - kept_pre.mean(), "target": ">= 0.9"},
+        {"quantity": "student core-s per ordering", "value": t_student / max(n, 1), "target": ""},
+        {
+            "quantity": "teacher relaxations the funnel makes (survivors + audit)",
+            "value": round(survivors + audited),
+            "target": "",
+        },
+        {"quantity": "teacher core-s per ordering (report)", "value": per_teacher, "target": ""},
+        {
+            "quantity": "distillation core-s (labels + training)",
+            "value": distill_core,
+            "target": "",
+        },
+        {"quantity": "funnel core-s (estimated)", "value": funnel_core, "target": ""},
+        {"quantity": "teacher-only core-s (estimated)", "value": teacher_only, "target": ""},
+        {
+            "quantity": "funnel / teacher-only",
+            "value": funnel_core / teacher_only,
+            "target": "<= 0.2",
+        },
+    ]
+    report(
+        f"alloys, student only: fcc Cu-Ag-Au-Pd up to {args.max_atoms} atoms, {n} orderings "
+        f"on {args.site}",
+        ["quantity", "value", "target"],
+        rows,
+        {"summary": {r["quantity"]: r["value"] for r in rows}},
+    )
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,6 +237,11 @@ def main() -> None:
     ap.add_argument("--max-orderings", type=int, default=150, help="Per drawn composition.")
     ap.add_argument("--seed", type=int, default=101)
     ap.add_argument("--keep", type=Path, default=None, help="Keep the store in this folder.")
+    ap.add_argument(
+        "--student-only",
+        action="store_true",
+        help="The prefilter alone (its keep: auto resolved); the teacher's cost estimated.",
+    )
     args = ap.parse_args()
 
     import yaml
@@ -187,6 +267,18 @@ def main() -> None:
         link = stage.get("distillation")
         if link:
             link["report"] = str((args.campaign.parent / link["report"]).resolve())
+    if args.student_only:
+        from hts.distill.report import auto_keep_rule
+
+        pre = base["stages"]["prefilter"]
+        if pre.get("keep") == "auto":
+            pre["keep"] = auto_keep_rule(
+                pre["distillation"]["report"], pre["distillation"].get("target_recall", 0.98)
+            ).text
+        audit_share = float(pre.get("audit", 0.0))
+        pre["audit"] = 0.0
+        base["stages"] = {"prefilter": pre}
+        print(f"student only: keep {pre['keep']}")
     campaign_file = work / "alloys.yaml"
     campaign_file.write_text(yaml.safe_dump(base, sort_keys=False))
     campaign = parse_campaign(base, base_dir=str(work))
@@ -204,6 +296,9 @@ def main() -> None:
     ids = ds.id.values.astype(str)
     unique = len(set(ids.tolist()))
     kept_pre = ds.kept.values[:, 0]
+    if args.student_only:
+        _student_only(args, ds, n, unique, expected, run, store, kept_pre, audit_share)
+        return
     rescored = np.isfinite(ds.energy_per_atom.values[:, 1])
     kept_teacher = ds.kept.values[:, 1]
     own = funnel_of(StoreReader(store))
