@@ -372,3 +372,46 @@ def test_eta_counts_the_teachers_queue():
     assert abs(s.eta_s - 25.0) < 1.0  # 50 worker-s of screening, 2 workers busy
     s.kept, s.rescore_waiting = 10, 10  # the teacher has work but no timing yet: unknown
     assert s.eta_s is None
+
+
+def test_the_last_teacher_batch_runs_beside_the_full_ones(tmp_path, monkeypatch):
+    """Once the stream is screened, the last partial teacher batch is submitted at once, not after
+    the full batches still running (with large batches that was an hour of one idle core).  The
+    first full batch here waits until a second teacher batch has been submitted: the run ends
+    promptly only if the flush does not wait for it."""
+    import threading
+
+    import hts.campaign.rescore as rescore_mod
+    from hts.campaign.pool import TaskPool
+
+    submitted = threading.Event()
+    waited: list[bool] = []
+    real_stage = rescore_mod.run_stage
+    real_submit = TaskPool.submit
+    batches = []
+
+    def submit(self, resource, tag, fn, *args):
+        if fn is stage:  # a teacher batch (not the rescore stage's reference phases)
+            batches.append(len(tag[1][0]))
+            if len(batches) == 2:
+                submitted.set()
+        return real_submit(self, resource, tag, fn, *args)
+
+    def stage(index, cands, *rest):
+        if index == 1:  # the first (full) batch holds its worker until the second is out
+            waited.append(submitted.wait(30))
+        return real_stage(index, cands, *rest)
+
+    monkeypatch.setattr(TaskPool, "submit", submit)
+    monkeypatch.setattr(rescore_mod, "run_stage", stage)
+    data = lj_campaign(tmp_path, limits={"max_candidates": 24})
+    data["stages"]["prefilter"]["keep"] = "e_above_hull <= 100"  # every candidate survives
+    data["stages"]["rescore"] = {
+        "model": {"name": "lennard-jones"},
+        "keep": "e_above_hull <= 0.05",
+        "chunk_size": 16,
+    }
+    stats = _run(parse_campaign(data), tmp_path)
+    assert batches == [16, 8]
+    assert waited == [True]  # the flush went out while the full batch was still running
+    assert stats.rescored == 24

@@ -127,6 +127,7 @@ class _Driver:
         )
         self.committed: set[int] = set()  # ids in the store (as integers): never screened again
         self.unit_size = 0  # candidates a generated unit holds, about (for the unscreened count)
+        self.screening = 0  # prefilter tasks in flight
 
     def _phase(self, phase: str) -> None:
         self.stats.phase = phase
@@ -204,8 +205,10 @@ class _Driver:
         for d in self.pool.completed(until):
             kind, payload = d.tag
             if kind == "unit":
+                self.screening -= 1
                 self._collect_prefilter(d, Chunk(payload, []))
             elif kind == "prefilter":
+                self.screening -= 1
                 self._collect_prefilter(d, payload)
             else:
                 assert self.teacher is not None
@@ -251,13 +254,17 @@ class _Driver:
             self._submit_rescore()
             self._drain(max_in_flight - 1)
             self.pool.submit(spec.resource, tag, fn, *args)
+            self.screening += 1
             s.in_flight = len(self.pool)
             if time.time() - last_report > 0.5:
                 self.progress(s)
                 last_report = time.time()
         if self.teacher is not None:
             s.phase = "screening; teacher rescoring the survivors"
-        self._drain(0)
+        # the last, partial teacher batch goes out as soon as the stream is screened, beside
+        # the full batches still running, not after them (they can each take an hour)
+        while self.screening:
+            self._drain(len(self.pool) - 1)
         self._submit_rescore(flush=True)
         self._drain(0)
         self._finalize()
