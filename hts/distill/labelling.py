@@ -17,7 +17,14 @@ import numpy as np
 
 from hts.campaign.pool import Done, TaskPool
 from hts.candidates.record import Candidate
-from hts.candidates.sampling import SystemSample, fraction_label, space_size, systems, uniform
+from hts.candidates.sampling import (
+    SystemSample,
+    fraction_label,
+    smallest_cells,
+    space_size,
+    systems,
+    uniform,
+)
 from hts.distill.context import DistillRun, path_frames, run_tasks
 from hts.distill.sample import isolated_atom_energies, label_chunk, point_chunk
 from hts.spec import RescoreStage
@@ -44,6 +51,15 @@ def sample(run: DistillRun) -> None:
         train = uniform(
             campaign, n_train, cfg.seed, keep=lambda c: not run.held(c.formula, c.chemsys)
         )
+        # an enumeration's smallest cells (its corners, L1_0 ...), which uniform draws miss
+        have = {c.id for c in train}
+        train += [
+            c
+            for c in smallest_cells(
+                campaign, max(4, n_train // 20), keep=lambda c: not run.held(c.formula, c.chemsys)
+            )
+            if c.id not in have
+        ]
         if len(train) < 4:
             raise ValueError(f"{cfg.campaign}: only {len(train)} valid candidates to train on")
     if cfg.sampling.calibration:

@@ -282,3 +282,23 @@ def test_files_are_sampled_by_reservoir(tmp_path):
     sys_sample = systems(c, 3, seed=0)
     assert len(sys_sample.primary) >= 3 and not sys_sample.closure
     assert [x.id for x in uniform(c, 5, seed=0)] != [x.id for x in uniform(c, 5, seed=1)]
+
+
+def test_an_enumeration_trains_on_its_smallest_cells_whole(tmp_path):
+    """Uniform draws miss the one- and two-atom cells (the hull's corners, L1_0); they come
+    whole cell size by cell size while the budget holds them, with the space's own ids."""
+    from hts.candidates.sampling import smallest_cells
+
+    c = _alloys(tmp_path)
+    every = _all(c)
+    n_of = {i: len(x.numbers) for i, x in every.items()}
+    small = smallest_cells(c, 20)  # fcc Cu-Au-Pd: 3 one-atom cells and 6 of two atoms
+    assert len(small) == len({x.id for x in small}) == 9
+    assert {x.id for x in small} == {i for i, n in n_of.items() if n <= 2}
+    assert sorted(x.formula for x in small if len(x.numbers) == 1) == ["Au", "Cu", "Pd"]
+    assert {x.id for x in smallest_cells(c, 5)} == {i for i, n in n_of.items() if n == 1}
+    assert smallest_cells(c, 2) == []  # not even the one-atom cells fit
+    assert all(
+        "Pd" not in x.formula for x in smallest_cells(c, 20, keep=lambda x: "Pd" not in x.formula)
+    )
+    assert smallest_cells(_campaign(tmp_path), 20) == []  # other sources have no cell sizes
