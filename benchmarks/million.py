@@ -158,24 +158,18 @@ def _teacher(cands, stage, site: str, run_dir: Path, chunk: int = 16) -> list:
         eng.close()
 
 
-def _student_only(args, ds, n, unique, expected, run, store, kept_pre, audit_share) -> None:
-    """The prefilter's own figures, and the funnel's cost with the teacher's measured per
-    ordering (the distillation report's) for the survivors it would relax."""
-    pre = yaml_load(args.campaign)["stages"]["prefilter"]
-    report_path = (args.campaign.parent / pre["distillation"]["report"]).resolve()
-    distill = json.loads(report_path.read_text())
-    per_teacher = float(distill["speed"]["teacher_relaxation_s_per_candidate"])
+def _distill_core(distill: dict, per_teacher: float) -> float:
+    """Core-seconds the distillation cost: its labels at the teacher's cost, and its training."""
     labels = distill.get("dataset", {}).get("teacher_relaxations", 0)
     threads = distill.get("training", {}).get("threads", 1)
-    train_core = sum(r.get("train_wall_s") or 0.0 for r in distill.get("rounds", [])) * threads
-    distill_core = labels * per_teacher + train_core
-    t_student = float(np.nansum(ds.time_s.values[:, 0]))
-    survivors = int(kept_pre.sum())
-    audited = audit_share * (n - survivors)
-    teacher_core = (survivors + audited) * per_teacher
-    funnel_core = distill_core + t_student + teacher_core
-    teacher_only = n * per_teacher
-    rows = [
+    train_wall = sum(r.get("train_wall_s") or 0.0 for r in distill.get("rounds", []))
+    train_core = (train_wall or distill.get("timing", {}).get("training_s", 0.0)) * threads
+    return labels * per_teacher + train_core
+
+
+def _run_rows(expected, n, unique, run, store, kept_pre) -> list[dict]:
+    """The rows every alloys run reports: the space, each once, time, memory, store, discard."""
+    return [
         {"quantity": "orderings in the space", "value": expected, "target": ""},
         {
             "quantity": "rows in the store / unique ids",
@@ -191,6 +185,23 @@ def _student_only(args, ds, n, unique, expected, run, store, kept_pre, audit_sha
         },
         {"quantity": "store size (MB)", "value": _du(store), "target": ""},
         {"quantity": "student discarded share", "value": 1 - kept_pre.mean(), "target": ">= 0.9"},
+    ]
+
+
+def _student_only(args, ds, common: list[dict], kept_pre, distill: dict, audit_share) -> None:
+    """The prefilter's own figures, and the funnel's cost with the teacher's measured per
+    ordering (the distillation report's) for the survivors it would relax."""
+    n = len(kept_pre)
+    per_teacher = float(distill["speed"]["teacher_relaxation_s_per_candidate"])
+    distill_core = _distill_core(distill, per_teacher)
+    t_student = float(np.nansum(ds.time_s.values[:, 0]))
+    survivors = int(kept_pre.sum())
+    audited = audit_share * (n - survivors)
+    teacher_core = (survivors + audited) * per_teacher
+    funnel_core = distill_core + t_student + teacher_core
+    teacher_only = n * per_teacher
+    rows = [
+        *common,
         {"quantity": "student core-s per ordering", "value": t_student / max(n, 1), "target": ""},
         {
             "quantity": "teacher relaxations the funnel makes (survivors + audit)",
@@ -218,12 +229,6 @@ def _student_only(args, ds, n, unique, expected, run, store, kept_pre, audit_sha
         rows,
         {"summary": {r["quantity"]: r["value"] for r in rows}},
     )
-
-
-def yaml_load(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text())
 
 
 def main() -> None:
@@ -296,8 +301,11 @@ def main() -> None:
     ids = ds.id.values.astype(str)
     unique = len(set(ids.tolist()))
     kept_pre = ds.kept.values[:, 0]
+    common = _run_rows(expected, n, unique, run, store, kept_pre)
+    link = campaign.stages.prefilter.distillation
+    distill = json.loads(Path(link.report).read_text()) if link else {}
     if args.student_only:
-        _student_only(args, ds, n, unique, expected, run, store, kept_pre, audit_share)
+        _student_only(args, ds, common, kept_pre, distill, audit_share)
         return
     rescored = np.isfinite(ds.energy_per_atom.values[:, 1])
     kept_teacher = ds.kept.values[:, 1]
@@ -342,32 +350,12 @@ def main() -> None:
     t_student = float(np.nansum(ds.time_s.values[:, 0]))
     t_teacher_run = float(np.nansum(ds.time_s.values[rescored, 1]))
     per_teacher = float(np.mean([r.time_s for r in recs])) if recs else float("nan")
-    link = campaign.stages.prefilter.distillation
-    distill = json.loads(Path(link.report).read_text()) if link else {}
-    labels = distill.get("dataset", {}).get("teacher_relaxations", 0)
-    threads = distill.get("training", {}).get("threads", 1)
-    train_wall = sum(r.get("train_wall_s") or 0.0 for r in distill.get("rounds", []))
-    train_core = (train_wall or distill.get("timing", {}).get("training_s", 0.0)) * threads
-    distill_core = labels * per_teacher + train_core
+    distill_core = _distill_core(distill, per_teacher)
     funnel_core = distill_core + t_student + t_teacher_run
     teacher_only = n * per_teacher
 
     rows = [
-        {"quantity": "orderings in the space", "value": expected, "target": ""},
-        {
-            "quantity": "rows in the store / unique ids",
-            "value": f"{n} / {unique}",
-            "target": "= space",
-        },
-        {"quantity": "wall_s", "value": run["wall_s"], "target": ""},
-        {"quantity": "candidates/s", "value": n / run["wall_s"], "target": ""},
-        {
-            "quantity": "peak RSS, process tree (MB)",
-            "value": run["peak_rss_mb"],
-            "target": "<= 2048",
-        },
-        {"quantity": "store size (MB)", "value": _du(store), "target": ""},
-        {"quantity": "student discarded share", "value": 1 - kept_pre.mean(), "target": ">= 0.9"},
+        *common,
         {
             "quantity": "teacher relaxations (survivors + audit)",
             "value": int(rescored.sum()),

@@ -193,22 +193,20 @@ def build_sdist_wheel(req: str, into: Path, index: list[str]) -> Path:
         return Path(shutil.copy2(whl, into / whl.name))
 
 
-def sdist_requires(sdist: Path) -> list[str]:
-    """The ``Requires-Dist`` lines of an sdist's PKG-INFO (its runtime needs)."""
+def _sdist_file(sdist: Path, name: str) -> str | None:
+    """The text of a file at the top of an sdist (``<pkg>-<version>/<name>``), or None."""
     import tarfile
 
     with tarfile.open(sdist) as tar:
-        member = next(
-            (
-                m
-                for m in tar.getmembers()
-                if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")
-            ),
-            None,
-        )
-        if member is None:
-            return []
-        text = tar.extractfile(member).read().decode()
+        for m in tar.getmembers():
+            if m.name.count("/") == 1 and m.name.endswith(f"/{name}"):
+                return tar.extractfile(m).read().decode()
+    return None
+
+
+def sdist_requires(sdist: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of an sdist's PKG-INFO (its runtime needs)."""
+    text = _sdist_file(sdist, "PKG-INFO") or ""
     return [
         line.split(":", 1)[1].strip()
         for line in text.splitlines()
@@ -218,21 +216,11 @@ def sdist_requires(sdist: Path) -> list[str]:
 
 def sdist_build_requires(sdist: Path) -> list[str]:
     """The ``[build-system] requires`` of an sdist's pyproject.toml (setuptools if none)."""
-    import tarfile
-
-    with tarfile.open(sdist) as tar:
-        member = next(
-            (
-                m
-                for m in tar.getmembers()
-                if m.name.count("/") == 1 and m.name.endswith("/pyproject.toml")
-            ),
-            None,
-        )
-        if member is None:
-            return ["setuptools", "wheel"]
-        data = tomllib.loads(tar.extractfile(member).read().decode())
-    return list(data.get("build-system", {}).get("requires", ["setuptools", "wheel"]))
+    default = ["setuptools", "wheel"]
+    text = _sdist_file(sdist, "pyproject.toml")
+    if text is None:
+        return default
+    return list(tomllib.loads(text).get("build-system", {}).get("requires", default))
 
 
 def requires_graph(items: list[dict], env: dict) -> dict[str, set[str]]:
